@@ -1,0 +1,250 @@
+"""PaliGemma configuration: frozen dataclasses with Hugging Face `config.json` field names.
+
+Hub configs are minimal: most fields are absent and come from transformers' class defaults.
+The defaults below are transformers 5.24.0's (`GemmaConfig`, `Gemma2Config`,
+`SiglipVisionConfig`, `PaliGemmaConfig`). Two traps:
+
+* a `text_config` / `vision_config` *dict* takes the defaults of its own class (Gemma's
+  `hidden_size` 3072, SigLIP's `patch_size` 16, ...), while an *absent* one takes
+  PaliGemma's built-in sub-config (Gemma 2B, So400m/14 with MLP 4096).
+* `hidden_act: "gelu"` in a Gemma config is a legacy value meaning tanh-GELU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A config.json that npgemma cannot run, with the file and field that caused it."""
+
+
+# Activations that all mean tanh-approximated GELU (transformers' ACT2FN names).
+_TANH_GELU = {"gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu"}
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP vision tower (`SiglipVisionConfig`)."""
+
+    hidden_size: int = 768
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 16
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+    vision_use_head: bool = True
+    projection_dim: int = 2048
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Gemma (`GemmaConfig`) or Gemma-2 (`Gemma2Config`) decoder; `model_type` tells which."""
+
+    model_type: str = "gemma"
+    vocab_size: int = 256000
+    hidden_size: int = 3072
+    intermediate_size: int = 24576
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16
+    head_dim: int = 256
+    hidden_act: str = "gelu_pytorch_tanh"
+    max_position_embeddings: int = 8192
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    attention_bias: bool = False
+    # Gemma-2 only (None for Gemma-1).
+    query_pre_attn_scalar: float | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+
+    @property
+    def is_gemma2(self) -> bool:
+        return self.model_type == "gemma2"
+
+    @property
+    def query_scale(self) -> float:
+        """Attention score scale: Gemma-1 head_dim^-0.5, Gemma-2 query_pre_attn_scalar^-0.5."""
+        base = self.query_pre_attn_scalar if self.is_gemma2 else self.head_dim
+        return float(base) ** -0.5
+
+    def layer_sliding_window(self, layer_idx: int) -> int | None:
+        """The window of one layer, or None for full attention."""
+        if self.layer_types is None or self.sliding_window is None:
+            return None
+        return self.sliding_window if self.layer_types[layer_idx] == "sliding_attention" else None
+
+
+@dataclass(frozen=True)
+class PaliGemmaConfig:
+    """The whole model (`PaliGemmaConfig`)."""
+
+    vision_config: VisionConfig
+    text_config: TextConfig
+    image_token_index: int = 256000
+    projection_dim: int = 2048
+    bos_token_id: int = 2
+    eos_token_id: int = 1
+    pad_token_id: int = 0
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision_config.num_patches
+
+
+# transformers' PaliGemmaConfig.sub_configs_defaults: used only when a sub-config is absent.
+_PALIGEMMA_VISION_DEFAULTS = dict(
+    intermediate_size=4096, hidden_size=1152, patch_size=14, image_size=224,
+    num_hidden_layers=27, num_attention_heads=16, vision_use_head=False,
+)
+_PALIGEMMA_TEXT_DEFAULTS = dict(
+    hidden_size=2048, num_hidden_layers=18, intermediate_size=16384,
+    num_attention_heads=8, num_key_value_heads=1, vocab_size=257152,
+)
+# Gemma2Config's defaults where they differ from TextConfig's (= GemmaConfig's).
+_GEMMA2_DEFAULTS = dict(
+    hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+    num_key_value_heads=4, query_pre_attn_scalar=256, sliding_window=4096,
+    attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+)
+
+
+def _pick(cls, raw: dict, defaults: dict) -> dict:
+    """Values for `cls` fields: raw config.json entries over `defaults` over the class's own."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    out = {k: v for k, v in defaults.items() if k in names}
+    out.update({k: v for k, v in raw.items() if k in names})
+    return out
+
+
+def _vision_from_dict(raw: dict | None, projection_dim: int, where: str) -> VisionConfig:
+    if raw is None:
+        values = dict(_PALIGEMMA_VISION_DEFAULTS)
+    else:
+        if raw.get("model_type", "siglip_vision_model") != "siglip_vision_model":
+            raise ConfigError(f"{where}: vision_config.model_type is {raw['model_type']!r}, "
+                              "expected 'siglip_vision_model'")
+        values = _pick(VisionConfig, raw, {})
+    values["projection_dim"] = projection_dim  # PaliGemmaConfig overwrites it, as here
+    for key in ("image_size", "patch_size"):
+        if isinstance(values.get(key), (list, tuple)):
+            h, w = values[key]
+            if h != w:
+                raise ConfigError(f"{where}: vision_config.{key} {values[key]} is not square")
+            values[key] = h
+    cfg = VisionConfig(**_pick(VisionConfig, values, {}))
+    if cfg.hidden_act not in _TANH_GELU - {"gelu"}:
+        raise ConfigError(f"{where}: vision_config.hidden_act {cfg.hidden_act!r} is not supported "
+                          "(SigLIP uses gelu_pytorch_tanh)")
+    if cfg.vision_use_head:
+        # The attention-pooling head is not part of PaliGemma; its weights are not loaded.
+        cfg = dataclasses.replace(cfg, vision_use_head=False)
+    return cfg
+
+
+def _text_from_dict(raw: dict | None, where: str) -> TextConfig:
+    if raw is None:
+        return TextConfig(**_PALIGEMMA_TEXT_DEFAULTS)
+    model_type = raw.get("model_type", "gemma")
+    if model_type not in ("gemma", "gemma2"):
+        raise ConfigError(f"{where}: text_config.model_type is {model_type!r}; "
+                          "npgemma runs 'gemma' (PaliGemma 1) and 'gemma2' (PaliGemma 2)")
+    raw = dict(raw)
+    # transformers 5 writes rope_parameters {rope_theta, rope_type}; older files write rope_theta.
+    rope = raw.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"{where}: text_config.rope_parameters.rope_type "
+                          f"{rope['rope_type']!r} is not supported (expected 'default')")
+    if "rope_theta" in rope:
+        raw["rope_theta"] = rope["rope_theta"]
+    # Gemma-2 names its activation `hidden_activation`; Gemma-1 `hidden_act`.
+    if model_type == "gemma2":
+        raw["hidden_act"] = raw.get("hidden_activation") or "gelu_pytorch_tanh"
+    defaults = _GEMMA2_DEFAULTS if model_type == "gemma2" else {}
+    values = _pick(TextConfig, raw, defaults)
+    values["model_type"] = model_type
+    if model_type == "gemma2":
+        n = values.get("num_hidden_layers", TextConfig.num_hidden_layers)
+        # Gemma2Config: even layers slide, odd layers see everything.
+        types = values.get("layer_types") or [
+            "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)]
+        if len(types) != n or set(types) - {"sliding_attention", "full_attention"}:
+            raise ConfigError(f"{where}: text_config.layer_types must list {n} entries of "
+                              f"'sliding_attention'/'full_attention', found {types}")
+        values["layer_types"] = tuple(types)
+    else:
+        values.pop("layer_types", None)
+    cfg = TextConfig(**values)
+    if cfg.hidden_act not in _TANH_GELU:
+        raise ConfigError(f"{where}: text_config activation {cfg.hidden_act!r} is not supported "
+                          "(Gemma uses tanh-GELU, gelu_pytorch_tanh)")
+    if cfg.attention_bias:
+        raise ConfigError(f"{where}: text_config.attention_bias=true is not supported "
+                          "(Gemma attention has no biases)")
+    if cfg.num_attention_heads % cfg.num_key_value_heads:
+        raise ConfigError(f"{where}: num_attention_heads {cfg.num_attention_heads} is not a "
+                          f"multiple of num_key_value_heads {cfg.num_key_value_heads}")
+    return cfg
+
+
+def config_from_dict(raw: dict, where: str = "config.json") -> PaliGemmaConfig:
+    """Resolve a PaliGemma config.json dict exactly as transformers 5.24.0 does."""
+    model_type = raw.get("model_type")
+    if model_type != "paligemma":
+        archs = raw.get("architectures")
+        raise ConfigError(f"{where}: model_type is {model_type!r} (architectures {archs}); "
+                          "npgemma loads PaliGemma checkpoints (model_type 'paligemma')")
+    projection_dim = raw.get("projection_dim", 2048)
+    vision = _vision_from_dict(raw.get("vision_config"), projection_dim, where)
+    text = _text_from_dict(raw.get("text_config"), where)
+    if vision.image_size % vision.patch_size:
+        raise ConfigError(f"{where}: image_size {vision.image_size} is not a multiple of "
+                          f"patch_size {vision.patch_size}")
+    if projection_dim != text.hidden_size:
+        raise ConfigError(f"{where}: projection_dim {projection_dim} != text hidden_size "
+                          f"{text.hidden_size}; the projector must map into the decoder width")
+    top = _pick(PaliGemmaConfig, raw, {})
+    top.pop("vision_config", None)
+    top.pop("text_config", None)
+    # `image_token_id` is an alias transformers maps onto image_token_index.
+    if "image_token_index" not in raw and "image_token_id" in raw:
+        top["image_token_index"] = raw["image_token_id"]
+    return PaliGemmaConfig(vision_config=vision, text_config=text, **top)
+
+
+def load_config(model_dir: str | os.PathLike) -> PaliGemmaConfig:
+    """Read `<model_dir>/config.json`."""
+    path = os.path.join(os.fspath(model_dir), "config.json")
+    if not os.path.isdir(os.fspath(model_dir)):
+        raise ConfigError(f"{model_dir}: no such checkpoint folder")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: missing (a Hugging Face checkpoint folder has a config.json)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    try:
+        return config_from_dict(raw, where=path)
+    except TypeError as e:  # a field with the wrong type, e.g. a string where an int belongs
+        raise ConfigError(f"{path}: {e}") from None
