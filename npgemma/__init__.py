@@ -12,7 +12,8 @@ This module never imports torch: the torch backend loads only when asked for.
 
 __version__ = "0.1.0"
 
-from .config import ConfigError, PaliGemmaConfig, load_config  # noqa: E402,F401
+from .config import PaliGemmaConfig, load_config  # noqa: E402,F401
+from .errors import ConfigError, InputError, NpgemmaError, WeightsError  # noqa: E402,F401
 
 
 def __getattr__(name):

@@ -18,8 +18,7 @@ import os
 from dataclasses import dataclass
 
 
-class ConfigError(ValueError):
-    """A config.json that npgemma cannot run, with the file and field that caused it."""
+from .errors import ConfigError
 
 
 # Activations that all mean tanh-approximated GELU (transformers' ACT2FN names).

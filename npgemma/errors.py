@@ -1,0 +1,17 @@
+"""One family of errors, so the CLI can print a single clear line for any bad input."""
+
+
+class NpgemmaError(Exception):
+    """Base class: the message names the culprit (file, key, shape, value) and what was expected."""
+
+
+class ConfigError(NpgemmaError, ValueError):
+    """A config.json npgemma cannot run."""
+
+
+class WeightsError(NpgemmaError, ValueError):
+    """Missing, unexpected, wrong-shape or unreadable tensors in a checkpoint."""
+
+
+class InputError(NpgemmaError, ValueError):
+    """A bad image, prompt, tokenizer file or generation argument."""

@@ -1,0 +1,1 @@
+"""Test fixtures shipped with the package: tiny tokenizers and checkpoints in the exact HF layout."""
