@@ -1,0 +1,135 @@
+"""The building blocks shared by SigLIP and Gemma, as pure NumPy functions.
+
+Everything computes in float32. Weights may be stored in a narrower dtype (bfloat16 through
+ml_dtypes, float16) to save memory; `as_f32` widens them at the point of use, which is exact.
+Constants are written as explicit float32 scalars: NumPy would otherwise promote to float64
+and silently diverge from the float32 reference (and from the torch mirror).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+_SQRT_2_OVER_PI = F32(np.sqrt(2.0 / np.pi))
+_GELU_CUBIC = F32(0.044715)
+# A large finite negative for masked scores: -inf would turn a fully masked row
+# (a padding query) into NaN; with a finite value that row is a harmless uniform average.
+MASK_VALUE = F32(np.finfo(np.float32).min)
+
+
+def as_f32(w: np.ndarray) -> np.ndarray:
+    """A weight widened to float32 for compute (no copy when it already is)."""
+    return w if w.dtype == np.float32 else w.astype(np.float32)
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """`nn.Linear`: weight is [out, in] as stored by torch. float32[..., in] -> float32[..., out]."""
+    y = x @ as_f32(weight).T  # [..., in] -> [..., out]
+    if bias is not None:
+        y += as_f32(bias)
+    return y
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """`nn.LayerNorm` over the last axis (biased variance, as torch). float32[..., D]."""
+    mean = x.mean(axis=-1, keepdims=True)
+    centered = x - mean
+    var = np.mean(centered * centered, axis=-1, keepdims=True)
+    return centered / np.sqrt(var + F32(eps)) * as_f32(weight) + as_f32(bias)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """`GemmaRMSNorm`: x * rsqrt(mean(x²) + eps) * (1 + weight).
+
+    Gemma stores the scale as an offset from 1 (weights initialise to zero), hence `1 + w`;
+    both the normalisation and the scale are done in float32, as HF does, before any cast.
+    """
+    x = x.astype(np.float32, copy=False)
+    ms = np.mean(x * x, axis=-1, keepdims=True)
+    return x * (F32(1.0) / np.sqrt(ms + F32(eps))) * (F32(1.0) + as_f32(weight))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """tanh-approximated GELU (`gelu_pytorch_tanh`), the activation of both SigLIP and Gemma.
+
+    Never the erf form: Gemma's legacy `hidden_act: "gelu"` also means this one.
+    `x * x * x`, not `x ** 3`: NumPy's float power is several times slower.
+    """
+    inner = _SQRT_2_OVER_PI * (x + _GELU_CUBIC * (x * x * x))
+    return F32(0.5) * x * (F32(1.0) + np.tanh(inner))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax, in float32 (HF upcasts attention scores before it)."""
+    x = x.astype(np.float32, copy=False)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
+    """Gemma-2 soft capping `cap * tanh(x / cap)`: a smooth clamp to (-cap, cap)."""
+    if cap is None:
+        return x
+    cap = F32(cap)
+    return cap * np.tanh(x / cap)
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+    """float32[H/2]: 1 / theta^(2i/H), computed in float32 as HF's default RoPE init."""
+    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / F32(head_dim)
+    return F32(1.0) / (F32(theta) ** exponents)
+
+
+def rope_tables(positions: np.ndarray, head_dim: int, theta: float):
+    """cos, sin float32[B, L, H] for integer positions int[B, L].
+
+    Split-half layout (HF's `rotate_half`): frequency i drives dims i and i + H/2, so the
+    table is the half-table repeated twice — not Llama-Meta's interleaved pairs.
+    """
+    freqs = positions.astype(np.float32)[..., None] * rope_inv_freq(head_dim, theta)  # [B, L] -> [B, L, H/2]
+    emb = np.concatenate([freqs, freqs], axis=-1)  # [B, L, H/2] -> [B, L, H]
+    return np.cos(emb), np.sin(emb)
+
+
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last axis."""
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate float32[B, N, L, H] by the angles of cos/sin float32[B, L, H] (shared by heads)."""
+    cos, sin = cos[:, None], sin[:, None]  # [B, L, H] -> [B, 1, L, H]
+    return x * cos + rotate_half(x) * sin
+
+
+def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> np.ndarray:
+    """Scaled dot-product attention with grouped-query heads.
+
+    q float32[B, N, L, H]; k, v float32[B, K, S, H]; mask bool[B, L, S] (True = may attend).
+    Query head n reads kv head n // (N / K): the N heads are viewed as K groups of G = N / K,
+    so keys and values are broadcast, never copied (K = 1 is MQA, K = N is plain MHA).
+    Order, as HF's eager path: q·kᵀ, × scale, softcap (Gemma-2), mask, softmax in float32, × v.
+    Returns float32[B, N, L, H].
+    """
+    b, n, l, h = q.shape
+    kv_heads = k.shape[1]
+    qg = q.reshape(b, kv_heads, n // kv_heads, l, h)  # [B, N, L, H] -> [B, K, G, L, H]
+    scores = (qg @ k[:, :, None].swapaxes(-1, -2)) * F32(scale)  # -> [B, K, G, L, S]
+    scores = softcap(scores, logit_cap)
+    scores = np.where(mask[:, None, None], scores, MASK_VALUE)
+    out = softmax(scores) @ v[:, :, None]  # [B, K, G, L, S] -> [B, K, G, L, H]
+    return out.reshape(b, n, l, h)  # [B, K, G, L, H] -> [B, N, L, H]
+
+
+def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:
+    """float32[B, L, N*H] -> float32[B, N, L, H]."""
+    b, l, _ = x.shape
+    return x.reshape(b, l, num_heads, -1).transpose(0, 2, 1, 3)  # [B, L, N*H] -> [B, N, L, H]
+
+
+def merge_heads(x: np.ndarray) -> np.ndarray:
+    """float32[B, N, L, H] -> float32[B, L, N*H]."""
+    b, n, l, h = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, l, n * h)  # [B, N, L, H] -> [B, L, N*H]

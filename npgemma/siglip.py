@@ -1,0 +1,71 @@
+"""SigLIP vision tower (HF `SiglipVisionTransformer`, without the pooling head).
+
+patch conv -> + learned positions -> pre-LN transformer blocks -> post LayerNorm.
+Attention is bidirectional over the P patches; LayerNorm eps comes from the config (1e-6).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import VisionConfig
+from .layers import attention, gelu_tanh, layer_norm, linear, merge_heads, split_heads, as_f32
+
+
+def patch_embed(pixel_values: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """`nn.Conv2d(3, D, kernel=stride=p)` as one matmul over non-overlapping patches.
+
+    pixel_values float32[B, 3, S, S], weight OIHW [D, 3, p, p] -> float32[B, P, D], patches in
+    row-major grid order (the conv output's `flatten(2).transpose(1, 2)`).
+    """
+    b, c, s, _ = pixel_values.shape
+    d, _, p, _ = weight.shape
+    g = s // p
+    x = pixel_values.reshape(b, c, g, p, g, p)  # [B, 3, S, S] -> [B, 3, g, p, g, p]
+    x = x.transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * p * p)  # -> [B, P, 3*p*p]
+    return linear(x, as_f32(weight).reshape(d, c * p * p), bias)  # [B, P, 3*p*p] -> [B, P, D]
+
+
+def embeddings(pixel_values, patch_embedding, position_embedding) -> np.ndarray:
+    """`SiglipVisionEmbeddings`: patches + one learned vector per grid position (no interpolation)."""
+    x = patch_embed(pixel_values, **patch_embedding)  # [B, 3, S, S] -> [B, P, D]
+    return x + as_f32(position_embedding["weight"])
+
+
+def self_attention(x, q_proj, k_proj, v_proj, out_proj, *, num_heads: int) -> np.ndarray:
+    """`SiglipAttention`: full bidirectional MHA with biases, scale head_dim^-0.5."""
+    b, p, d = x.shape
+    q = split_heads(linear(x, **q_proj), num_heads)  # [B, P, D] -> [B, N, P, H]
+    k = split_heads(linear(x, **k_proj), num_heads)
+    v = split_heads(linear(x, **v_proj), num_heads)
+    everyone = np.ones((b, p, p), dtype=bool)
+    out = attention(q, k, v, everyone, scale=(d // num_heads) ** -0.5)
+    return linear(merge_heads(out), **out_proj)  # [B, N, P, H] -> [B, P, D]
+
+
+def feed_forward(x, fc1, fc2) -> np.ndarray:
+    """`SiglipMLP`: fc1 -> tanh-GELU -> fc2. [B, P, D] -> [B, P, F] -> [B, P, D]."""
+    return linear(gelu_tanh(linear(x, **fc1)), **fc2)
+
+
+def encoder_layer(x, layer_norm1, self_attn, layer_norm2, mlp, *, cfg: VisionConfig):
+    """`SiglipEncoderLayer`: pre-LN residual blocks."""
+    x = x + self_attention(layer_norm(x, **layer_norm1, eps=cfg.layer_norm_eps), **self_attn,
+                           num_heads=cfg.num_attention_heads)
+    return x + feed_forward(layer_norm(x, **layer_norm2, eps=cfg.layer_norm_eps), **mlp)
+
+
+def vision_tower(params, pixel_values, cfg: VisionConfig, hidden_states: list | None = None):
+    """float32[B, 3, S, S] -> float32[B, P, D]: `SiglipVisionTransformer.last_hidden_state`.
+
+    If `hidden_states` is a list, the embeddings and each layer's output are appended to it
+    (HF's `output_hidden_states` order), for layer-by-layer parity checks.
+    """
+    x = embeddings(pixel_values, **params["embeddings"])
+    for layer in params["encoder"]["layers"]:
+        if hidden_states is not None:
+            hidden_states.append(x)
+        x = encoder_layer(x, **layer, cfg=cfg)
+    if hidden_states is not None:
+        hidden_states.append(x)
+    return layer_norm(x, **params["post_layernorm"], eps=cfg.layer_norm_eps)
