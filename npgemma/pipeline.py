@@ -1,0 +1,110 @@
+"""The public API: `npgemma.load(dir)` -> Pipeline with `.processor`, `.logits`, `.generate`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .backend import get_backend
+from .config import PaliGemmaConfig, load_config
+from .errors import InputError
+from .generate import GenerationConfig, check_length, generate_tokens
+from .paligemma import attention_masks, rope_positions
+from .processing import Processor
+from .weights import load_weights
+
+
+@dataclass(frozen=True)
+class GenerateOutput:
+    text: str                     # the decoded new tokens (EOS excluded), <loc>/<seg> kept
+    token_ids: list[int] = field(default_factory=list)  # the new token ids, EOS excluded
+
+
+class Pipeline:
+    """A loaded checkpoint on one backend. Build it with `npgemma.load`."""
+
+    def __init__(self, cfg: PaliGemmaConfig, params, processor: Processor, backend):
+        self.cfg, self.params, self.processor, self.backend = cfg, params, processor, backend
+
+    def logits(self, image, prompt: str) -> np.ndarray:
+        """float32[L, V]: the logits at every prompt position (image tokens included), from one
+        uncached forward with the whole prompt as the bidirectional prefix."""
+        inputs = self.processor(image, prompt)
+        ids = inputs.input_ids[None]
+        check_length(self.cfg, ids.shape[1], 0)
+        valid = np.ones(ids.shape, bool)
+        feats = self.backend.encode_image(self.params, inputs.pixel_values[None], self.cfg)
+        logits, _ = self.backend.forward(self.params, self.cfg, ids, rope_positions(valid),
+                                         attention_masks(self.cfg, valid, valid, 0),
+                                         image_features=feats)
+        return self.backend.to_numpy(logits)[0]
+
+    def iter_tokens(self, image, prompt: str, **generation) -> Iterator[int]:
+        """Yield new token ids one by one as they are generated (EOS excluded)."""
+        gen = GenerationConfig(**generation)
+        inputs = self.processor(image, prompt)
+        for token in generate_tokens(self.backend, self.params, self.cfg, inputs.input_ids[None],
+                                     inputs.pixel_values[None], gen):
+            if token[0] == self.cfg.eos_token_id:
+                return
+            yield int(token[0])
+
+    def stream(self, image, prompt: str, **generation) -> Iterator[str]:
+        """Yield pieces of decoded text as tokens arrive (for printing while generating)."""
+        ids: list[int] = []
+        shown = ""
+        for token in self.iter_tokens(image, prompt, **generation):
+            ids.append(token)
+            text = self.processor.decode(ids)
+            # Hold back a trailing partial UTF-8 sequence (byte-fallback tokens) until it completes.
+            if text.endswith("\ufffd"):
+                continue
+            if text.startswith(shown):
+                yield text[len(shown):]
+                shown = text
+        text = self.processor.decode(ids)
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown):]
+
+    def generate(self, image, prompt: str, max_new_tokens: int = 32, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None) -> GenerateOutput:
+        """Generate up to `max_new_tokens` after the prompt; stop at EOS."""
+        ids = list(self.iter_tokens(image, prompt, max_new_tokens=max_new_tokens,
+                                    do_sample=do_sample, temperature=temperature, top_k=top_k,
+                                    top_p=top_p, seed=seed))
+        return GenerateOutput(text=self.processor.decode(ids), token_ids=ids)
+
+    def generate_batch(self, images, prompts, **generation) -> list[GenerateOutput]:
+        """Several (image, prompt) pairs at once, left-padded; each row as if alone."""
+        if len(images) != len(prompts):
+            raise InputError(f"{len(images)} images but {len(prompts)} prompts")
+        batch = self.processor.batch(images, prompts)
+        gen = GenerationConfig(**generation)
+        rows: list[list[int]] = [[] for _ in prompts]
+        done = np.zeros(len(prompts), bool)
+        for token in generate_tokens(self.backend, self.params, self.cfg, batch.input_ids,
+                                     batch.pixel_values, gen, attention_mask=batch.attention_mask):
+            for i, t in enumerate(token):
+                done[i] |= t == self.cfg.eos_token_id
+                if not done[i]:
+                    rows[i].append(int(t))
+        return [GenerateOutput(self.processor.decode(r), r) for r in rows]
+
+
+def load(model_dir: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
+         dtype: str = "float32", progress: Callable[[int, int, str], None] | None = None) -> Pipeline:
+    """Load a Hugging Face PaliGemma checkpoint folder (config.json, *.safetensors, tokenizer.json).
+
+    backend "numpy" (CPU, float32 compute; dtype "bfloat16" keeps the weights in bfloat16 to
+    halve memory) or "torch" (device "cpu"/"cuda", dtype the compute dtype).
+    `progress(done_bytes, total_bytes, tensor_name)` is called while weights load.
+    """
+    be = get_backend(backend, device=device, dtype=dtype)
+    cfg = load_config(model_dir)
+    processor = Processor.from_pretrained(model_dir, cfg)
+    params = be.from_numpy(load_weights(model_dir, cfg, dtype=be.weight_dtype, progress=progress))
+    return Pipeline(cfg, params, processor, be)
