@@ -1,0 +1,79 @@
+"""The one tolerance table for cross-implementation checks (component × dtype), and the one
+comparison that reports how far apart two arrays are and where.
+
+A check passes when  max|a - b| <= atol + rtol * max|b|  (b is the reference). Measuring the
+error against the reference's *scale* rather than elementwise keeps low-precision checks
+meaningful near zeros, where elementwise relative error is noise. float32 entries are float32
+round-off after tens of fused operations; bfloat16/float16 entries are a few ulps of the
+format (bf16 eps = 2^-8 ≈ 4e-3, fp16 eps = 2^-11 ≈ 5e-4) grown by depth. Greedy-token
+agreement is checked separately for the low-precision runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# component -> dtype -> (atol, rtol)
+TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {
+    "linear":      {"float32": (1e-5, 1e-5), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 3e-3)},
+    "layer_norm":  {"float32": (1e-5, 1e-5), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 3e-3)},
+    "rms_norm":    {"float32": (1e-5, 1e-5), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 3e-3)},
+    "gelu_tanh":   {"float32": (1e-6, 1e-5), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 3e-3)},
+    "softmax":     {"float32": (1e-6, 1e-5), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 3e-3)},
+    "softcap":     {"float32": (1e-6, 1e-5), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 3e-3)},
+    "rope":        {"float32": (1e-5, 1e-5), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 3e-3)},
+    "attention":   {"float32": (1e-5, 1e-5), "bfloat16": (2e-2, 3e-2), "float16": (2e-3, 5e-3)},
+    "vision_embeddings": {"float32": (1e-5, 1e-5), "bfloat16": (2e-2, 3e-2), "float16": (2e-3, 5e-3)},
+    "vision_layer": {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 5e-2), "float16": (5e-3, 1e-2)},
+    "projector":   {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},
+    "decoder_layer": {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 5e-2), "float16": (5e-3, 1e-2)},
+    "final_norm":  {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},
+    "merge":       {"float32": (1e-6, 1e-6), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 3e-3)},
+    "logits":      {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},
+    "decode_step": {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    max_abs: float        # max |a - b|
+    max_rel: float        # max |a - b| / max |b|  (the scale-relative error the table bounds)
+    where: tuple          # index of the largest absolute difference
+    actual: float         # a[where]
+    expected: float       # b[where]
+    limit: float          # atol + rtol * max|b|
+    ok: bool
+
+    def __str__(self) -> str:
+        return (f"max abs err {self.max_abs:.3g} (limit {self.limit:.3g}), scale-relative "
+                f"{self.max_rel:.3g}, at index {self.where}: {self.actual:.6g} vs {self.expected:.6g}")
+
+
+def compare(actual, expected, component: str, dtype: str = "float32") -> Comparison:
+    """How far `actual` is from the reference `expected`, judged by TOLERANCES[component][dtype]."""
+    a = np.asarray(actual, dtype=np.float64)
+    b = np.asarray(expected, dtype=np.float64)
+    if a.shape != b.shape:
+        raise AssertionError(f"{component}: shape {a.shape} != reference shape {b.shape}")
+    atol, rtol = TOLERANCES[component][dtype]
+    if a.size == 0:
+        return Comparison(0.0, 0.0, (), 0.0, 0.0, atol, True)
+    finite = np.isfinite(a) & np.isfinite(b)
+    diff = np.where(finite, np.abs(a - b), np.inf)
+    diff = np.where(np.isnan(a) & np.isnan(b), 0.0, diff)
+    where = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    scale = float(np.max(np.abs(b[np.isfinite(b)]), initial=0.0))
+    max_abs = float(diff[where])
+    limit = atol + rtol * scale
+    return Comparison(max_abs, max_abs / scale if scale else max_abs, tuple(int(i) for i in where),
+                      float(a[where]), float(b[where]), limit, max_abs <= limit)
+
+
+def assert_close(actual, expected, component: str, dtype: str = "float32", what: str = "") -> Comparison:
+    """Raise AssertionError naming the component, dtype, error sizes and where; else return them."""
+    c = compare(actual, expected, component, dtype)
+    if not c.ok:
+        raise AssertionError(f"{what or component} [{dtype}]: {c}")
+    return c
