@@ -214,6 +214,9 @@ def config_from_dict(raw: dict, where: str = "config.json") -> PaliGemmaConfig:
     projection_dim = raw.get("projection_dim", 2048)
     vision = _vision_from_dict(raw.get("vision_config"), projection_dim, where)
     text = _text_from_dict(raw.get("text_config"), where)
+    # transformers 5.24 ties lm_head to the embedding by the *top-level* flag (default true);
+    # the text_config one is ignored.
+    text = dataclasses.replace(text, tie_word_embeddings=bool(raw.get("tie_word_embeddings", True)))
     if vision.image_size % vision.patch_size:
         raise ConfigError(f"{where}: image_size {vision.image_size} is not a multiple of "
                           f"patch_size {vision.patch_size}")

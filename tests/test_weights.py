@@ -1,0 +1,288 @@
+"""Checkpoint loading: every key layout, dtype and sharding round-trips; every bad folder fails
+with one WeightsError that names the culprit file, key and shapes."""
+
+import json
+import struct
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from npgemma.config import config_from_dict, load_config
+from npgemma.errors import WeightsError
+from npgemma.testing.checkpoint import random_weights, tiny_config, write_checkpoint
+from npgemma.weights import LAYOUTS, expected_shapes, flatten, load_weights, unflatten
+
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+
+def _write(tmp_path, name="ckpt", text="gemma", **kw):
+    overrides = kw.pop("overrides", {})
+    kw.setdefault("tokenizer", False)
+    return write_checkpoint(tmp_path / name, tiny_config(text=text, **overrides), **kw)
+
+
+def _load(folder, **kw):
+    return load_weights(folder, load_config(folder), **kw)
+
+
+def _edit(path, fn):
+    """Rewrite one safetensors file with fn(tensors) applied."""
+    tensors = load_file(str(path))
+    fn(tensors)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _error(folder) -> str:
+    with pytest.raises(WeightsError) as e:
+        _load(folder)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("num_shards", [1, 3])
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_round_trip(tmp_path, layout, dtype, num_shards):
+    folder = _write(tmp_path, text="gemma2", layout=layout, dtype=dtype, num_shards=num_shards)
+    cfg = load_config(folder)
+    flat = flatten(_load(folder))
+    assert {k: v.shape for k, v in flat.items()} == expected_shapes(cfg)
+    for key, ref in random_weights(cfg).items():
+        assert flat[key].dtype == np.float32
+        # bf16 / fp16 -> float32 upcasts are exact: the loaded value is the on-disk value.
+        np.testing.assert_array_equal(flat[key], ref.astype(DTYPES[dtype]).astype(np.float32))
+
+
+def test_tree_structure(tmp_path):
+    tree = _load(_write(tmp_path, text="gemma2"))
+    assert sorted(tree) == ["language_model", "multi_modal_projector", "vision_tower"]
+    layers = tree["language_model"]["layers"]
+    assert isinstance(layers, list) and len(layers) == 2
+    assert set(layers[0]) == {"input_layernorm", "self_attn", "post_attention_layernorm", "mlp",
+                              "pre_feedforward_layernorm", "post_feedforward_layernorm"}
+    assert tree["vision_tower"]["embeddings"]["patch_embedding"]["weight"].shape == (32, 3, 14, 14)
+    assert isinstance(tree["vision_tower"]["encoder"]["layers"], list)
+    gemma1 = _load(_write(tmp_path, "g1"))["language_model"]["layers"][0]
+    assert "pre_feedforward_layernorm" not in gemma1
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16, "bfloat16"])
+def test_low_precision_target(tmp_path, dtype):
+    folder = _write(tmp_path, dtype="float32")
+    flat = flatten(_load(folder, dtype=dtype))
+    ref = random_weights(load_config(folder))
+    for key, value in flat.items():
+        assert value.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(value, ref[key].astype(dtype))
+
+
+def test_bad_target_dtype(tmp_path):
+    with pytest.raises(WeightsError, match="int8"):
+        _load(_write(tmp_path), dtype=np.int8)
+
+
+def test_flatten_unflatten_inverse(tmp_path):
+    folder = _write(tmp_path)
+    tree = _load(folder)
+    flat = flatten(tree)
+    assert "language_model.layers.1.mlp.down_proj.weight" in flat
+    assert "vision_tower.encoder.layers.0.self_attn.q_proj.bias" in flat
+    again = unflatten(flat)
+    assert flatten(again).keys() == flat.keys()
+    assert isinstance(again["vision_tower"]["encoder"]["layers"], list)
+
+
+def test_progress_reports_every_tensor(tmp_path):
+    folder = _write(tmp_path, dtype="bfloat16", num_shards=2)
+    calls = []
+    flat = flatten(_load(folder, progress=lambda *args: calls.append(args)))
+    assert sorted(key for _, _, key in calls) == sorted(flat)
+    done = [d for d, _, _ in calls]
+    on_disk = sum(v.size * 2 for v in flat.values())  # bf16 bytes read
+    assert done == sorted(done) and done[-1] == calls[-1][1] == on_disk
+
+
+def test_tied_lm_head_on_disk_is_dropped(tmp_path):
+    tree = _load(_write(tmp_path, write_lm_head=True, layout="v5"))
+    assert "lm_head" not in tree
+
+
+def test_vision_pooling_head_is_dropped(tmp_path):
+    """transformers 5.24 saves SigLIP's unused pooling head when vision_use_head is left true."""
+    folder = _write(tmp_path, layout="v5-save", write_vision_head=True)
+    assert json.loads((folder / "config.json").read_text())["vision_config"]["vision_use_head"]
+    assert not any(".head." in k for k in flatten(_load(folder)))
+
+
+def test_untied_lm_head_loaded_and_required(tmp_path):
+    untied = {"tie_word_embeddings": False}
+    tree = _load(_write(tmp_path, overrides=untied))
+    assert tree["lm_head"]["weight"].shape == tree["language_model"]["embed_tokens"]["weight"].shape
+    folder = _write(tmp_path, "no_head", overrides=untied)
+    _edit(folder / "model.safetensors", lambda t: t.pop("language_model.lm_head.weight"))
+    msg = _error(folder)
+    assert "missing: lm_head.weight (expected on disk as language_model.lm_head.weight)" in msg
+
+
+def test_missing_tensor(tmp_path):
+    folder = _write(tmp_path, layout="v4.52")
+    disk = "model.language_model.layers.1.mlp.up_proj.weight"
+    _edit(folder / "model.safetensors", lambda t: t.pop(disk))
+    msg = _error(folder)
+    assert "language_model.layers.1.mlp.up_proj.weight" in msg and disk in msg
+    assert "1 missing" in msg
+
+
+def test_unexpected_tensor(tmp_path):
+    folder = _write(tmp_path)
+    _edit(folder / "model.safetensors", lambda t: t.update(extra=np.zeros(3, np.float32)))
+    msg = _error(folder)
+    assert "unexpected: model.safetensors: extra" in msg
+
+
+def test_layer_beyond_config_is_unexpected(tmp_path):
+    folder = _write(tmp_path)
+    key = "language_model.model.layers.2.input_layernorm.weight"
+    _edit(folder / "model.safetensors", lambda t: t.update({key: np.zeros(32, np.float32)}))
+    assert f"unexpected: model.safetensors: {key}" in _error(folder)
+
+
+def test_wrong_shape_names_file_key_and_shapes(tmp_path):
+    folder = _write(tmp_path, layout="v5", num_shards=2)
+    key = "model.vision_tower.encoder.layers.0.mlp.fc1.weight"
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shard = index["weight_map"][key]
+    _edit(folder / shard, lambda t: t.update({key: np.zeros((64, 31), np.float32)}))
+    msg = _error(folder)
+    assert f"wrong shape: {shard}: {key}: expected (64, 32), found (64, 31)" in msg
+
+
+def test_tied_lm_head_with_wrong_shape(tmp_path):
+    folder = _write(tmp_path, write_lm_head=True)
+    key = "language_model.lm_head.weight"
+    _edit(folder / "model.safetensors", lambda t: t.update({key: np.zeros((5, 32), np.float32)}))
+    assert f"{key}: expected ({config_vocab(folder)}, 32), found (5, 32)" in _error(folder)
+
+
+def config_vocab(folder):
+    return load_config(folder).text_config.vocab_size
+
+
+def test_all_problems_in_one_error(tmp_path):
+    folder = _write(tmp_path)
+
+    def damage(t):
+        t.pop("multi_modal_projector.linear.bias")
+        t["language_model.model.norm.weight"] = np.zeros(7, np.float32)
+        t["bogus.weight"] = np.zeros(1, np.float32)
+    _edit(folder / "model.safetensors", damage)
+    msg = _error(folder)
+    assert "1 wrong shape" in msg and "1 unexpected" in msg and "1 missing" in msg
+    assert "multi_modal_projector.linear.bias" in msg and "bogus.weight" in msg
+    assert "expected (32,), found (7,)" in msg
+
+
+def test_mixed_layouts(tmp_path):
+    folder = _write(tmp_path, layout="hub")
+    old, new = ("vision_tower.vision_model.post_layernorm.weight",
+                "model.vision_tower.post_layernorm.weight")
+    _edit(folder / "model.safetensors", lambda t: t.update({new: t.pop(old)}))
+    msg = _error(folder)
+    assert f"mixed layouts: follows 'v5', not 'hub': model.safetensors: {new}" in msg
+    assert f"missing: vision_tower.post_layernorm.weight (expected on disk as {old})" in msg
+
+
+def test_unsupported_disk_dtype(tmp_path):
+    folder = _write(tmp_path)
+    key = "multi_modal_projector.linear.bias"
+    _edit(folder / "model.safetensors", lambda t: t.update({key: np.zeros(32, np.int8)}))
+    msg = _error(folder)
+    assert f"unsupported dtype: model.safetensors: {key}: I8" in msg
+
+
+def test_truncated_file(tmp_path):
+    path = _write(tmp_path) / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    msg = _error(path.parent)
+    assert str(path) in msg and "not a readable safetensors file" in msg
+
+
+def test_garbage_file(tmp_path):
+    path = _write(tmp_path) / "model.safetensors"
+    path.write_bytes(b"this is not a safetensors file at all" * 10)
+    assert str(path) in _error(path.parent)
+
+
+@pytest.mark.parametrize("content", [b"abc", struct.pack("<Q", 2**62) + b"{}"])
+def test_absurd_or_short_header(tmp_path, content):
+    path = _write(tmp_path) / "model.safetensors"
+    path.write_bytes(content)
+    msg = _error(path.parent)
+    assert str(path) in msg and ("too short" in msg or f"says {2**62} bytes" in msg)
+
+
+def test_bad_header_json(tmp_path):
+    path = _write(tmp_path) / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", 5) + b"{abc}")
+    assert str(path) in _error(path.parent)
+
+
+def test_missing_shard(tmp_path):
+    folder = _write(tmp_path, num_shards=3)
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    msg = _error(folder)
+    assert "model-00002-of-00003.safetensors" in msg and "missing" in msg
+
+
+def test_index_names_tensor_absent_from_shard(tmp_path):
+    folder = _write(tmp_path, num_shards=2)
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    index["weight_map"]["language_model.model.phantom.weight"] = "model-00001-of-00002.safetensors"
+    index_path.write_text(json.dumps(index))
+    msg = _error(folder)
+    assert "not in shard: model-00001-of-00002.safetensors: language_model.model.phantom" in msg
+
+
+def test_tensor_in_wrong_shard(tmp_path):
+    folder = _write(tmp_path, num_shards=2)
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    key, shard = next(iter(index["weight_map"].items()))
+    index["weight_map"][key] = "model-00002-of-00002.safetensors"
+    index_path.write_text(json.dumps(index))
+    msg = _error(folder)
+    assert f"index mismatch: {shard}: {key}" in msg and "not in shard: " in msg
+
+
+def test_bad_index(tmp_path):
+    folder = _write(tmp_path, num_shards=2)
+    (folder / "model.safetensors.index.json").write_text("{not json")
+    assert "model.safetensors.index.json" in _error(folder)
+
+
+def test_empty_folder(tmp_path):
+    folder = _write(tmp_path)
+    (folder / "model.safetensors").unlink()
+    msg = _error(folder)
+    assert "no model.safetensors or model.safetensors.index.json" in msg and "config.json" in msg
+    with pytest.raises(WeightsError, match="no such checkpoint folder"):
+        load_weights(tmp_path / "nowhere", load_config(folder))
+
+
+def test_expected_shapes_count_paligemma_3b():
+    """The real PaliGemma-1 3B (google/paligemma-3b-pt-224 config.json) has 2,923,466,480
+    parameters: tied lm_head, no vision pooling head."""
+    cfg = config_from_dict({
+        "model_type": "paligemma", "projection_dim": 2048, "image_token_index": 257152,
+        "text_config": {"model_type": "gemma", "hidden_size": 2048, "intermediate_size": 16384,
+                        "num_attention_heads": 8, "num_hidden_layers": 18,
+                        "num_key_value_heads": 1, "vocab_size": 257216},
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152,
+                          "intermediate_size": 4304, "num_attention_heads": 16,
+                          "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": False}})
+    shapes = expected_shapes(cfg)
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 2_923_466_480
+    assert shapes["language_model.layers.0.self_attn.k_proj.weight"] == (256, 2048)
+    assert shapes["vision_tower.embeddings.position_embedding.weight"] == (256, 1152)
