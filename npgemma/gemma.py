@@ -74,16 +74,18 @@ def decoder(params, embeds, positions, masks: dict, cfg: TextConfig, cache=None,
 
     embeds float32[B, L, D]; positions int[B, L] (RoPE positions); masks maps a layer type
     ("full_attention" / "sliding_attention") to bool[B, L, S]. Returns float32[B, L, D].
-    If `hidden_states` is a list, each layer's input and the final normed output are appended
-    (HF's `output_hidden_states` order).
+    If `hidden_states` is a list, the input, each layer's output and the final normed output
+    are appended, in that order (L + 2 entries).
     """
     cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)  # cos/sin float32[B, L, H]
     x = embeds
+    if hidden_states is not None:
+        hidden_states.append(x)
     for i, layer in enumerate(params["layers"]):
-        if hidden_states is not None:
-            hidden_states.append(x)
         mask = masks["sliding_attention" if cfg.layer_sliding_window(i) else "full_attention"]
         x = decoder_layer(x, layer, cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache, layer_idx=i)
+        if hidden_states is not None:
+            hidden_states.append(x)
     x = rms_norm(x, **params["norm"], eps=cfg.rms_norm_eps)
     if hidden_states is not None:
         hidden_states.append(x)

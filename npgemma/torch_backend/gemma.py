@@ -56,11 +56,13 @@ def decoder(params, embeds, positions, masks: dict, cfg: TextConfig, cache=None,
     """Layers then the final norm: [B, L, D] -> [B, L, D]."""
     cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, dtype=embeds.dtype)
     x = embeds
+    if hidden_states is not None:
+        hidden_states.append(x)
     for i, layer in enumerate(params["layers"]):
-        if hidden_states is not None:
-            hidden_states.append(x)
         mask = masks["sliding_attention" if cfg.layer_sliding_window(i) else "full_attention"]
         x = decoder_layer(x, layer, cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache, layer_idx=i)
+        if hidden_states is not None:
+            hidden_states.append(x)
     x = rms_norm(x, **params["norm"], eps=cfg.rms_norm_eps)
     if hidden_states is not None:
         hidden_states.append(x)
