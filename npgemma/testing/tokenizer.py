@@ -1,0 +1,172 @@
+"""A tiny Gemma-style `tokenizer.json` with PaliGemma's real special tokens, for tests.
+
+Built with the `tokenizers` library, shaped like the real PaliGemma tokenizer as transformers
+5.24's `GemmaTokenizer` rebuilds it: a BPE model with byte fallback (`<0x00>`..`<0xFF>`),
+`fuse_unk`, `<unk>`; normalizer `Replace(" ", "▁")` and *no* dummy prefix (Gemma's
+SentencePiece model has `add_dummy_prefix: false`); pre-tokenizer
+`Split(" ", merged_with_previous)` (a no-op once spaces are `▁`, kept because HF builds it);
+decoder `Replace("▁", " ") → ByteFallback → Fuse`.
+
+Two layouts:
+
+* `full=False` (compact, ~1.6k ids): specials 0–4, the 256 byte tokens, `"\\n"`, a few hundred
+  merged pieces ("▁caption", "▁en", "▁detect", ...), then `<loc0000>`–`<loc1023>`,
+  `<seg000>`–`<seg127>` and `<image>`.  `TINY_VOCAB_SIZE` pads it to a multiple of 64 rows, as
+  HF pads 257153 to 257216.
+* `full=True`: the real ids — `<pad>`0 `<eos>`1 `<bos>`2 `<unk>`3 `<mask>`4, `<start_of_turn>`106,
+  `<end_of_turn>`107, `"\\n"`108, the byte tokens at Gemma's 217–472, filler pieces up to 255999,
+  `<loc0000>`=256000 … `<seg127>`=257151, `<image>`=257152.
+
+`<image>` is a special added token; `<locNNNN>`/`<segNNN>` are *non-special* added tokens (as
+`PaliGemmaProcessor` adds them), so they survive `decode(skip_special_tokens=True)` — they are
+the detection and segmentation output.  Both layouts segment text identically; only ids differ.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers.models import BPE
+
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0..4 in both layouts
+LOC_TOKENS = tuple(f"<loc{i:04d}>" for i in range(1024))
+SEG_TOKENS = tuple(f"<seg{i:03d}>" for i in range(128))
+IMAGE_TOKEN = "<image>"
+BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
+
+# Words the BPE learns whole, each also with the "▁" (space) prefix.
+_WORDS = """
+caption en es fr de it detect segment answer describe question ocr what where how many is are
+the a an of on in to and with this that there image photo picture cat cats dog dogs car person
+people man woman bench red blue green white black sitting standing left right top bottom
+""".split()
+_CHARS = "".join(chr(c) for c in range(0x21, 0x7F))  # printable ASCII; the rest falls back to bytes
+
+FULL_VOCAB_SIZE = 257216        # embedding rows of the real checkpoints (257153 padded to 64)
+FULL_IMAGE_TOKEN_ID = 257152
+FULL_NEWLINE_ID = 108
+_FULL_BYTES_START = 217         # Gemma's <0x00>
+_FULL_BASE = 256000             # first <loc> id
+
+
+@functools.lru_cache(maxsize=None)
+def _learned_pieces() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Single characters and merge products in training order, and the merges.
+
+    Learned by `tokenizers`' own BPE trainer from each word on its own (so no merge spans a word
+    boundary) and from whitespace runs; deterministic for a given `tokenizers` version.
+    """
+    alphabet = ["\n", "▁", *_CHARS]
+    corpus = [*_WORDS, *("▁" + w for w in _WORDS),
+              *("\n" * n for n in range(2, 32)), *("▁" * n for n in range(2, 32))]
+    trainer = trainers.BpeTrainer(vocab_size=100_000, min_frequency=0, show_progress=False,
+                                  initial_alphabet=alphabet, special_tokens=[])
+    tok = Tokenizer(BPE())
+    tok.train_from_iterator(corpus, trainer)
+    model = json.loads(tok.to_str())["model"]
+    learned = sorted(model["vocab"], key=model["vocab"].get)
+    pieces = alphabet + [p for p in learned if p not in set(alphabet)]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return tuple(pieces), tuple(merges)
+
+
+def _compact_vocab(pieces: list[str]) -> dict[str, int]:
+    ordered = [*SPECIAL_TOKENS, *BYTE_TOKENS, *pieces, *LOC_TOKENS, *SEG_TOKENS, IMAGE_TOKEN]
+    return {tok: i for i, tok in enumerate(ordered)}
+
+
+def _full_vocab(pieces: list[str]) -> dict[str, int]:
+    """Real Gemma ids where known (specials, turn markers, "\\n", whitespace runs, bytes)."""
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab["<2mass>"], vocab["[@BOS@]"] = 5, 6
+    vocab.update({f"<unused{i}>": 7 + i for i in range(99)})
+    vocab["<start_of_turn>"], vocab["<end_of_turn>"] = 106, 107
+    vocab.update({"\n" * n: FULL_NEWLINE_ID - 1 + n for n in range(1, 32)})   # 108..138
+    vocab.update({"▁" * n: 137 + n for n in range(2, 32)})                   # 139..168
+    vocab.update({tok: _FULL_BYTES_START + b for b, tok in enumerate(BYTE_TOKENS)})
+    next_id = _FULL_BYTES_START + 256
+    for piece in pieces:
+        if piece not in vocab:
+            vocab[piece] = next_id
+            next_id += 1
+    taken = set(vocab.values())
+    vocab.update({f"<filler{i}>": i for i in range(_FULL_BASE) if i not in taken})
+    extra = [*LOC_TOKENS, *SEG_TOKENS, IMAGE_TOKEN]
+    vocab.update({tok: _FULL_BASE + i for i, tok in enumerate(extra)})
+    return vocab
+
+
+def build_tokenizer(*, full: bool = False) -> Tokenizer:
+    """The tokenizer as a `tokenizers.Tokenizer` (see the module docstring for the layouts)."""
+    pieces, merges = _learned_pieces()
+    pieces, merges = list(pieces), list(merges)
+    vocab = _full_vocab(pieces) if full else _compact_vocab(pieces)
+    tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True,
+                        byte_fallback=True, dropout=None))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    specials = list(SPECIAL_TOKENS)
+    if full:
+        specials += ["<2mass>", "[@BOS@]", *(f"<unused{i}>" for i in range(99)),
+                     "<start_of_turn>", "<end_of_turn>"]
+    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
+    tok.add_tokens([AddedToken(t, normalized=False, special=False)
+                    for t in (*LOC_TOKENS, *SEG_TOKENS)])
+    tok.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
+    return tok
+
+
+def _tiny_layout() -> tuple[int, int]:
+    pieces, _ = _learned_pieces()
+    vocab = _compact_vocab(pieces)
+    return vocab[IMAGE_TOKEN], vocab["\n"]
+
+
+TINY_IMAGE_TOKEN_ID, TINY_NEWLINE_ID = _tiny_layout()
+TINY_VOCAB_SIZE = -(-(TINY_IMAGE_TOKEN_ID + 1) // 64) * 64  # padded like HF's 257216
+
+
+# What a hub PaliGemma checkpoint ships next to tokenizer.json (transformers reads these).
+_TOKENIZER_CONFIG = {
+    "add_bos_token": True,
+    "add_eos_token": False,
+    "bos_token": "<bos>",
+    "eos_token": "<eos>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "additional_special_tokens": [IMAGE_TOKEN],
+    "clean_up_tokenization_spaces": False,
+    "spaces_between_special_tokens": False,
+    "model_max_length": 1000000000000000019884624838656,
+    "processor_class": "PaliGemmaProcessor",
+    "tokenizer_class": "GemmaTokenizer",
+}
+_SPECIAL_TOKENS_MAP = {
+    "additional_special_tokens": [IMAGE_TOKEN],
+    "bos_token": "<bos>",
+    "eos_token": "<eos>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+}
+
+
+def write_tokenizer(folder: str | os.PathLike, *, full: bool = False) -> Path:
+    """Write `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`; return the json path.
+
+    The folder is created if needed.  `preprocessor_config.json` (the image side) is not written
+    here: it belongs to the checkpoint fixture.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tokenizer.json"
+    build_tokenizer(full=full).save(str(path))
+    for name, obj in (("tokenizer_config.json", _TOKENIZER_CONFIG),
+                      ("special_tokens_map.json", _SPECIAL_TOKENS_MAP)):
+        (folder / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    return path
