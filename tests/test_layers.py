@@ -1,0 +1,473 @@
+"""Golden values and invariants for the NumPy building blocks (npgemma/layers.py, patch_embed).
+
+NumPy only. Every reference below is either a number written out by hand (closed form) or an
+independent float64 loop, never a call back into the function under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from npgemma.layers import (MASK_VALUE, apply_rope, attention, gelu_tanh, layer_norm, linear,
+                            merge_heads, rms_norm, rope_inv_freq, rope_tables, softcap, softmax,
+                            split_heads)
+from npgemma.siglip import patch_embed
+
+F32 = np.float32
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _randn(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(F32)
+
+
+# --------------------------------------------------------------------------- linear
+
+
+def test_linear_golden_weight_is_out_by_in():
+    x = np.array([[1.0, 2.0, 3.0]], F32)  # [1, in=3]
+    w = np.array([[1.0, 0.0, -1.0], [0.5, 0.5, 0.5]], F32)  # [out=2, in=3], torch layout
+    b = np.array([10.0, -1.0], F32)
+    np.testing.assert_array_equal(linear(x, w), np.array([[-2.0, 3.0]], F32))
+    y = linear(x, w, b)
+    np.testing.assert_array_equal(y, np.array([[8.0, 2.0]], F32))
+    assert y.dtype == np.float32
+
+
+def test_linear_narrow_weights_compute_in_float32():
+    rng = _rng(1)
+    x = _randn(rng, 2, 3, 8)
+    w = _randn(rng, 5, 8).astype(np.float16)
+    b = _randn(rng, 5).astype(np.float16)
+    y = linear(x, w, b)
+    assert y.dtype == np.float32 and y.shape == (2, 3, 5)
+    ref = x.astype(np.float64) @ w.astype(np.float64).T + b.astype(np.float64)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_does_not_modify_its_inputs():
+    rng = _rng(2)
+    x, w, b = _randn(rng, 3, 4), _randn(rng, 4, 4), _randn(rng, 4)
+    copies = [a.copy() for a in (x, w, b)]
+    linear(x, w, b)
+    for a, c in zip((x, w, b), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+# --------------------------------------------------------------------------- rms_norm
+
+
+def test_rms_norm_golden():
+    x = np.array([1.0, 2.0, 3.0, 4.0], F32)
+    w = np.array([0.0, 0.5, -0.5, 1.0], F32)
+    # mean(x²) = 30 / 4 = 7.5; scale (1 + w) = [1, 1.5, 0.5, 2]
+    expected = np.array([1 * 1.0, 2 * 1.5, 3 * 0.5, 4 * 2.0]) / math.sqrt(7.5 + 1e-6)
+    np.testing.assert_allclose(expected, [0.36514834733, 1.09544504198, 0.54772252099, 2.92118677862],
+                               rtol=1e-10)
+    y = rms_norm(x, w, eps=1e-6)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=0)
+
+
+def test_rms_norm_zero_weight_is_plain_rms_normalisation():
+    rng = _rng(3)
+    x = _randn(rng, 2, 5, 16, scale=3.0)
+    y = rms_norm(x, np.zeros(16, F32), eps=1e-6)
+    # unit root-mean-square, same direction
+    np.testing.assert_allclose(np.sqrt(np.mean(y.astype(np.float64) ** 2, axis=-1)), 1.0, rtol=1e-5)
+    ref = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_is_one_plus_w_not_w():
+    x = np.array([3.0, -4.0], F32)  # rms = sqrt(12.5)
+    y = rms_norm(x, np.array([1.0, 1.0], F32), eps=0.0)
+    np.testing.assert_allclose(y, 2.0 * x / math.sqrt(12.5), rtol=1e-6)
+
+
+def test_rms_norm_eps_on_zero_vector():
+    y = rms_norm(np.zeros((2, 8), F32), np.full(8, 0.3, F32), eps=1e-6)
+    assert np.all(np.isfinite(y))
+    np.testing.assert_array_equal(y, 0.0)
+
+
+def test_rms_norm_eps_value_matters():
+    x = np.full(4, 1e-3, F32)  # mean(x²) = 1e-6: eps of 1e-6 halves the variance's weight
+    y = rms_norm(x, np.zeros(4, F32), eps=1e-6)
+    np.testing.assert_allclose(y, 1e-3 / math.sqrt(2e-6), rtol=1e-5)
+
+
+def test_rms_norm_float32_output_for_narrow_inputs():
+    x = np.array([[1.0, 2.0, 3.0, 4.0]], np.float16)
+    y = rms_norm(x, np.zeros(4, np.float16), eps=1e-6)
+    assert y.dtype == np.float32
+
+
+# --------------------------------------------------------------------------- layer_norm
+
+
+def test_layer_norm_golden():
+    x = np.array([1.0, 2.0, 3.0, 4.0], F32)
+    w = np.array([1.0, 2.0, 0.5, -1.0], F32)
+    b = np.array([0.0, 1.0, -1.0, 0.5], F32)
+    # mean 2.5, biased variance 1.25
+    r = 1.0 / math.sqrt(1.25 + 1e-6)
+    expected = np.array([-1.5 * r * 1.0 + 0.0, -0.5 * r * 2.0 + 1.0, 0.5 * r * 0.5 - 1.0,
+                         1.5 * r * -1.0 + 0.5])
+    y = layer_norm(x, w, b, eps=1e-6)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_layer_norm_uses_biased_variance_and_given_eps():
+    rng = _rng(4)
+    x = _randn(rng, 3, 7, scale=2.0) + F32(5.0)
+    y = layer_norm(x, np.ones(7, F32), np.zeros(7, F32), eps=1e-6)
+    np.testing.assert_allclose(y.mean(-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.var(y.astype(np.float64), axis=-1), 1.0, rtol=1e-4)
+    # eps is not hard-coded: a huge eps shrinks the output
+    z = layer_norm(x, np.ones(7, F32), np.zeros(7, F32), eps=1e6)
+    assert np.abs(z).max() < 0.1
+
+
+# --------------------------------------------------------------------------- gelu_tanh
+
+
+def _gelu_tanh_ref(x):
+    return 0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def _gelu_erf_ref(x):
+    return 0.5 * x * (1 + math.erf(x / math.sqrt(2)))
+
+
+@pytest.mark.parametrize("x, golden", [(0.0, 0.0), (1.0, 0.8411919906082768),
+                                       (-1.0, -0.15880800939172324), (3.0, 2.996362607918227)])
+def test_gelu_tanh_golden(x, golden):
+    assert _gelu_tanh_ref(x) == pytest.approx(golden, abs=1e-12)  # the hand formula
+    y = gelu_tanh(np.array([x], F32))
+    assert y.dtype == np.float32
+    assert abs(float(y[0]) - golden) < 1e-6
+
+
+def test_gelu_is_tanh_form_not_erf_form():
+    y = float(gelu_tanh(np.array([1.0], F32))[0])
+    assert abs(_gelu_erf_ref(1.0) - _gelu_tanh_ref(1.0)) > 1e-4  # the two forms differ here
+    assert abs(y - _gelu_tanh_ref(1.0)) < 1e-6
+    assert abs(y - _gelu_erf_ref(1.0)) > 1e-4
+
+
+def test_gelu_tanh_extremes_finite():
+    y = gelu_tanh(np.array([-1e4, -30.0, 30.0, 1e4], F32))
+    assert np.all(np.isfinite(y))
+    np.testing.assert_allclose(y, [0.0, 0.0, 30.0, 1e4], atol=1e-6)
+
+
+# --------------------------------------------------------------------------- softmax / softcap
+
+
+def test_softmax_sums_to_one_and_shift_invariant():
+    rng = _rng(5)
+    x = _randn(rng, 4, 9, scale=5.0)
+    p = softmax(x)
+    assert p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(softmax(x + F32(123.0)), p, rtol=1e-5, atol=1e-7)
+    ref = np.exp(x.astype(np.float64))
+    ref /= ref.sum(-1, keepdims=True)
+    np.testing.assert_allclose(p, ref, rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_axis_argument():
+    x = np.array([[0.0, 1.0], [2.0, 3.0]], F32)
+    p = softmax(x, axis=0)
+    e = 1.0 / (1.0 + math.exp(2.0))
+    np.testing.assert_allclose(p, [[e, e], [1 - e, 1 - e]], rtol=1e-6)
+
+
+def test_softmax_stable_for_huge_inputs():
+    p = softmax(np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], F32))
+    assert np.all(np.isfinite(p))
+    np.testing.assert_allclose(p, [[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)
+
+
+def test_softcap_golden_and_none():
+    x = np.array([0.0, 1.0, 100.0, -100.0], F32)
+    y = softcap(x, 50.0)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, [0.0, 50 * math.tanh(0.02), 50 * math.tanh(2), -50 * math.tanh(2)],
+                               rtol=1e-6)
+    assert softcap(x, None) is x
+
+
+# --------------------------------------------------------------------------- rope
+
+
+def test_rope_inv_freq_golden():
+    inv = rope_inv_freq(4, 10000.0)
+    assert inv.dtype == np.float32
+    np.testing.assert_allclose(inv, [1.0, 0.01], rtol=1e-7)
+    inv8 = rope_inv_freq(8, 10000.0)
+    np.testing.assert_allclose(inv8, [1.0, 0.1, 0.01, 0.001], rtol=1e-6)
+
+
+def test_rope_tables_dtype_and_layout():
+    pos = np.array([[0, 1, 7]], np.int64)
+    cos, sin = rope_tables(pos, 8, 10000.0)
+    assert cos.dtype == np.float32 and sin.dtype == np.float32
+    assert cos.shape == (1, 3, 8)
+    angles = np.array([0, 1, 7])[:, None] * np.array([1.0, 0.1, 0.01, 0.001])[None]
+    np.testing.assert_allclose(cos[0], np.cos(np.concatenate([angles, angles], -1)), atol=1e-6)
+    np.testing.assert_allclose(sin[0], np.sin(np.concatenate([angles, angles], -1)), atol=1e-6)
+
+
+def _rope(x, positions, theta=10000.0):
+    """x float32[B, N, L, H], positions int[B, L]."""
+    cos, sin = rope_tables(positions, x.shape[-1], theta)
+    return apply_rope(x, cos, sin)
+
+
+def test_rope_split_half_golden():
+    h = 8
+    rng = _rng(6)
+    x = _randn(rng, 1, 2, 3, h)
+    pos = np.array([[0, 3, 11]])
+    y = _rope(x, pos)
+    assert y.dtype == np.float32
+    inv = [10000.0 ** (-2 * i / h) for i in range(h // 2)]
+    ref = np.zeros(x.shape)
+    for n in range(2):
+        for l, m in enumerate(pos[0]):
+            for i in range(h // 2):  # pair (i, i + H/2) rotates by m * inv_freq_i
+                a, b = float(x[0, n, l, i]), float(x[0, n, l, i + h // 2])
+                c, s = math.cos(m * inv[i]), math.sin(m * inv[i])
+                ref[0, n, l, i] = a * c - b * s
+                ref[0, n, l, i + h // 2] = b * c + a * s
+    np.testing.assert_allclose(y, ref, atol=2e-6)
+
+
+def test_rope_is_not_interleaved():
+    # a vector living only in dims (0, 1): split-half rotates 0 with 4 and 1 with 5, so nothing
+    # ever leaks from dim 0 into dim 1 (an interleaved RoPE would mix exactly those two).
+    x = np.zeros((1, 1, 1, 8), F32)
+    x[..., 0] = 1.0
+    y = _rope(x, np.array([[1]]))
+    assert y[0, 0, 0, 1] == 0.0
+    np.testing.assert_allclose(y[0, 0, 0, [0, 4]], [math.cos(1.0), math.sin(1.0)], atol=1e-6)
+
+
+def test_rope_position_zero_is_identity():
+    rng = _rng(7)
+    x = _randn(rng, 2, 3, 4, 16)
+    np.testing.assert_array_equal(_rope(x, np.zeros((2, 4), np.int64)), x)
+
+
+def test_rope_preserves_norm_per_head():
+    rng = _rng(8)
+    x = _randn(rng, 2, 3, 5, 16)
+    pos = rng.integers(0, 200, size=(2, 5))
+    y = _rope(x, pos)
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [1, 5, 17, 40])
+def test_rope_relative_property(shift):
+    rng = _rng(9)
+    q, k = _randn(rng, 1, 1, 1, 16), _randn(rng, 1, 1, 1, 16)
+    for m, n in [(3, 1), (7, 7), (2, 9)]:
+        base = float((_rope(q, np.array([[m]])) * _rope(k, np.array([[n]]))).sum())
+        moved = float((_rope(q, np.array([[m + shift]])) * _rope(k, np.array([[n + shift]]))).sum())
+        assert abs(base - moved) < 1e-4 * max(1.0, abs(base))
+    # and it really depends on m - n
+    d0 = float((_rope(q, np.array([[3]])) * _rope(k, np.array([[1]]))).sum())
+    d1 = float((_rope(q, np.array([[4]])) * _rope(k, np.array([[1]]))).sum())
+    assert abs(d0 - d1) > 1e-3
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def _naive_attention(q, k, v, mask, scale, cap=None):
+    """Float64 loop over batch and query heads; head n reads kv head n // (N / K)."""
+    b, n, l, h = q.shape
+    kv = k.shape[1]
+    out = np.zeros((b, n, l, h))
+    for bi in range(b):
+        for hi in range(n):
+            kh = hi // (n // kv)
+            s = q[bi, hi].astype(np.float64) @ k[bi, kh].astype(np.float64).T * scale
+            if cap is not None:
+                s = cap * np.tanh(s / cap)
+            s = np.where(mask[bi], s, -np.inf)
+            w = np.exp(s - s.max(-1, keepdims=True))
+            w /= w.sum(-1, keepdims=True)
+            out[bi, hi] = w @ v[bi, kh].astype(np.float64)
+    return out
+
+
+def _random_mask(rng, b, l, s):
+    mask = rng.random((b, l, s)) < 0.7
+    mask[..., 0] = True  # every query sees at least one key
+    return mask
+
+
+def test_attention_mha_matches_naive():
+    rng = _rng(10)
+    q, k, v = _randn(rng, 2, 4, 3, 8), _randn(rng, 2, 4, 5, 8), _randn(rng, 2, 4, 5, 8)
+    mask = _random_mask(rng, 2, 3, 5)
+    out = attention(q, k, v, mask, scale=8 ** -0.5)
+    assert out.dtype == np.float32 and out.shape == (2, 4, 3, 8)
+    np.testing.assert_allclose(out, _naive_attention(q, k, v, mask, 8 ** -0.5), atol=1e-5)
+
+
+def test_attention_mqa_equals_mha_with_repeated_kv():
+    rng = _rng(11)
+    q, k, v = _randn(rng, 2, 4, 3, 8), _randn(rng, 2, 1, 6, 8), _randn(rng, 2, 1, 6, 8)
+    mask = _random_mask(rng, 2, 3, 6)
+    out = attention(q, k, v, mask, scale=0.3)
+    rep = attention(q, np.repeat(k, 4, axis=1), np.repeat(v, 4, axis=1), mask, scale=0.3)
+    np.testing.assert_allclose(out, rep, atol=1e-6)
+    np.testing.assert_allclose(out, _naive_attention(q, k, v, mask, 0.3), atol=1e-5)
+
+
+def test_attention_gqa_matches_naive():
+    rng = _rng(12)
+    q, k, v = _randn(rng, 2, 6, 4, 8), _randn(rng, 2, 2, 5, 8), _randn(rng, 2, 2, 5, 8)
+    mask = _random_mask(rng, 2, 4, 5)
+    np.testing.assert_allclose(attention(q, k, v, mask, scale=0.5),
+                               _naive_attention(q, k, v, mask, 0.5), atol=1e-5)
+
+
+def test_attention_gqa_head_assignment_is_n_div_group():
+    # N = 4 query heads over K = 2 kv heads: heads 0, 1 read kv head 0; heads 2, 3 read kv head 1
+    # (n // (N / K)), not the interleaved n % K.
+    rng = _rng(13)
+    q = _randn(rng, 1, 4, 2, 4)
+    k = _randn(rng, 1, 2, 3, 4)
+    v = np.zeros((1, 2, 3, 4), F32)
+    v[:, 0] = 1.0
+    v[:, 1] = 2.0
+    out = attention(q, k, v, np.ones((1, 2, 3), bool), scale=1.0)
+    np.testing.assert_allclose(out[0, :, 0, 0], [1.0, 1.0, 2.0, 2.0], rtol=1e-6)
+
+
+def test_attention_causal_equals_each_prefix_alone():
+    rng = _rng(14)
+    l = 5
+    q, k, v = _randn(rng, 1, 2, l, 8), _randn(rng, 1, 2, l, 8), _randn(rng, 1, 2, l, 8)
+    causal = np.tril(np.ones((l, l), bool))[None]
+    out = attention(q, k, v, causal, scale=0.4)
+    for i in range(l):
+        alone = attention(q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1],
+                          np.ones((1, 1, i + 1), bool), scale=0.4)
+        np.testing.assert_allclose(out[:, :, i:i + 1], alone, atol=1e-6)
+
+
+def test_attention_softcap_applied_after_scale():
+    rng = _rng(15)
+    q, k, v = _randn(rng, 1, 2, 3, 8, scale=3.0), _randn(rng, 1, 2, 4, 8, scale=3.0), _randn(rng, 1, 2, 4, 8)
+    mask = np.ones((1, 3, 4), bool)
+    out = attention(q, k, v, mask, scale=0.5, logit_cap=2.0)
+    np.testing.assert_allclose(out, _naive_attention(q, k, v, mask, 0.5, cap=2.0), atol=1e-5)
+    uncapped = attention(q, k, v, mask, scale=0.5)
+    assert np.abs(out - uncapped).max() > 1e-2  # the cap really changed something
+
+
+def test_attention_masked_key_contributes_exactly_zero_with_softcap():
+    # The cap comes before the mask: capping after masking would turn the mask value into -cap,
+    # a small finite score that lets masked keys leak in (weight e^(-2cap) here, not 0).
+    rng = _rng(16)
+    q, k = _randn(rng, 1, 1, 2, 4), _randn(rng, 1, 1, 3, 4)
+    v = _randn(rng, 1, 1, 3, 4)
+    v[:, :, 2] = 1e6  # a masked key with a huge value: any leak shows
+    mask = np.array([[[True, True, False], [True, True, False]]])
+    out = attention(q, k, v, mask, scale=1.0, logit_cap=1.0)
+    ref = attention(q, k[:, :, :2], v[:, :, :2], mask[:, :, :2], scale=1.0, logit_cap=1.0)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out, _naive_attention(q, k, v, mask, 1.0, cap=1.0), atol=1e-5)
+
+
+def test_attention_fully_masked_row_is_finite():
+    rng = _rng(17)
+    q, k, v = _randn(rng, 1, 2, 2, 4), _randn(rng, 1, 2, 3, 4), _randn(rng, 1, 2, 3, 4)
+    mask = np.array([[[False, False, False], [True, False, True]]])
+    out = attention(q, k, v, mask, scale=0.5, logit_cap=50.0)
+    assert np.all(np.isfinite(out))
+    # a row with no allowed key averages all values uniformly (finite mask value, not -inf)
+    np.testing.assert_allclose(out[0, :, 0], v[0].mean(axis=1), rtol=1e-5, atol=1e-6)
+    assert MASK_VALUE.dtype == np.float32 and np.isfinite(MASK_VALUE)
+
+
+def test_attention_float32_throughout():
+    rng = _rng(18)
+    q, k, v = _randn(rng, 1, 2, 2, 4), _randn(rng, 1, 1, 2, 4), _randn(rng, 1, 1, 2, 4)
+    out = attention(q, k, v, np.ones((1, 2, 2), bool), scale=0.125 ** 0.5, logit_cap=50.0)
+    assert out.dtype == np.float32
+
+
+def test_split_merge_heads_roundtrip_and_layout():
+    x = np.arange(2 * 3 * 12, dtype=F32).reshape(2, 3, 12)
+    s = split_heads(x, 4)
+    assert s.shape == (2, 4, 3, 3)
+    np.testing.assert_array_equal(s[1, 2, 0], x[1, 0, 6:9])  # head n owns columns n*H:(n+1)*H
+    np.testing.assert_array_equal(merge_heads(s), x)
+
+
+# --------------------------------------------------------------------------- patch_embed
+
+
+def _conv_loop(pix, w, b):
+    """Explicit stride-p convolution, output flattened row-major over the grid."""
+    bsz, c, s, _ = pix.shape
+    d, _, p, _ = w.shape
+    g = s // p
+    out = np.zeros((bsz, g * g, d))
+    for bi in range(bsz):
+        for gy in range(g):
+            for gx in range(g):
+                patch = pix[bi, :, gy * p:(gy + 1) * p, gx * p:(gx + 1) * p].astype(np.float64)
+                for di in range(d):
+                    out[bi, gy * g + gx, di] = (patch * w[di]).sum() + b[di]
+    return out
+
+
+def test_patch_embed_equals_conv_loop():
+    rng = _rng(19)
+    pix = _randn(rng, 2, 3, 12, 12)
+    w, b = _randn(rng, 5, 3, 4, 4), _randn(rng, 5)
+    y = patch_embed(pix, w, b)
+    assert y.dtype == np.float32 and y.shape == (2, 9, 5)
+    np.testing.assert_allclose(y, _conv_loop(pix, w, b), atol=1e-5)
+
+
+def test_patch_embed_row_major_patch_order():
+    p, g = 2, 3
+    pix = np.zeros((1, 3, p * g, p * g), F32)
+    for gy in range(g):
+        for gx in range(g):
+            pix[0, :, gy * p:(gy + 1) * p, gx * p:(gx + 1) * p] = 10 * gy + gx
+    w = np.zeros((2, 3, p, p), F32)
+    w[0] = 1.0 / (3 * p * p)  # channel 0 averages the patch
+    w[1, 0, 0, 0] = 1.0       # channel 1 reads the top-left pixel of the red plane
+    y = patch_embed(pix, w, np.zeros(2, F32))
+    expected = [10 * gy + gx for gy in range(g) for gx in range(g)]
+    np.testing.assert_allclose(y[0, :, 0], expected, rtol=1e-6)
+    np.testing.assert_allclose(y[0, :, 1], expected, rtol=1e-6)
+
+
+def test_patch_embed_channel_and_kernel_orientation():
+    # OIHW: weight[d, c, y, x] multiplies pixel (c, y, x) of the patch: not transposed.
+    pix = np.zeros((1, 3, 2, 2), F32)
+    pix[0, 2, 0, 1] = 1.0  # blue, row 0, column 1
+    w = np.zeros((1, 3, 2, 2), F32)
+    w[0, 2, 0, 1] = 7.0
+    w[0, 2, 1, 0] = -100.0  # the transposed position
+    w[0, 0, 0, 1] = -1000.0  # the same position in another channel
+    np.testing.assert_allclose(patch_embed(pix, w, np.zeros(1, F32)), [[[7.0]]])
