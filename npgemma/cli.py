@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--seed", type=_non_negative_int, default=None)
     p = sub.add_parser("parity", help="run numpy and torch on one input, stage by stage")
     _add_model_args(p)
     p.add_argument("--max-new-tokens", type=_non_negative_int, default=8,

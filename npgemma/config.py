@@ -134,7 +134,28 @@ def _pick(cls, raw: dict, defaults: dict) -> dict:
     return out
 
 
+def _check_types(cfg, section: str, where: str) -> None:
+    """Sizes must be positive integers and numeric fields numbers: a string or a zero in
+    config.json would otherwise fail deep inside the model math."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.type in ("int", "int | None") and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}: {section}.{f.name} must be a positive integer, "
+                                  f"got {value!r}")
+        if f.type in ("float", "float | None") and value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(f"{where}: {section}.{f.name} must be a positive number, "
+                                  f"got {value!r}")
+
+
+def _require_object(raw, section: str, where: str) -> None:
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {section} must be a JSON object, found {type(raw).__name__}")
+
+
 def _vision_from_dict(raw: dict | None, projection_dim: int, where: str) -> VisionConfig:
+    _require_object(raw, "vision_config", where)
     if raw is None:
         values = dict(_PALIGEMMA_VISION_DEFAULTS)
     else:
@@ -150,6 +171,7 @@ def _vision_from_dict(raw: dict | None, projection_dim: int, where: str) -> Visi
                 raise ConfigError(f"{where}: vision_config.{key} {values[key]} is not square")
             values[key] = h
     cfg = VisionConfig(**_pick(VisionConfig, values, {}))
+    _check_types(cfg, "vision_config", where)
     if cfg.hidden_act not in _TANH_GELU - {"gelu"}:
         raise ConfigError(f"{where}: vision_config.hidden_act {cfg.hidden_act!r} is not supported "
                           "(SigLIP uses gelu_pytorch_tanh)")
@@ -160,6 +182,7 @@ def _vision_from_dict(raw: dict | None, projection_dim: int, where: str) -> Visi
 
 
 def _text_from_dict(raw: dict | None, where: str) -> TextConfig:
+    _require_object(raw, "text_config", where)
     if raw is None:
         return TextConfig(**_PALIGEMMA_TEXT_DEFAULTS)
     model_type = raw.get("model_type", "gemma")
@@ -192,6 +215,7 @@ def _text_from_dict(raw: dict | None, where: str) -> TextConfig:
     else:
         values.pop("layer_types", None)
     cfg = TextConfig(**values)
+    _check_types(cfg, "text_config", where)
     if cfg.hidden_act not in _TANH_GELU:
         raise ConfigError(f"{where}: text_config activation {cfg.hidden_act!r} is not supported "
                           "(Gemma uses tanh-GELU, gelu_pytorch_tanh)")
@@ -223,12 +247,14 @@ def config_from_dict(raw: dict, where: str = "config.json") -> PaliGemmaConfig:
     if projection_dim != text.hidden_size:
         raise ConfigError(f"{where}: projection_dim {projection_dim} != text hidden_size "
                           f"{text.hidden_size}; the projector must map into the decoder width")
+    if "image_token_index" not in raw and "image_token_id" in raw:
+        raw = {**raw, "image_token_index": raw["image_token_id"]}
     top = _pick(PaliGemmaConfig, raw, {})
     top.pop("vision_config", None)
     top.pop("text_config", None)
-    # `image_token_id` is an alias transformers maps onto image_token_index.
-    if "image_token_index" not in raw and "image_token_id" in raw:
-        top["image_token_index"] = raw["image_token_id"]
+    for key, value in top.items():  # token ids
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}: {key} must be a non-negative integer, got {value!r}")
     return PaliGemmaConfig(vision_config=vision, text_config=text, **top)
 
 

@@ -31,6 +31,8 @@ class GenerationConfig:
     def validate(self) -> None:
         if not isinstance(self.max_new_tokens, (int, np.integer)) or self.max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}")
+        if self.seed is not None and (not isinstance(self.seed, (int, np.integer)) or self.seed < 0):
+            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.do_sample:
             if not self.temperature > 0:
                 raise InputError(f"temperature must be > 0 when sampling, got {self.temperature}")

@@ -260,7 +260,10 @@ def _problems(entries, cfg) -> tuple[list[str], str, dict[str, str]]:
 
 
 def _report(model_dir: Path, layout: str, probs: list[str]) -> str:
-    """One message: a count line, then at most _MAX_LISTED lines per kind of problem."""
+    """One message: a single problem in one line; several as a count line, then at most
+    _MAX_LISTED lines per kind of problem."""
+    if len(probs) == 1:
+        return f"{model_dir}: checkpoint does not match config.json: {probs[0]}"
     lines, per_kind = [], {}
     for p in probs:
         kind = p.split(":")[0]
