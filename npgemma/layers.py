@@ -23,9 +23,19 @@ def as_f32(w: np.ndarray) -> np.ndarray:
     return w if w.dtype == np.float32 else w.astype(np.float32)
 
 
+# Low-memory mode widens a bfloat16/float16 matrix this many output rows at a time, so the
+# float32 copy of a big matrix (the 257216-row lm_head: 2.1 GB) never exists whole.
+_SLAB_ROWS = 8192
+
+
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """`nn.Linear`: weight is [out, in] as stored by torch. float32[..., in] -> float32[..., out]."""
-    y = x @ as_f32(weight).T  # [..., in] -> [..., out]
+    if weight.dtype == np.float32:
+        y = x @ weight.T  # [..., in] -> [..., out]
+    else:
+        y = np.empty(x.shape[:-1] + weight.shape[:1], np.float32)  # [..., in] -> [..., out]
+        for i in range(0, weight.shape[0], _SLAB_ROWS):
+            y[..., i:i + _SLAB_ROWS] = x @ as_f32(weight[i:i + _SLAB_ROWS]).T
     if bias is not None:
         y += as_f32(bias)
     return y

@@ -471,3 +471,20 @@ def test_patch_embed_channel_and_kernel_orientation():
     w[0, 2, 1, 0] = -100.0  # the transposed position
     w[0, 0, 0, 1] = -1000.0  # the same position in another channel
     np.testing.assert_allclose(patch_embed(pix, w, np.zeros(1, F32)), [[[7.0]]])
+
+
+def test_linear_low_memory_slabs_equal_whole_matrix(monkeypatch):
+    """bfloat16 weights are widened a slab of rows at a time; the result must not depend on it."""
+    import ml_dtypes
+
+    from npgemma import layers
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    w = rng.standard_normal((37, 8)).astype(ml_dtypes.bfloat16)
+    b = rng.standard_normal(37).astype(ml_dtypes.bfloat16)
+    whole = x @ w.astype(np.float32).T + b.astype(np.float32)
+    monkeypatch.setattr(layers, "_SLAB_ROWS", 5)  # 37 rows -> 8 slabs, the last one short
+    got = layers.linear(x, w, b)
+    assert got.dtype == np.float32 and got.shape == (2, 3, 37)
+    np.testing.assert_array_equal(got, whole)
