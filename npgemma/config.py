@@ -258,13 +258,8 @@ def config_from_dict(raw: dict, where: str = "config.json") -> PaliGemmaConfig:
     return PaliGemmaConfig(vision_config=vision, text_config=text, **top)
 
 
-def load_config(model_dir: str | os.PathLike) -> PaliGemmaConfig:
-    """Read `<model_dir>/config.json`."""
-    path = os.path.join(os.fspath(model_dir), "config.json")
-    if not os.path.isdir(os.fspath(model_dir)):
-        raise ConfigError(f"{model_dir}: no such checkpoint folder")
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: missing (a Hugging Face checkpoint folder has a config.json)")
+def read_json_object(path: str) -> dict:
+    """A JSON file that must hold an object (config.json and the processor configs)."""
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
@@ -272,6 +267,17 @@ def load_config(model_dir: str | os.PathLike) -> PaliGemmaConfig:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
+
+
+def load_config(model_dir: str | os.PathLike) -> PaliGemmaConfig:
+    """Read `<model_dir>/config.json`."""
+    path = os.path.join(os.fspath(model_dir), "config.json")
+    if not os.path.isdir(os.fspath(model_dir)):
+        raise ConfigError(f"{model_dir}: no such checkpoint folder")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: missing (a Hugging Face checkpoint folder has a config.json)")
+    raw = read_json_object(path)
     try:
         return config_from_dict(raw, where=path)
     except TypeError as e:  # a field with the wrong type, e.g. a string where an int belongs

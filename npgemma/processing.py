@@ -15,7 +15,6 @@ resizes with a different antialiasing kernel and is *not* reproduced here):
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import numpy as np
 import tokenizers
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .config import read_json_object
 from .errors import ConfigError, InputError
 
 IMAGE_TOKEN = "<image>"
@@ -260,25 +260,14 @@ def _load_tokenizer(path: str) -> tokenizers.Tokenizer:
         raise InputError(f"{path}: not a valid tokenizers JSON file ({e})") from None
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a JSON object, found {type(raw).__name__}")
-    return raw
-
-
 def _image_processor_config(model_dir: str) -> tuple[dict, str]:
     """The image-processor settings and the file they came from ({} when there is none)."""
     pre = os.path.join(model_dir, "preprocessor_config.json")
     if os.path.isfile(pre):
-        return _read_json(pre), pre
+        return read_json_object(pre), pre
     proc = os.path.join(model_dir, "processor_config.json")
     if os.path.isfile(proc):
-        section = _read_json(proc).get("image_processor")
+        section = read_json_object(proc).get("image_processor")
         if isinstance(section, dict):
             return section, proc
     return {}, os.path.join(model_dir, "config.json")
