@@ -86,9 +86,15 @@ def softcap(x: np.ndarray, cap: float | None) -> np.ndarray:
 
 
 def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
-    """float32[H/2]: 1 / theta^(2i/H), computed in float32 as HF's default RoPE init."""
+    """float32[H/2]: 1 / theta^(2i/H), rounded as HF's float32 RoPE init.
+
+    The power is taken in float64 and rounded once to float32 — the correctly rounded float32
+    power, which torch's float32 `pow` (HF's) also gives. NumPy's own float32 power can be 2 ulps
+    off, and a RoPE angle multiplies that error by the position (2e-3 at position 9000).
+    """
     exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / F32(head_dim)
-    return F32(1.0) / (F32(theta) ** exponents)
+    power = (np.float64(theta) ** exponents.astype(np.float64)).astype(np.float32)
+    return F32(1.0) / power
 
 
 def rope_tables(positions: np.ndarray, head_dim: int, theta: float):

@@ -91,13 +91,20 @@ def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> to
     """
     b, n, l, h = q.shape
     kv_heads = k.shape[1]
-    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, mask_value(q.dtype))
+    if q.dtype != torch.float32:
+        # In half precision `score + finfo.min` overflows to -inf once a score is below about -16,
+        # and a query that may see no key at all (a padding row) would then be all -inf -> NaN,
+        # which spreads to real tokens through 0 * NaN. Such a row's output is never read: let it
+        # see every key. (float32 keeps NumPy's exact behaviour: a uniform average.)
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
     if logit_cap is None:
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, mask_value(q.dtype))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None], scale=scale,
                                               enable_gqa=kv_heads != n)
     qg = q.reshape(b, kv_heads, n // kv_heads, l, h)  # [B, N, L, H] -> [B, K, G, L, H]
     scores = (qg @ k[:, :, None].transpose(-1, -2)) * scale  # -> [B, K, G, L, S]
-    scores = softcap(scores, logit_cap) + bias[:, None, None]
+    # Mask in float32 (the softmax's dtype), so the mask value itself cannot overflow.
+    scores = softcap(scores, logit_cap).float().masked_fill(~mask[:, None, None], mask_value(F32))
     out = softmax(scores).to(v.dtype) @ v[:, :, None]  # [B, K, G, L, S] -> [B, K, G, L, H]
     return out.reshape(b, n, l, h)  # [B, K, G, L, H] -> [B, N, L, H]
 
