@@ -21,6 +21,9 @@ import time
 
 import numpy as np
 
+# Runnable from a checkout without installing: the repo root goes on the path.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def _one(model: str, backend: str, dtype: str, device: str, new_tokens: int, prompt: str) -> dict:
     """Time one backend in this process; return a JSON-able row."""
@@ -86,7 +89,8 @@ def main() -> int:
     args = ap.parse_args()
 
     if args.single:
-        backend, dtype, device = (args.single.split(":") + ["float32", "cpu"])[:3]
+        parts = args.single.split(":")
+        backend, dtype, device = parts + ["float32", "cpu"][len(parts) - 1:]
         print(json.dumps(_one(args.model, backend, dtype, device, args.new_tokens, args.prompt)))
         return 0
     model = args.model
@@ -106,8 +110,10 @@ def main() -> int:
                              stdout=subprocess.PIPE, text=True)
         if out.returncode:
             print(f"{spec}: failed (exit {out.returncode})", file=sys.stderr)
-            return out.returncode
+            continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    if not rows:
+        return 1
     if args.json:
         print(json.dumps(rows))
         return 0
