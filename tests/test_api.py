@@ -216,3 +216,24 @@ def test_import_and_numpy_run_never_import_torch(ckpt, image_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_torch_backend_without_torch_says_how_to_install(ckpt):
+    """With torch not importable, asking for it is one clear InputError naming the install."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # makes `import torch` raise ImportError\n"
+        "import npgemma\n"
+        "try:\n"
+        f"    npgemma.load({str(ckpt)!r}, backend='torch')\n"
+        "except npgemma.InputError as e:\n"
+        "    print(e)\n"
+        "else:\n"
+        "    raise SystemExit('no error')\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "pip install" in done.stdout and "torch" in done.stdout
