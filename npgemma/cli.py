@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=_non_negative_int, default=None)
+    g.add_argument("--draw", metavar="OUT.png",
+                   help="save the image with the detected boxes (<loc> answers) drawn on it")
     p = sub.add_parser("parity", help="run numpy and torch on one input, stage by stage")
     _add_model_args(p)
     p.add_argument("--max-new-tokens", type=_non_negative_int, default=8,
@@ -91,14 +93,38 @@ def _generate(args) -> int:
     t1 = time.time()
     if args.json:
         out = pipe.generate(args.image, args.prompt, **generation)
-        print(json.dumps({"text": out.text, "token_ids": out.token_ids, "backend": args.backend,
-                          "device": args.device, "dtype": args.dtype, "load_s": round(load_s, 3),
-                          "generate_s": round(time.time() - t1, 3)}))
+        text, token_ids = out.text, out.token_ids
     else:
+        pieces = []
         for piece in pipe.stream(args.image, args.prompt, **generation):
             print(piece, end="", flush=True)
+            pieces.append(piece)
         print()
+        text = "".join(pieces)
+    objects = _objects(args.image, text, args.draw)
+    if args.json:
+        print(json.dumps({"text": text, "token_ids": token_ids, "objects": objects,
+                          "backend": args.backend, "device": args.device, "dtype": args.dtype,
+                          "load_s": round(load_s, 3), "generate_s": round(time.time() - t1, 3)}))
     return 0
+
+
+def _objects(image_path: str, text: str, draw_to: str | None) -> list[dict]:
+    """Boxes of a detection/segmentation answer in the original image's pixels (and a drawing)."""
+    from PIL import Image
+
+    from .errors import InputError
+    from .postprocess import draw_objects, parse_objects
+    from .processing import load_image
+
+    rgb = load_image(image_path)
+    objects = parse_objects(text, width=rgb.shape[1], height=rgb.shape[0])
+    if draw_to:
+        try:
+            draw_objects(Image.fromarray(rgb), objects).save(draw_to)
+        except (OSError, ValueError) as e:
+            raise InputError(f"--draw {draw_to}: cannot write the image ({e})") from None
+    return [o.as_dict() for o in objects]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,74 @@
+"""Detection / segmentation answers -> boxes: golden values and the validity rules."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from npgemma.postprocess import DetectedObject, draw_objects, parse_objects
+
+
+def test_two_detections_golden_boxes():
+    text = "<loc0256><loc0128><loc0768><loc0512> cat ; <loc0000><loc0000><loc1023><loc1023> big dog"
+    cat, dog = parse_objects(text, width=640, height=480)
+    assert cat.label == "cat" and cat.bins == (256, 128, 768, 512)
+    # x from bins 128..512 of 640 px, y from 256..768 of 480 px, / 1024
+    assert cat.box == pytest.approx((80.0, 120.0, 320.0, 360.0))
+    assert dog.label == "big dog" and dog.seg_codes is None
+    assert dog.box == pytest.approx((0.0, 0.0, 1023 / 1024 * 640, 1023 / 1024 * 480))
+
+
+def test_divisor_1023_maps_the_last_bin_to_the_edge():
+    (obj,) = parse_objects("<loc0000><loc0000><loc1023><loc1023> x", 100, 50, divisor=1023)
+    assert obj.box == pytest.approx((0.0, 0.0, 100.0, 50.0))
+
+
+def test_segmentation_codes_are_kept_in_order():
+    codes = list(range(100, 116))
+    text = "<loc0010><loc0020><loc0030><loc0040>" + "".join(f"<seg{c:03d}>" for c in codes) + " wheel"
+    (obj,) = parse_objects(text, 1024, 1024)
+    assert obj.seg_codes == tuple(codes) and obj.label == "wheel"
+    assert obj.box == pytest.approx((20.0, 10.0, 40.0, 30.0))
+
+
+@pytest.mark.parametrize("text", [
+    "<loc0500><loc0100><loc0400><loc0200> upside down",   # y_max < y_min
+    "<loc0100><loc0300><loc0200><loc0300> zero width",    # x_max == x_min
+    "<loc0100><loc0300><loc0200> three locs only",
+    "a cat sitting on a mat",
+    "",
+])
+def test_invalid_or_absent_boxes_are_dropped(text):
+    assert parse_objects(text, 10, 10) == []
+
+
+def test_draw_marks_the_box_pixels():
+    img = Image.fromarray(np.zeros((40, 40, 3), np.uint8))
+    obj = DetectedObject("", (10.0, 10.0, 30.0, 30.0), (256, 256, 768, 768))
+    out = np.array(draw_objects(img, [obj]))
+    assert tuple(out[10, 20]) == (255, 0, 0) and tuple(out[20, 20]) == (0, 0, 0)
+    assert np.array(img).sum() == 0  # the input is not modified
+
+
+def test_cli_objects_are_in_original_image_pixels(tmp_path):
+    from npgemma.cli import _objects
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.zeros((100, 300, 3), np.uint8)).save(path)  # H=100, W=300
+    drawn = tmp_path / "boxes.png"
+    (obj,) = _objects(str(path), "<loc0512><loc0256><loc1024><loc0768> car", str(drawn))
+    assert obj["label"] == "car" and obj["box"] == pytest.approx([75.0, 50.0, 225.0, 100.0])
+    assert Image.open(drawn).size == (300, 100)
+
+
+def test_cli_json_has_objects_and_draw_writes_an_image(tmp_path, capsys):
+    import json
+
+    from npgemma.cli import main
+    from npgemma.testing.demo import write_demo
+
+    model, image = write_demo(tmp_path / "demo")
+    drawn = tmp_path / "out.png"
+    rc = main(["generate", "--model", str(model), "--image", str(image), "--prompt", "detect cat",
+               "--max-new-tokens", "3", "--json", "--draw", str(drawn)])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and isinstance(out["objects"], list) and drawn.is_file()
