@@ -202,6 +202,14 @@ def test_torch_backend_matches_numpy(ckpt, pipe, image):
     assert tpipe.generate(image, PROMPT, **kw) == pipe.generate(image, PROMPT, **kw)
 
 
+def _run_python(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter that imports npgemma from this checkout."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
 def test_import_and_numpy_run_never_import_torch(ckpt, image_path):
     code = (
         "import sys, npgemma\n"
@@ -211,10 +219,7 @@ def test_import_and_numpy_run_never_import_torch(ckpt, image_path):
         "assert len(out.token_ids) <= 2\n"
         "assert 'torch' not in sys.modules, 'the numpy backend imported torch'\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = _run_python(code)
     assert done.returncode == 0, done.stderr
 
 
@@ -231,9 +236,6 @@ def test_torch_backend_without_torch_says_how_to_install(ckpt):
         "else:\n"
         "    raise SystemExit('no error')\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = _run_python(code)
     assert done.returncode == 0, done.stderr
     assert "pip install" in done.stdout and "torch" in done.stdout
