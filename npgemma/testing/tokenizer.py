@@ -54,14 +54,15 @@ _FULL_BASE = 256000             # first <loc> id
 
 
 @functools.lru_cache(maxsize=None)
-def _learned_pieces() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+def _learned_pieces(words: tuple[str, ...] = tuple(_WORDS),
+                    ) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """Single characters and merge products in training order, and the merges.
 
     Learned by `tokenizers`' own BPE trainer from each word on its own (so no merge spans a word
     boundary) and from whitespace runs; deterministic for a given `tokenizers` version.
     """
     alphabet = ["\n", "▁", *_CHARS]
-    corpus = [*_WORDS, *("▁" + w for w in _WORDS),
+    corpus = [*words, *("▁" + w for w in words),
               *("\n" * n for n in range(2, 32)), *("▁" * n for n in range(2, 32))]
     trainer = trainers.BpeTrainer(vocab_size=100_000, min_frequency=0, show_progress=False,
                                   initial_alphabet=alphabet, special_tokens=[])
@@ -100,9 +101,13 @@ def _full_vocab(pieces: list[str]) -> dict[str, int]:
     return vocab
 
 
-def build_tokenizer(*, full: bool = False) -> Tokenizer:
-    """The tokenizer as a `tokenizers.Tokenizer` (see the module docstring for the layouts)."""
-    pieces, merges = _learned_pieces()
+def build_tokenizer(*, full: bool = False, words: tuple[str, ...] | None = None) -> Tokenizer:
+    """The tokenizer as a `tokenizers.Tokenizer` (see the module docstring for the layouts).
+
+    `words` replaces the default word list (each learned whole, with and without "▁"): the
+    bundled demo model's tokenizer is this one over its task vocabulary.
+    """
+    pieces, merges = _learned_pieces(tuple(_WORDS) if words is None else tuple(words))
     pieces, merges = list(pieces), list(merges)
     vocab = _full_vocab(pieces) if full else _compact_vocab(pieces)
     tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True,
@@ -156,7 +161,8 @@ _SPECIAL_TOKENS_MAP = {
 }
 
 
-def write_tokenizer(folder: str | os.PathLike, *, full: bool = False) -> Path:
+def write_tokenizer(folder: str | os.PathLike, *, full: bool = False,
+                    words: tuple[str, ...] | None = None) -> Path:
     """Write `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`; return the json path.
 
     The folder is created if needed.  `preprocessor_config.json` (the image side) is not written
@@ -165,7 +171,7 @@ def write_tokenizer(folder: str | os.PathLike, *, full: bool = False) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tokenizer.json"
-    build_tokenizer(full=full).save(str(path))
+    build_tokenizer(full=full, words=words).save(str(path))
     for name, obj in (("tokenizer_config.json", _TOKENIZER_CONFIG),
                       ("special_tokens_map.json", _SPECIAL_TOKENS_MAP)):
         (folder / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
