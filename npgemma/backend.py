@@ -7,12 +7,15 @@ directly). A backend turns a NumPy weight tree into its own arrays once, then ru
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import paligemma
 from .errors import InputError
+from .slots import Slots
+from .weights import load_weights
 
 BACKENDS = ("numpy", "torch")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -25,9 +28,31 @@ class Backend(Protocol):
     def to_numpy(self, x: Any) -> np.ndarray: ...
     def encode_image(self, params, pixel_values: np.ndarray, cfg) -> Any: ...
     def forward(self, params, cfg, input_ids: np.ndarray, positions: np.ndarray, masks: dict,
-                image_features=None, cache=None, last_only: bool = False) -> tuple[Any, Any]: ...
+                image_features=None, cache=None, last_only: bool = False,
+                logit_positions=None) -> tuple[Any, Any]: ...
     def init_cache(self, cfg, batch: int, max_length: int) -> Any: ...
-    def greedy(self, logits) -> np.ndarray: ...
+    # Decoding: the backend owns the state (slots, positions) beside its cache.
+    def start_decode(self, cfg, valid: np.ndarray, is_prefix: np.ndarray, cache) -> Any: ...
+    def decode_step(self, params, cfg, ids, state, cache) -> Any: ...
+    def greedy(self, logits) -> Any: ...                 # ids where the logits are (no host copy)
+    def ids_to_numpy(self, ids) -> np.ndarray: ...       # int64[B]: the one sync per token
+    def last_logits_to_numpy(self, logits) -> np.ndarray: ...  # float32[B, V], for sampling
+
+
+@dataclass
+class HostDecodeState:
+    """Decode state kept on the host: the slots filled so far (the NumPy backend's)."""
+    slots: Slots
+
+
+def decode_on_host(forward, params, cfg, ids, state: HostDecodeState, cache):
+    """One generated token per row: append a real causal slot, run `forward` over it."""
+    state.slots = state.slots.append()
+    q = state.slots.length - 1
+    logits, _ = forward(params, cfg, np.asarray(ids, dtype=np.int64)[:, None],
+                        state.slots.positions(q), state.slots.masks(cfg, q), cache=cache,
+                        last_only=True)
+    return logits
 
 
 class NumpyBackend:
@@ -43,6 +68,13 @@ class NumpyBackend:
         self.weight_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16,
                              "float16": np.float16}[dtype]
 
+    def load_weights(self, model_dir, cfg, progress=None):
+        """float32: read and widened once. Low memory: memory-mapped in the file's dtype, widened
+        a slab at a time when used (a float32 file then stays float32: nothing is rounded)."""
+        if self.dtype == "float32":
+            return load_weights(model_dir, cfg, dtype=np.float32, progress=progress)
+        return load_weights(model_dir, cfg, mmap=True)
+
     def from_numpy(self, tree):
         return tree
 
@@ -53,15 +85,27 @@ class NumpyBackend:
         return paligemma.encode_image(params, np.asarray(pixel_values, np.float32), cfg)
 
     def forward(self, params, cfg, input_ids, positions, masks, image_features=None, cache=None,
-                last_only=False):
+                last_only=False, logit_positions=None):
         return paligemma.forward(params, cfg, input_ids, positions, masks, image_features,
-                                 cache=cache, last_only=last_only)
+                                 cache=cache, last_only=last_only, logit_positions=logit_positions)
 
     def init_cache(self, cfg, batch, max_length):
         return paligemma.init_cache(cfg, batch, max_length)
 
+    def start_decode(self, cfg, valid, is_prefix, cache):
+        return HostDecodeState(Slots(valid, is_prefix))
+
+    def decode_step(self, params, cfg, ids, state, cache):
+        return decode_on_host(self.forward, params, cfg, ids, state, cache)
+
     def greedy(self, logits):
         return logits[:, -1].argmax(axis=-1).astype(np.int64)
+
+    def ids_to_numpy(self, ids):
+        return np.asarray(ids, dtype=np.int64)
+
+    def last_logits_to_numpy(self, logits):
+        return np.asarray(logits[:, -1], dtype=np.float32)
 
 
 def get_backend(name: str = "numpy", device: str = "cpu", dtype: str = "float32") -> Backend:

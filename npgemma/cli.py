@@ -30,10 +30,20 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint folder (config.json, *.safetensors, tokenizer.json)")
-    p.add_argument("--image", required=True, help="image file")
-    p.add_argument("--prompt", required=True, help='task prompt, e.g. "caption en" or "detect cat"')
+def _add_model_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    p.add_argument("--model", default=None,
+                   help="checkpoint folder (config.json, *.safetensors, tokenizer.json); "
+                        "default: the bundled demo model")
+    if several:  # generate: one or more --image/--prompt pairs, or a JSONL file of them
+        p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+        p.add_argument("--prompt", action="append", default=[],
+                       help='task prompt, e.g. "caption en" or "detect cat" (one per --image)')
+        p.add_argument("--batch", metavar="FILE.jsonl",
+                       help='inputs, one {"image": PATH, "prompt": TEXT} per line: generated as '
+                            "one batch, one JSON line out per input, in order")
+    else:
+        p.add_argument("--image", required=True, help="image file")
+        p.add_argument("--prompt", required=True, help='task prompt, e.g. "caption en" or "detect cat"')
     p.add_argument("--device", default="cpu", help="cpu or cuda (torch backend)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
@@ -44,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="npgemma", description="PaliGemma in readable NumPy (and PyTorch).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help="caption / answer / detect on one image")
-    _add_model_args(g)
+    _add_model_args(g, several=True)
     g.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
     g.add_argument("--max-new-tokens", type=_non_negative_int, default=32)
     g.add_argument("--do-sample", action="store_true")
@@ -80,16 +90,58 @@ class _Progress:
         self.last = pct
 
 
+def _batch_inputs(args) -> list[tuple[str, str]]:
+    """(image, prompt) pairs from repeated --image/--prompt, or from --batch FILE.jsonl."""
+    from .errors import InputError
+
+    if args.batch:
+        if args.image or args.prompt:
+            raise InputError("--batch FILE.jsonl replaces --image/--prompt: give one or the other")
+        pairs = []
+        try:
+            lines = open(args.batch, encoding="utf-8").read().splitlines()
+        except OSError as e:
+            raise InputError(f"--batch {args.batch}: cannot read it ({e.strerror})") from None
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pairs.append((str(row["image"]), str(row["prompt"])))
+            except (ValueError, KeyError, TypeError):
+                raise InputError(f'{args.batch}:{n}: expected {{"image": PATH, "prompt": TEXT}}, '
+                                 f"got {line[:80]!r}") from None
+        if not pairs:
+            raise InputError(f"--batch {args.batch}: no inputs in the file")
+        return pairs
+    if not args.image or len(args.image) != len(args.prompt):
+        raise InputError(f"generate: give one --prompt per --image (got {len(args.image)} images, "
+                         f"{len(args.prompt)} prompts), or --batch FILE.jsonl")
+    return list(zip(args.image, args.prompt))
+
+
+def _model_dir(args) -> str:
+    if args.model is not None:
+        return args.model
+    from .demo.model import model_dir
+
+    return str(model_dir())
+
+
 def _generate(args) -> int:
     from .pipeline import load
 
+    pairs = _batch_inputs(args)
     t0 = time.time()
-    pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+    pipe = load(_model_dir(args), backend=args.backend, device=args.device, dtype=args.dtype,
                 progress=_Progress(not args.quiet))
     load_s = time.time() - t0
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                       seed=args.seed)
+    if len(pairs) > 1 or args.batch:
+        return _generate_batch(pipe, pairs, generation, args)
+    args.image, args.prompt = pairs[0]
     t1 = time.time()
     if args.json:
         out = pipe.generate(args.image, args.prompt, **generation)
@@ -106,6 +158,18 @@ def _generate(args) -> int:
         print(json.dumps({"text": text, "token_ids": token_ids, "objects": objects,
                           "backend": args.backend, "device": args.device, "dtype": args.dtype,
                           "load_s": round(load_s, 3), "generate_s": round(time.time() - t1, 3)}))
+    return 0
+
+
+def _generate_batch(pipe, pairs, generation, args) -> int:
+    """Every input in one left-padded batch; one JSON line per input, in input order."""
+    if args.draw:
+        from .errors import InputError
+        raise InputError("--draw takes one image; with several inputs use --json output's boxes")
+    outs = pipe.generate_batch([i for i, _ in pairs], [p for _, p in pairs], **generation)
+    for (image, prompt), out in zip(pairs, outs):
+        print(json.dumps({"image": image, "prompt": prompt, "text": out.text,
+                          "token_ids": out.token_ids, "objects": _objects(image, out.text, None)}))
     return 0
 
 
@@ -134,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         from .parity_report import run_parity_cli
 
+        args.model = _model_dir(args)
         return run_parity_cli(args)
     except NpgemmaError as e:
         print(f"npgemma: error: {e}", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from .errors import InputError
-from .paligemma import attention_masks, rope_positions
+from .slots import Slots
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,15 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
-    seed: int | None = None
+    seed: int | tuple[int, ...] | None = None   # an int, or one per row (see row_generators)
 
     def validate(self) -> None:
         if not isinstance(self.max_new_tokens, (int, np.integer)) or self.max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be a non-negative integer, got {self.max_new_tokens!r}")
-        if self.seed is not None and (not isinstance(self.seed, (int, np.integer)) or self.seed < 0):
-            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
+        seeds = self.seed if isinstance(self.seed, (list, tuple)) else [self.seed]
+        for seed in seeds:
+            if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
+                raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         if self.do_sample:
             if not self.temperature > 0:
                 raise InputError(f"temperature must be > 0 when sampling, got {self.temperature}")
@@ -67,15 +69,37 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def sample(logits: np.ndarray, gen: GenerationConfig, rng: np.random.Generator) -> np.ndarray:
-    """Next token ids int64[B] from float32[B, V] logits: argmax, or a seeded draw."""
+def row_generators(seed, batch: int) -> list[np.random.Generator]:
+    """One RNG stream per row, so a row samples the same tokens whatever else is in its batch.
+
+    Row i draws from `default_rng([seed, i])`. `seed` may also be a sequence with one seed per
+    row: row i then draws from `default_rng([seed[i], 0])` — exactly the stream it draws from
+    alone with `seed=seed[i]`. `seed=None` gives fresh OS entropy per row.
+    """
+    if seed is None:
+        return [np.random.default_rng() for _ in range(batch)]
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        if len(seed) != batch:
+            raise InputError(f"seed: {len(seed)} per-row seeds for a batch of {batch}")
+        return [np.random.default_rng([int(s), 0]) for s in seed]
+    return [np.random.default_rng([int(seed), i]) for i in range(batch)]
+
+
+def sample(logits: np.ndarray, gen: GenerationConfig, rng) -> np.ndarray:
+    """Next token ids int64[B] from float32[B, V] logits: argmax, or a seeded draw.
+
+    `rng` is a list of B generators (one stream per row, see `row_generators`) or a single
+    generator that the rows then draw from in turn.
+    """
     if not gen.do_sample:
         return logits.argmax(axis=-1).astype(np.int64)
     probs = _softmax(filter_logits(logits, gen).astype(np.float64))
-    u = rng.random(probs.shape[0])
-    cdf = np.cumsum(probs, axis=-1)
-    # Inverse-CDF draw; the min() guards against u landing beyond a cdf that sums to 1 - eps.
-    ids = [min(np.searchsorted(c, ui * c[-1], side="right"), len(c) - 1) for c, ui in zip(cdf, u)]
+    rngs = [rng] * len(probs) if isinstance(rng, np.random.Generator) else rng
+    ids = []
+    for p, r in zip(probs, rngs):
+        cdf = np.cumsum(p)
+        # Inverse-CDF draw; the min() guards against u landing beyond a cdf that sums to 1 - eps.
+        ids.append(min(int(np.searchsorted(cdf, r.random() * cdf[-1], side="right")), len(cdf) - 1))
     return np.asarray(ids, dtype=np.int64)
 
 
@@ -95,37 +119,35 @@ def generate_tokens(backend, params, cfg, input_ids: np.ndarray, pixel_values: n
     `max_new_tokens` steps have run. A row that has finished keeps receiving EOS.
 
     input_ids int[B, L] (left-padded where attention_mask is 0), pixel_values float32[B, 3, S, S].
-    The whole prompt, image tokens included, is the bidirectional prefix.
+    The whole prompt, image tokens included, is the bidirectional prefix. The backend keeps the
+    decode state (cache, slots) itself: on a GPU nothing but the new ids crosses to the host.
     """
     gen.validate()
     b, prompt_len = input_ids.shape
     check_length(cfg, prompt_len, gen.max_new_tokens)
     if gen.max_new_tokens == 0:
         return
-    rng = np.random.default_rng(gen.seed)
-    valid = np.ones((b, prompt_len), bool) if attention_mask is None else attention_mask.astype(bool)
-    is_prefix = valid.copy()
+    rngs = row_generators(gen.seed, b) if gen.do_sample else None
+    slots = Slots.prompt(np.ones((b, prompt_len), bool) if attention_mask is None else attention_mask)
 
     features = backend.encode_image(params, pixel_values, cfg)
     cache = backend.init_cache(cfg, b, prompt_len + gen.max_new_tokens)
-    logits, cache = backend.forward(params, cfg, input_ids, rope_positions(valid),
-                                    attention_masks(cfg, valid, is_prefix, 0),
+    logits, cache = backend.forward(params, cfg, input_ids, slots.positions(), slots.masks(cfg),
                                     image_features=features, cache=cache, last_only=True)
+    state = backend.start_decode(cfg, slots.valid, slots.is_prefix, cache)
     done = np.zeros(b, bool)
     for step in range(gen.max_new_tokens):
         if gen.do_sample:
-            token = sample(backend.to_numpy(logits[:, -1]), gen, rng)
+            ids = sample(backend.last_logits_to_numpy(logits), gen, rngs)
+            host = ids
         else:
-            token = backend.greedy(logits)  # argmax on the device: only the ids come back
-        token = np.where(done, cfg.eos_token_id, token)
+            ids = backend.greedy(logits)  # argmax where the logits are: only the ids come back
+            host = backend.ids_to_numpy(ids)
+        token = np.where(done, cfg.eos_token_id, host)
         yield token
         done |= token == cfg.eos_token_id
         if done.all() or step == gen.max_new_tokens - 1:
             return
-        # The new token is a real, causal (suffix) slot.
-        valid = np.concatenate([valid, np.ones((b, 1), bool)], axis=1)
-        is_prefix = np.concatenate([is_prefix, np.zeros((b, 1), bool)], axis=1)
-        q = valid.shape[1] - 1
-        logits, cache = backend.forward(params, cfg, token[:, None], rope_positions(valid)[:, q:],
-                                        attention_masks(cfg, valid, is_prefix, q), cache=cache,
-                                        last_only=True)
+        # Rows are independent (each attends to its own slots only), so a finished row may go on
+        # computing: what it is fed no longer matters and the others are unaffected.
+        logits = backend.decode_step(params, cfg, ids, state, cache)

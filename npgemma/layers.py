@@ -8,6 +8,8 @@ and silently diverge from the float32 reference (and from the torch mirror).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 F32 = np.float32
@@ -23,22 +25,50 @@ def as_f32(w: np.ndarray) -> np.ndarray:
     return w if w.dtype == np.float32 else w.astype(np.float32)
 
 
-# Low-memory mode widens a bfloat16/float16 matrix this many output rows at a time, so the
-# float32 copy of a big matrix (the 257216-row lm_head: 2.1 GB) never exists whole.
-_SLAB_ROWS = 8192
+# Low-memory mode keeps a matrix in its file dtype (bfloat16/float16, memory-mapped) and widens
+# it to float32 a slab of rows at a time into one reused buffer: the float32 copy of a big matrix
+# (the 257216-row lm_head: 2.1 GB) never exists, and each slab is still in cache when the matrix
+# product reads it. Widening bf16/fp16 to float32 is exact, so the product is the float32 one.
+_SLAB_BYTES = 1 << 20
+_slab_buffers = threading.local()
+
+
+def _slab_buffer(elements: int) -> np.ndarray:
+    """This thread's reusable float32 scratch of at least `elements` entries."""
+    buf = getattr(_slab_buffers, "buf", None)
+    if buf is None or buf.size < elements:
+        buf = _slab_buffers.buf = np.empty(elements, np.float32)
+    return buf
+
+
+def _widened_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x @ weight.T for a narrow-dtype weight [out, in], widening slab by slab. [M, in] -> [M, out]."""
+    out_features, in_features = weight.shape
+    rows = max(1, _SLAB_BYTES // (4 * in_features))
+    scratch = _slab_buffer(rows * in_features)
+    y = np.empty((x.shape[0], out_features), np.float32)
+    for i in range(0, out_features, rows):
+        slab = weight[i:i + rows]
+        wide = scratch[:slab.size].reshape(slab.shape)
+        np.copyto(wide, slab, casting="unsafe")  # exact widening; ml_dtypes' cast is the fastest
+        y[:, i:i + rows] = x @ wide.T  # [M, in] @ [in, rows] -> [M, rows]
+    return y
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """`nn.Linear`: weight is [out, in] as stored by torch. float32[..., in] -> float32[..., out]."""
+    """`nn.Linear`: weight is [out, in] as stored by torch. float32[..., in] -> float32[..., out].
+
+    Every batch row and position goes through one 2-D matrix product: a decode step of B rows
+    reads each weight once (a stacked [B, 1, in] product would run B matrix-vector products).
+    """
+    x2 = x.reshape(-1, x.shape[-1])  # [..., in] -> [M, in]
     if weight.dtype == np.float32:
-        y = x @ weight.T  # [..., in] -> [..., out]
+        y = x2 @ weight.T  # [M, in] -> [M, out]
     else:
-        y = np.empty(x.shape[:-1] + weight.shape[:1], np.float32)  # [..., in] -> [..., out]
-        for i in range(0, weight.shape[0], _SLAB_ROWS):
-            y[..., i:i + _SLAB_ROWS] = x @ as_f32(weight[i:i + _SLAB_ROWS]).T
+        y = _widened_matmul(x2, weight)
     if bias is not None:
         y += as_f32(bias)
-    return y
+    return y.reshape(*x.shape[:-1], weight.shape[0])  # [M, out] -> [..., out]
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -120,23 +150,58 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return x * cos + rotate_half(x) * sin
 
 
+# Queries are processed in chunks so that at most this many bytes of float32 scores are alive at
+# once, whatever the resolution (896 px SigLIP: 4096 x 4096 scores per head, 1 GiB per layer).
+SCORE_BLOCK_BYTES = 256 << 20
+
+
 def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> np.ndarray:
     """Scaled dot-product attention with grouped-query heads.
 
-    q float32[B, N, L, H]; k, v float32[B, K, S, H]; mask bool[B, L, S] (True = may attend).
-    Query head n reads kv head n // (N / K): the N heads are viewed as K groups of G = N / K,
-    so keys and values are broadcast, never copied (K = 1 is MQA, K = N is plain MHA).
+    q float32[B, N, L, H]; k, v float32[B, K, S, H]; mask bool[B, L, S] (True = may attend), or
+    None when every query sees every key (SigLIP). Query head n reads kv head n // G, G = N / K:
+    the G query heads of a kv head are stacked along the query axis, so each kv head's keys and
+    values are read once by one matrix product, never copied (K = 1 is MQA, K = N plain MHA).
     Order, as HF's eager path: q·kᵀ, × scale, softcap (Gemma-2), mask, softmax in float32, × v.
     Returns float32[B, N, L, H].
     """
     b, n, l, h = q.shape
-    kv_heads = k.shape[1]
-    qg = q.reshape(b, kv_heads, n // kv_heads, l, h)  # [B, N, L, H] -> [B, K, G, L, H]
-    scores = (qg @ k[:, :, None].swapaxes(-1, -2)) * F32(scale)  # -> [B, K, G, L, S]
-    scores = softcap(scores, logit_cap)
-    scores = np.where(mask[:, None, None], scores, MASK_VALUE)
-    out = softmax(scores) @ v[:, :, None]  # [B, K, G, L, S] -> [B, K, G, L, H]
+    kv_heads, s = k.shape[1], k.shape[2]
+    g = n // kv_heads
+    qg = q.reshape(b, kv_heads, g, l, h)  # [B, N, L, H] -> [B, K, G, L, H]
+    out = np.empty((b, kv_heads, g, l, h), np.float32)
+    chunk = max(1, SCORE_BLOCK_BYTES // (4 * b * n * s))
+    for i in range(0, l, chunk):
+        rows = slice(i, min(l, i + chunk))
+        c = rows.stop - rows.start
+        weights = attention_weights(qg[:, :, :, rows].reshape(b, kv_heads, g * c, h), k,
+                                    None if mask is None else mask[:, rows], scale, logit_cap)
+        out[:, :, :, rows] = (weights @ v).reshape(b, kv_heads, g, c, h)  # [B, K, G*c, S] @ [B, K, S, H]
     return out.reshape(b, n, l, h)  # [B, K, G, L, H] -> [B, N, L, H]
+
+
+def attention_weights(qg, k, mask, scale: float, logit_cap: float | None) -> np.ndarray:
+    """softmax(cap(q·kᵀ × scale) masked), computed in place in one score buffer.
+
+    qg float32[B, K, G*L, H] (each kv head's G query heads stacked), k float32[B, K, S, H],
+    mask bool[B, L, S] or None. Returns float32[B, K, G*L, S].
+    """
+    b, kv_heads, gl, _ = qg.shape
+    scores = qg @ k.swapaxes(-1, -2)  # [B, K, G*L, H] @ [B, K, H, S] -> [B, K, G*L, S]
+    scores *= F32(scale)
+    if logit_cap is not None:  # Gemma-2: cap * tanh(x / cap), before the mask
+        cap = F32(logit_cap)
+        scores /= cap
+        np.tanh(scores, out=scores)
+        scores *= cap
+    if mask is not None:
+        l = mask.shape[1]
+        grouped = scores.reshape(b, kv_heads, gl // l, l, -1)  # [B, K, G*L, S] -> [B, K, G, L, S]
+        np.copyto(grouped, MASK_VALUE, where=~mask[:, None, None])
+    scores -= scores.max(axis=-1, keepdims=True)  # the stable softmax, in place
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    return scores
 
 
 def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:

@@ -86,12 +86,15 @@ def rope_positions(valid: np.ndarray) -> np.ndarray:
 
 def forward(params, cfg: PaliGemmaConfig, input_ids: np.ndarray, positions: np.ndarray,
             masks: dict, image_features: np.ndarray | None = None, cache=None,
-            last_only: bool = False, hidden_states: list | None = None):
+            last_only: bool = False, hidden_states: list | None = None,
+            logit_positions=None):
     """The decoder over L new tokens: int[B, L] -> (logits float32[B, L or 1, V], cache).
 
     image_features float32[B, P, D] (from `encode_image`) replace the `<image>` tokens when
     given (prefill); positions int[B, L]; masks from `attention_masks` for these L queries.
-    With a cache, keys/values of the L tokens are appended to it.
+    With a cache, keys/values of the L tokens are appended to it. Logits are computed for the
+    last position only (last_only) or for the query indices int[L'] in `logit_positions`: the
+    lm_head over every position is [B, L, V] (4.2 GB at 896 px) and rarely wanted.
     """
     text = cfg.text_config
     lm = params["language_model"]
@@ -103,6 +106,8 @@ def forward(params, cfg: PaliGemmaConfig, input_ids: np.ndarray, positions: np.n
         kv_cache.advance(cache, input_ids.shape[1])
     if last_only:
         h = h[:, -1:]  # [B, L, D] -> [B, 1, D]
+    elif logit_positions is not None:
+        h = h[:, logit_positions]  # [B, L, D] -> [B, L', D]
     head = params["lm_head"]["weight"] if "lm_head" in params else lm["embed_tokens"]["weight"]
     return gemma.lm_head(h, head, text), cache
 

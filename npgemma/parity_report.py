@@ -18,6 +18,7 @@ from .backend import NumpyBackend, get_backend
 from .config import load_config
 from .generate import GenerationConfig, generate_tokens
 from .processing import Processor
+from .slots import Slots
 from .tolerances import compare
 from .weights import load_weights
 
@@ -44,14 +45,16 @@ def parity_rows(cfg, params_np, torch_backend, inputs):
     from .torch_backend import paligemma as tpg
 
     ids = inputs.input_ids[None]
-    valid = np.ones(ids.shape, bool)
-    positions = paligemma.rope_positions(valid)
-    masks = paligemma.attention_masks(cfg, valid, valid, 0)
+    slots = Slots.full(*ids.shape)
+    positions, masks = slots.positions(), slots.masks(cfg)
     pixels = inputs.pixel_values[None]
+    # Logits at the text positions only: the image positions' [P, V] is 4.2 GB at 896 px.
+    text = np.flatnonzero(inputs.input_ids != cfg.image_token_index)
 
     ref = _stages(
         lambda hs: paligemma.encode_image(params_np, pixels, cfg, hs),
-        lambda f, hs: paligemma.forward(params_np, cfg, ids, positions, masks, f, hidden_states=hs)[0])
+        lambda f, hs: paligemma.forward(params_np, cfg, ids, positions, masks, f, hidden_states=hs,
+                                        logit_positions=text)[0])
 
     tb = torch_backend
     tparams = tb.from_numpy(params_np)
@@ -60,7 +63,8 @@ def parity_rows(cfg, params_np, torch_backend, inputs):
         got = _stages(
             lambda hs: tpg.encode_image(tparams, t(pixels, tb.dtype), cfg, hs),
             lambda f, hs: tpg.forward(tparams, cfg, t(ids, torch.long), t(positions, torch.long),
-                                      {k: t(m) for k, m in masks.items()}, f, hidden_states=hs)[0])
+                                      {k: t(m) for k, m in masks.items()}, f, hidden_states=hs,
+                                      logit_positions=t(text, torch.long))[0])
     return [(name, compare(tb.to_numpy(g), r, component, tb.dtype_name))
             for (name, component, r), (_, _, g) in zip(ref, got)], tparams
 

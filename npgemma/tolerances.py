@@ -51,24 +51,38 @@ class Comparison:
                 f"{self.max_rel:.3g}, at index {self.where}: {self.actual:.6g} vs {self.expected:.6g}")
 
 
+_CHUNK = 1 << 20  # elements compared at a time: a few MB of float64, whatever the arrays' size
+
+
 def compare(actual, expected, component: str, dtype: str = "float32") -> Comparison:
-    """How far `actual` is from the reference `expected`, judged by TOLERANCES[component][dtype]."""
-    a = np.asarray(actual, dtype=np.float64)
-    b = np.asarray(expected, dtype=np.float64)
+    """How far `actual` is from the reference `expected`, judged by TOLERANCES[component][dtype].
+
+    Differences are taken in float64 a chunk at a time, so comparing two 4 GB logit arrays needs
+    a few MB beyond the arrays themselves. NaN matching NaN counts as equal; any other
+    non-finite mismatch is an infinite difference.
+    """
+    a, b = np.asarray(actual), np.asarray(expected)
     if a.shape != b.shape:
         raise AssertionError(f"{component}: shape {a.shape} != reference shape {b.shape}")
     atol, rtol = TOLERANCES[component][dtype]
     if a.size == 0:
         return Comparison(0.0, 0.0, (), 0.0, 0.0, atol, True)
-    finite = np.isfinite(a) & np.isfinite(b)
-    diff = np.where(finite, np.abs(a - b), np.inf)
-    diff = np.where(np.isnan(a) & np.isnan(b), 0.0, diff)
-    where = np.unravel_index(int(np.argmax(diff)), diff.shape)
-    scale = float(np.max(np.abs(b[np.isfinite(b)]), initial=0.0))
-    max_abs = float(diff[where])
+    af, bf = a.reshape(-1), b.reshape(-1)
+    max_abs, at, scale = -1.0, 0, 0.0
+    for i in range(0, af.size, _CHUNK):
+        x = af[i:i + _CHUNK].astype(np.float64)
+        y = bf[i:i + _CHUNK].astype(np.float64)
+        finite = np.isfinite(x) & np.isfinite(y)
+        diff = np.where(finite, np.abs(x - y), np.inf)
+        diff[np.isnan(x) & np.isnan(y)] = 0.0
+        j = int(np.argmax(diff))
+        if diff[j] > max_abs:
+            max_abs, at = float(diff[j]), i + j
+        scale = max(scale, float(np.max(np.abs(y[np.isfinite(y)]), initial=0.0)))
+    where = tuple(int(k) for k in np.unravel_index(at, a.shape))
     limit = atol + rtol * scale
-    return Comparison(max_abs, max_abs / scale if scale else max_abs, tuple(int(i) for i in where),
-                      float(a[where]), float(b[where]), limit, max_abs <= limit)
+    return Comparison(max_abs, max_abs / scale if scale else max_abs, where,
+                      float(af[at]), float(bf[at]), limit, max_abs <= limit)
 
 
 def assert_close(actual, expected, component: str, dtype: str = "float32", what: str = "") -> Comparison:

@@ -404,13 +404,13 @@ class Runner:
         assert tokens == out.token_ids, (tokens, out.token_ids)
         return NpResult(input_ids=inputs.input_ids, token_type_ids=inputs.token_type_ids,
                         pixel_values=inputs.pixel_values, vision=vision, projector=proj,
-                        decoder=decoder, logits=logits, pipe_logits=self.pipe.logits(image, prompt),
+                        decoder=decoder, logits=logits, pipe_logits=self.pipe.logits(image, prompt, positions=slice(None)),
                         tokens=out.token_ids, step_logits=step_logits,
                         uncached_logits=self.uncached(image, prompt, tokens))
 
 
 class _Recorder:
-    """A backend proxy that keeps (as NumPy) the last-position logits of every forward."""
+    """A backend proxy that keeps (as NumPy) the last-position logits each greedy token came from."""
 
     def __init__(self, backend, recorded: list):
         self._backend, self._recorded = backend, recorded
@@ -418,10 +418,9 @@ class _Recorder:
     def __getattr__(self, name):
         return getattr(self._backend, name)
 
-    def forward(self, *args, **kwargs):
-        logits, cache = self._backend.forward(*args, **kwargs)
-        self._recorded.append(self._backend.to_numpy(logits)[0, -1])
-        return logits, cache
+    def greedy(self, logits):
+        self._recorded.append(self._backend.last_logits_to_numpy(logits)[0])
+        return self._backend.greedy(logits)
 
 
 # ---- measurements ----------------------------------------------------------------------------
@@ -500,7 +499,7 @@ def bf16_examples(folder):
         inputs = oracle.process(image, prompt)
         with torch.no_grad():
             hf_logits = _np(oracle.model(**inputs).logits[0])
-        c = compare(pipe.logits(image, prompt), hf_logits, "logits", "bfloat16")
+        c = compare(pipe.logits(image, prompt, positions=slice(None)), hf_logits, "logits", "bfloat16")
         ours = pipe.generate(image, prompt, max_new_tokens=MAX_NEW_TOKENS).token_ids
         yield prompt, c, ours, oracle.generate(inputs)[0][0]
 

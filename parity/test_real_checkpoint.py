@@ -66,7 +66,7 @@ def test_backend_matches_transformers(hf_reference, backend):
     inputs = pipe.processor(image, PROMPT)
     np.testing.assert_array_equal(inputs.input_ids, hf_reference["input_ids"])
     np.testing.assert_allclose(inputs.pixel_values, hf_reference["pixel_values"], atol=1e-6, rtol=0)
-    logits = pipe.logits(image, PROMPT)
+    logits = pipe.logits(image, PROMPT, positions=slice(None))
     c = assert_close(logits, hf_reference["logits"], "logits", "float32", what=f"{backend} logits")
     print(f"\n{backend}: logits max abs diff vs HF {c.max_abs:.3g} (scale-relative {c.max_rel:.3g})")
     assert pipe.generate(image, PROMPT, max_new_tokens=NEW_TOKENS).token_ids == hf_reference["tokens"]

@@ -57,10 +57,16 @@ def test_processor_outputs(pipe, image):
 
 def test_logits_shape_and_greedy_agreement(pipe, image):
     logits = pipe.logits(image, PROMPT)
-    length = len(pipe.processor(image, PROMPT).input_ids)
+    ids = pipe.processor(image, PROMPT).input_ids
+    text = int((ids != pipe.cfg.image_token_index).sum())  # the default: text positions only
     assert logits.dtype == np.float32
-    assert logits.shape == (length, pipe.cfg.text_config.vocab_size)
+    assert logits.shape == (text, pipe.cfg.text_config.vocab_size)
     assert np.isfinite(logits).all()
+    everything = pipe.logits(image, PROMPT, positions=slice(None))
+    assert everything.shape == (len(ids), pipe.cfg.text_config.vocab_size)
+    np.testing.assert_allclose(everything[-text:], logits, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(pipe.logits(image, PROMPT, positions=[0, len(ids) - 1]).shape,
+                                  (2, pipe.cfg.text_config.vocab_size))
     # The last prompt position predicts the first greedy token.
     first = pipe.generate(image, PROMPT, max_new_tokens=1).token_ids
     assert first == [int(logits[-1].argmax())]
@@ -239,3 +245,42 @@ def test_torch_backend_without_torch_says_how_to_install(ckpt):
     done = _run_python(code)
     assert done.returncode == 0, done.stderr
     assert "pip install" in done.stdout and "torch" in done.stdout
+
+
+def test_sampled_row_is_the_same_in_any_batch(pipe, image):
+    """Each row draws from its own RNG stream: row 0 of a batch samples what it samples alone,
+    and a row's tokens do not depend on the other rows of the batch."""
+    gen = dict(max_new_tokens=8, do_sample=True, temperature=1.5, seed=11)
+    alone = pipe.generate(image, PROMPT, **gen).token_ids
+    flipped = np.ascontiguousarray(np.asarray(image)[::-1])
+    batch = pipe.generate_batch([image, flipped], [PROMPT, "detect cat"], **gen)
+    other = pipe.generate_batch([image, image], [PROMPT, "caption es"], **gen)
+    assert batch[0].token_ids == alone == other[0].token_ids
+    # A per-row seed list: row i draws exactly what it draws alone with seed=seeds[i].
+    rows = pipe.generate_batch([flipped, image], ["detect cat", PROMPT], **(gen | {"seed": [3, 11]}))
+    assert rows[0].token_ids == pipe.generate(flipped, "detect cat", **(gen | {"seed": 3})).token_ids
+    seeded = pipe.generate(image, PROMPT, **(gen | {"seed": [11]}))
+    assert rows[1].token_ids == seeded.token_ids
+    # Different rows of one batch do not share a stream: the same input twice samples differently.
+    twice = pipe.generate_batch([image, image], [PROMPT, PROMPT], **gen)
+    assert twice[0].token_ids != twice[1].token_ids
+
+
+def test_batched_linear_reads_each_weight_once():
+    """A decode step of B rows is one matrix product per weight, not B matrix-vector products."""
+    from npgemma.layers import linear
+
+    class Counting(np.ndarray):
+        reads = 0
+
+        @property
+        def T(self):  # noqa: N802  (every product in `linear` goes through weight.T)
+            Counting.reads += 1
+            return np.asarray(self).T
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 4)).astype(np.float32).view(Counting)
+    x = rng.standard_normal((8, 1, 4)).astype(np.float32)
+    y = linear(x, w)
+    assert Counting.reads == 1 and y.shape == (8, 1, 6)
+    np.testing.assert_allclose(y[:, 0], x[:, 0] @ np.asarray(w).T, rtol=1e-6)

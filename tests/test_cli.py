@@ -294,7 +294,7 @@ def test_prompt_longer_than_positions(capsys, demo, short_model):
 
 @pytest.mark.parametrize("argv, culprit", [
     ([], "command"),
-    (["generate"], "--model"),
+    (["generate"], "--image"),  # --model defaults to the bundled demo model
     (["translate"], "'translate'"),
 ])
 def test_bad_command_line(capsys, argv, culprit):
@@ -381,3 +381,41 @@ def test_demo_quick_start(tmp_path):
     run = _run("-m", *argv, "--max-new-tokens", "4")  # `npgemma` -> `python -m npgemma`
     assert run.returncode == 0 and run.stderr == ""
     assert run.stdout.endswith("\n")
+
+
+def test_generate_batch_jsonl_one_line_per_input_in_order(capsys, demo, pipe, tmp_path):
+    """--batch FILE.jsonl and repeated --image/--prompt: one batch, one JSON line per input, in
+    order, each equal to the input generated alone."""
+    model, image = demo
+    prompts = ["caption en", "detect cat", "answer en what is this ?"]
+    batch = tmp_path / "in.jsonl"
+    batch.write_text("".join(json.dumps({"image": str(image), "prompt": p}) + "\n" for p in prompts))
+    rc, out, err = run_cli(capsys, "generate", "--model", model, "--batch", batch,
+                           "--max-new-tokens", "5")
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["prompt"] for r in rows] == prompts
+    for r, p in zip(rows, prompts):
+        assert r["token_ids"] == pipe.generate(image, p, max_new_tokens=5).token_ids
+    rc, out2, _ = run_cli(capsys, "generate", "--model", model, *sum(
+        (["--image", image, "--prompt", p] for p in prompts), []), "--max-new-tokens", "5")
+    assert rc == 0 and out2 == out
+
+
+@pytest.mark.parametrize("content, culprit", [
+    ('{"image": "x.png"}\n', "in.jsonl:1"),
+    ("not json\n", "in.jsonl:1"),
+    ("\n", "no inputs"),
+])
+def test_generate_batch_bad_file(capsys, demo, tmp_path, content, culprit):
+    batch = tmp_path / "in.jsonl"
+    batch.write_text(content)
+    rc, out, err = run_cli(capsys, "generate", "--model", demo[0], "--batch", batch)
+    assert_clean_error(rc, out, err, culprit)
+
+
+def test_generate_prompt_count_must_match_images(capsys, demo):
+    model, image = demo
+    rc, out, err = run_cli(capsys, "generate", "--model", model, "--image", image,
+                           "--image", image, "--prompt", PROMPT)
+    assert_clean_error(rc, out, err, "one --prompt per --image")

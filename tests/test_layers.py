@@ -484,7 +484,7 @@ def test_linear_low_memory_slabs_equal_whole_matrix(monkeypatch):
     w = rng.standard_normal((37, 8)).astype(ml_dtypes.bfloat16)
     b = rng.standard_normal(37).astype(ml_dtypes.bfloat16)
     whole = x @ w.astype(np.float32).T + b.astype(np.float32)
-    monkeypatch.setattr(layers, "_SLAB_ROWS", 5)  # 37 rows -> 8 slabs, the last one short
+    monkeypatch.setattr(layers, "_SLAB_BYTES", 5 * 8 * 4)  # 5 rows a slab: 37 rows -> 8 slabs, the last one short
     got = layers.linear(x, w, b)
     assert got.dtype == np.float32 and got.shape == (2, 3, 37)
     np.testing.assert_array_equal(got, whole)

@@ -63,17 +63,33 @@ class TorchBackend:
 
     @torch.inference_mode()
     def forward(self, params, cfg, input_ids, positions, masks, image_features=None, cache=None,
-                last_only=False):
+                last_only=False, logit_positions=None):
         masks = {k: self._tensor(m) for k, m in masks.items()}
+        if logit_positions is not None:
+            logit_positions = self._tensor(np.asarray(logit_positions), torch.long)
         return paligemma.forward(params, cfg, self._tensor(input_ids, torch.long),
                                  self._tensor(positions, torch.long), masks, image_features,
-                                 cache=cache, last_only=last_only)
+                                 cache=cache, last_only=last_only, logit_positions=logit_positions)
 
     def init_cache(self, cfg, batch, max_length):
         return paligemma.init_cache(cfg, batch, max_length, dtype=self.dtype, device=self.device)
 
-    def greedy(self, logits) -> np.ndarray:
-        return logits[:, -1].argmax(dim=-1).cpu().numpy().astype(np.int64)
+    def start_decode(self, cfg, valid, is_prefix, cache):
+        from ..backend import HostDecodeState, Slots
+        return HostDecodeState(Slots(valid, is_prefix))
+
+    def decode_step(self, params, cfg, ids, state, cache):
+        from ..backend import decode_on_host
+        return decode_on_host(self.forward, params, cfg, self.ids_to_numpy(ids), state, cache)
+
+    def greedy(self, logits):
+        return logits[:, -1].argmax(dim=-1)
+
+    def ids_to_numpy(self, ids) -> np.ndarray:
+        return ids.cpu().numpy().astype(np.int64) if isinstance(ids, torch.Tensor) else np.asarray(ids)
+
+    def last_logits_to_numpy(self, logits) -> np.ndarray:
+        return self.to_numpy(logits[:, -1])
 
 
 __all__ = ["TorchBackend", "tensor_from_numpy"]

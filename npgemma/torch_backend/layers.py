@@ -109,6 +109,18 @@ def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> to
     return out.reshape(b, n, l, h)  # [B, K, G, L, H] -> [B, N, L, H]
 
 
+def attention_weights(qg, k, mask, scale: float, logit_cap: float | None) -> torch.Tensor:
+    """softmax(cap(q·kᵀ × scale) masked) in float32: qg [B, K, G*L, H] (each kv head's G query
+    heads stacked), k [B, K, S, H], mask bool[B, L, S] or None -> [B, K, G*L, S]."""
+    b, kv_heads, gl, _ = qg.shape
+    scores = softcap((qg @ k.transpose(-1, -2)) * scale, logit_cap).float()  # -> [B, K, G*L, S]
+    if mask is not None:
+        l = mask.shape[1]
+        grouped = scores.view(b, kv_heads, gl // l, l, -1)  # [B, K, G*L, S] -> [B, K, G, L, S]
+        scores = grouped.masked_fill(~mask[:, None, None], mask_value(F32)).view(b, kv_heads, gl, -1)
+    return softmax(scores)
+
+
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """[B, L, N*H] -> [B, N, L, H]."""
     b, l, _ = x.shape

@@ -34,7 +34,8 @@ def merge(text_embeds, image_features, input_ids, image_token_index: int) -> tor
 
 
 def forward(params, cfg: PaliGemmaConfig, input_ids, positions, masks: dict, image_features=None,
-            cache=None, last_only: bool = False, hidden_states: list | None = None):
+            cache=None, last_only: bool = False, hidden_states: list | None = None,
+            logit_positions=None):
     """The decoder over L new tokens: [B, L] -> (logits [B, L or 1, V], cache)."""
     text = cfg.text_config
     lm = params["language_model"]
@@ -46,6 +47,8 @@ def forward(params, cfg: PaliGemmaConfig, input_ids, positions, masks: dict, ima
         kv_cache.advance(cache, input_ids.shape[1])
     if last_only:
         h = h[:, -1:]  # [B, L, D] -> [B, 1, D]
+    elif logit_positions is not None:
+        h = h[:, logit_positions]  # [B, L, D] -> [B, L', D]
     head = params["lm_head"]["weight"] if "lm_head" in params else lm["embed_tokens"]["weight"]
     return gemma.lm_head(h, head, text), cache
 
