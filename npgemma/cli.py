@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=_non_negative_int, default=None)
     g.add_argument("--draw", metavar="OUT.png",
                    help="save the image with the detected boxes (<loc> answers) drawn on it")
+    d = sub.add_parser("demo", help="the bundled demo model on a freshly drawn scene")
+    d.add_argument("--seed", type=_non_negative_int, default=0, help="which scene to draw")
+    d.add_argument("--out", default="demo.png", help="picture of the scene with the predicted boxes")
+    d.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
+    d.add_argument("--device", default="cpu")
+    d.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    d.add_argument("--model", default=None, help=argparse.SUPPRESS)  # a retrained demo folder
     p = sub.add_parser("parity", help="run numpy and torch on one input, stage by stage")
     _add_model_args(p)
     p.add_argument("--max-new-tokens", type=_non_negative_int, default=8,
@@ -161,6 +168,15 @@ def _generate(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from .demo.run import run
+    from .pipeline import load
+
+    pipe = load(_model_dir(args), backend=args.backend, device=args.device, dtype=args.dtype)
+    run(pipe, args.seed, args.out)
+    return 0
+
+
 def _generate_batch(pipe, pairs, generation, args) -> int:
     """Every input in one left-padded batch; one JSON line per input, in input order."""
     if args.draw:
@@ -196,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "demo":
+            return _demo(args)
         from .parity_report import run_parity_cli
 
         args.model = _model_dir(args)
