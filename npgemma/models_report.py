@@ -88,7 +88,9 @@ def run_models_cli(args) -> int:
                           "available_source": avail and avail.source,
                           "checkpoints": [asdict(r) for r in rows], "skipped": notes}))
         return 0
-    print(f"{where}: {len(rows)} PaliGemma checkpoint(s); memory available now: {have}")
+    cached = sum(r.name not in args.folders for r in rows)
+    given = f" (+ {len(rows) - cached} given)" if len(rows) > cached else ""
+    print(f"{where}: {cached} PaliGemma checkpoint(s){given}; memory available now: {have}")
     if rows:
         print("\n".join(_table(rows)))
         print(f"(RAM: weights + KV-cache and activations for the image tokens + {budget} on the "

@@ -165,7 +165,7 @@ def test_models_table_marks_what_does_not_fit(hf_cache, capsys, monkeypatch):
     monkeypatch.setattr(memory, "available_memory", lambda: memory.Available(10**9, "fake"))
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"Hugging Face cache {hf_cache[0]}: 2 PaliGemma checkpoint(s)")
+    assert out[0].startswith(f"Hugging Face cache {hf_cache[0]}: 2 PaliGemma checkpoint(s);")
     assert "1.00 GB (fake)" in out[0]
     assert out[2].startswith("org/tiny-pali@main") and out[2].count(" NO") == 4
 
