@@ -50,12 +50,11 @@ def _split(model_id: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def _hub(model_id: str):
+def _hub(purpose: str):
     try:
         import huggingface_hub
     except ImportError:
-        raise InputError(f"{model_id}: not a folder; reading it as a Hugging Face model id "
-                         f"needs huggingface_hub: {_INSTALL}") from None
+        raise InputError(f"{purpose} needs huggingface_hub: {_INSTALL}") from None
     return huggingface_hub
 
 
@@ -78,7 +77,7 @@ def _is_paligemma(config_json: Path) -> bool:
 
 def cached_paligemma() -> list[CachedCheckpoint]:
     """Every cached model snapshot whose config.json says model_type "paligemma", by id."""
-    hub = _hub("the Hugging Face cache")
+    hub = _hub("reading the Hugging Face cache")
     try:
         info = hub.scan_cache_dir(cache_dir())
     except hub.CacheNotFound:
@@ -112,7 +111,7 @@ def resolve(model) -> Path:
     """A checkpoint folder stays itself; a model id becomes its cached snapshot folder."""
     if not is_model_id(model):
         return Path(os.fspath(model))
-    hub = _hub(model)
+    hub = _hub(f"{model}: not a folder; reading it as a Hugging Face model id")
     repo_id, revision = _split(model)
     try:
         folder = hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir(),

@@ -131,12 +131,13 @@ def test_cli_generate_by_id_from_the_environment(cache, demo, where):
     args = ["--image", str(demo[1]), "--prompt", "caption en", "--max-new-tokens", "3", "--json"]
     by_id = _npgemma(env, "generate", "--model", "org/tiny-pali", *args)
     assert by_id.returncode == 0, by_id.stderr
-    by_dir = _npgemma({}, "generate", "--model", str(demo[0]), *args)
-    assert json.loads(by_id.stdout)["token_ids"] == json.loads(by_dir.stdout)["token_ids"]
-    wrong = _npgemma(env, "generate", "--model", "org/tiny-palo", *args)
-    assert wrong.returncode == 2 and wrong.stdout == ""
-    assert wrong.stderr.startswith("npgemma: error: org/tiny-palo: no such folder")
-    assert "org/tiny-pali@main" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
+    by_dir = npgemma.load(demo[0]).generate(demo[1], "caption en", max_new_tokens=3)
+    assert json.loads(by_id.stdout)["token_ids"] == by_dir.token_ids
+    if where == "HF_HUB_CACHE":
+        wrong = _npgemma(env, "generate", "--model", "org/tiny-palo", *args)
+        assert wrong.returncode == 2 and wrong.stdout == ""
+        assert wrong.stderr.startswith("npgemma: error: org/tiny-palo: no such folder")
+        assert "org/tiny-pali@main" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
 
 
 def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_network):
@@ -174,3 +175,12 @@ def test_models_bad_folder_is_one_error(tmp_path, capsys, hf_cache):
     assert cli.main(["models", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("npgemma: error: ") and "nope" in err
+
+
+def test_models_without_huggingface_hub_lists_the_folders(monkeypatch, demo, capsys):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    monkeypatch.setitem(sys.modules, "huggingface_hub.constants", None)
+    assert cli.main(["models", str(demo[0])]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Hugging Face cache not read (pip install 'npgemma[hub]'): 0 PaliGemma")
+    assert out[2].startswith(str(demo[0]))
