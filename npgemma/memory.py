@@ -100,18 +100,21 @@ def activation_bytes(cfg: PaliGemmaConfig, seq_len: int, itemsize: int, batch: i
     return max(attention, mlp * itemsize * _MLP_COPIES)
 
 
+def _run(cfg: PaliGemmaConfig, backend: str, dtype: str, text_tokens: int, batch: int) -> dict:
+    """KV-cache and largest activation: float32 on numpy, the compute dtype on torch."""
+    seq = cfg.num_image_tokens + text_tokens
+    size = 4 if backend == "numpy" else _ITEMSIZE[dtype]
+    return {"KV-cache": kv_cache_bytes(cfg, seq, size, batch),
+            "activations": activation_bytes(cfg, seq, size, batch)}
+
+
 def estimate(cfg: PaliGemmaConfig, backend: str = "numpy", dtype: str = "float32",
              device: str = "cpu", disk_dtype: str = "bfloat16", text_tokens: int = TEXT_TOKENS,
              batch: int = 1) -> Need:
     """What loading `cfg` on backend/dtype/device and generating `text_tokens` needs."""
-    n = num_params(cfg)
-    wsize = _ITEMSIZE[dtype]  # numpy: storage dtype; torch: compute dtype
-    seq = cfg.num_image_tokens + text_tokens
-    csize = 4 if backend == "numpy" else wsize  # cache and activations
-    weights = n * wsize
+    weights = num_params(cfg) * _ITEMSIZE[dtype]  # numpy: storage dtype; torch: compute dtype
     loading = _largest_tensor(cfg) * _ITEMSIZE.get(disk_dtype, 4) if disk_dtype != dtype else 0
-    run = {"KV-cache": kv_cache_bytes(cfg, seq, csize, batch),
-           "activations": activation_bytes(cfg, seq, csize, batch)}
+    run = _run(cfg, backend, dtype, text_tokens, batch)
     host = {"weights": weights, "runtime": RUNTIME_BYTES}
     if backend == "torch" and device != "cpu":
         # The NumPy tree is read whole into RAM, then copied to the device.
@@ -132,7 +135,7 @@ def parity_estimate(cfg: PaliGemmaConfig, dtype: str, device: str, disk_dtype: s
     ram = dict(ref.ram)
     if dtype != "float32":  # a second, narrower copy of the weights
         ram["torch weights"] = twin.ram["weights"]
-    ram["torch run"] = sum(v for k, v in twin.ram.items() if k in ("KV-cache", "activations"))
+    ram["torch run"] = sum(_run(cfg, "torch", dtype, text_tokens, 1).values())
     return Need(ram=ram)
 
 

@@ -261,3 +261,13 @@ def test_parity_cli_refuses_too(monkeypatch, demo, capsys):
                    "--prompt", "caption en"])
     err = capsys.readouterr().err
     assert rc == 2 and "not enough memory for npgemma parity" in err
+
+
+def test_parity_needs_both_runs_and_a_narrow_copy_of_the_weights():
+    cfg = config_from_dict(tiny_config())
+    ref = memory.estimate(cfg, "numpy", "float32", disk_dtype="float32")
+    shared = memory.parity_estimate(cfg, "float32", "cpu", "float32", memory.TEXT_TOKENS)
+    narrow = memory.parity_estimate(cfg, "bfloat16", "cpu", "float32", memory.TEXT_TOKENS)
+    assert shared.ram_total > ref.ram_total and "torch weights" not in shared.ram
+    assert narrow.ram["torch weights"] == memory.num_params(cfg) * 2
+    assert narrow.ram["torch run"] > 0
