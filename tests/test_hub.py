@@ -140,12 +140,37 @@ def test_cli_generate_by_id_from_the_environment(cache, demo, where):
         assert "org/tiny-pali@main" in wrong.stderr and len(wrong.stderr.splitlines()) == 1
 
 
-def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_network):
-    from npgemma import memory
+def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_network,
+                                                  monkeypatch):
+    from npgemma import memory, weights
     from npgemma.config import load_config
 
     _, main, v2 = hf_cache
+
+    class HeadersOnly:  # safetensors' safe_open, with tensor data off limits
+        def __init__(self, *a, **k):
+            self.f = real_open(*a, **k)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_slice(self, key):
+            return self.f.get_slice(key)
+
+        def get_tensor(self, key):
+            raise AssertionError("npgemma models read tensor data")
+
+    real_open = weights.safe_open
+    monkeypatch.setattr(weights, "safe_open", HeadersOnly)
     assert cli.main(["models", str(demo[0]), "--json"]) == 0
+    monkeypatch.setattr(weights, "safe_open", real_open)
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["checkpoints"]}
     assert set(rows) == {"org/tiny-pali@main", "org/tiny-pali@v2", str(demo[0])}
     assert rows["org/tiny-pali@main"]["version"] == 1 and rows["org/tiny-pali@v2"]["version"] == 2
