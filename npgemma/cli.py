@@ -1,4 +1,4 @@
-"""`npgemma` command line: generate (and parity, when the torch backend is installed).
+"""`npgemma` command line: generate, models, and parity (when the torch backend is installed).
 
 Every failure the user can cause ends in one line on stderr, `npgemma: error: ...`, naming
 the culprit, and a non-zero exit — never a traceback (set NPGEMMA_DEBUG=1 to see one).
@@ -32,7 +32,8 @@ def _non_negative_int(text: str) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser, several: bool = False) -> None:
     p.add_argument("--model", default=None,
-                   help="checkpoint folder (config.json, *.safetensors, tokenizer.json); "
+                   help="checkpoint folder (config.json, *.safetensors, tokenizer.json), or a "
+                        "Hugging Face model id org/name[@revision] in the local cache; "
                         "default: the bundled demo model")
     if several:  # generate: one or more --image/--prompt pairs, or a JSONL file of them
         p.add_argument("--image", action="append", default=[], help="image file (repeatable)")
@@ -48,10 +49,15 @@ def _add_model_args(p: argparse.ArgumentParser, several: bool = False) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--force", action="store_true",
+                   help="load even when the memory check says the run will not fit")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="npgemma", description="PaliGemma in readable NumPy (and PyTorch).")
+    parser.add_argument("--version", action="version", version=f"npgemma {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help="caption / answer / detect on one image")
     _add_model_args(g, several=True)
@@ -75,7 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--max-new-tokens", type=_non_negative_int, default=8,
                    help="greedy tokens compared between the backends")
+    m = sub.add_parser("models", help="the PaliGemma checkpoints in the Hugging Face cache (and "
+                                      "folders given): sizes, and the RAM each backend needs")
+    m.add_argument("folders", nargs="*", metavar="MODEL", help="checkpoint folders or model ids")
+    m.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def text_tokens(prompt: str, max_new_tokens: int) -> int:
+    """An upper bound on the text tokens of a run, for the memory check: a token covers at
+    least one UTF-8 byte (byte fallback), plus <bos> and the "\n" separator."""
+    return len(prompt.encode("utf-8")) + 2 + max_new_tokens
 
 
 class _Progress:
@@ -140,8 +156,10 @@ def _generate(args) -> int:
 
     pairs = _batch_inputs(args)
     t0 = time.time()
+    longest = max(pairs, key=lambda pair: len(pair[1].encode("utf-8")))[1]
     pipe = load(_model_dir(args), backend=args.backend, device=args.device, dtype=args.dtype,
-                progress=_Progress(not args.quiet))
+                progress=_Progress(not args.quiet), force=args.force,
+                text_tokens=text_tokens(longest, args.max_new_tokens), batch=len(pairs))
     load_s = time.time() - t0
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -214,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "demo":
             return _demo(args)
+        if args.command == "models":
+            from .models_report import run_models_cli
+
+            return run_models_cli(args)
         from .parity_report import run_parity_cli
 
         args.model = _model_dir(args)

@@ -70,11 +70,22 @@ def parity_rows(cfg, params_np, torch_backend, inputs):
 
 
 def run_parity_cli(args) -> int:
-    cfg = load_config(args.model)
-    processor = Processor.from_pretrained(args.model, cfg)
-    inputs = processor(args.image, args.prompt)
+    from . import memory
+    from .cli import text_tokens
+    from .hub import resolve
+    from .weights import read_headers
+
     tb = get_backend("torch", device=args.device, dtype=args.dtype)
-    params = load_weights(args.model, cfg, dtype=np.float32)
+    model_dir = resolve(args.model)
+    cfg = load_config(model_dir)
+    if not args.force:
+        _, headers = read_headers(model_dir)
+        memory.check(cfg, args.model, dtype=args.dtype, device=args.device,
+                     disk_dtype=memory.stored_dtype(headers), parity=True,
+                     text_tokens=text_tokens(args.prompt, args.max_new_tokens))
+    processor = Processor.from_pretrained(model_dir, cfg)
+    inputs = processor(args.image, args.prompt)
+    params = load_weights(model_dir, cfg, dtype=np.float32)
     rows, tparams = parity_rows(cfg, params, tb, inputs)
 
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens)

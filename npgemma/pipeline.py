@@ -8,13 +8,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from . import memory
 from .backend import get_backend
 from .config import PaliGemmaConfig, load_config
 from .errors import InputError
 from .generate import GenerationConfig, check_length, generate_tokens
 from .slots import Slots
 from .processing import Processor
-from .weights import load_weights
+from .hub import resolve
+from .weights import load_weights, read_headers
 
 
 @dataclass(frozen=True)
@@ -101,16 +103,27 @@ class Pipeline:
         return [GenerateOutput(self.processor.decode(r), r) for r in rows]
 
 
-def load(model_dir: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
-         dtype: str = "float32", progress: Callable[[int, int, str], None] | None = None) -> Pipeline:
-    """Load a Hugging Face PaliGemma checkpoint folder (config.json, *.safetensors, tokenizer.json).
+def load(model: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
+         dtype: str = "float32", progress: Callable[[int, int, str], None] | None = None, *,
+         force: bool = False, text_tokens: int = memory.TEXT_TOKENS, batch: int = 1) -> Pipeline:
+    """Load a Hugging Face PaliGemma checkpoint: a folder (config.json, *.safetensors,
+    tokenizer.json) or a model id `org/name[@revision]` in the local Hugging Face cache.
 
     backend "numpy" (CPU, float32 compute; dtype "bfloat16" keeps the weights in bfloat16 to
     halve memory) or "torch" (device "cpu"/"cuda", dtype the compute dtype).
     `progress(done_bytes, total_bytes, tensor_name)` is called while weights load.
+    Before any weight is read, the memory the run needs (for the image tokens plus
+    `text_tokens` prompt + new tokens, in `batch` rows) is checked against what is available; too little
+    raises InputError with the figures, unless `force`.
     """
     be = get_backend(backend, device=device, dtype=dtype)
+    model_dir = resolve(model)
     cfg = load_config(model_dir)
+    if not force:
+        _, headers = read_headers(model_dir)
+        memory.check(cfg, os.fspath(model), backend=backend, dtype=dtype, device=device,
+                     disk_dtype=memory.stored_dtype(headers), text_tokens=text_tokens,
+                     batch=batch)
     processor = Processor.from_pretrained(model_dir, cfg)
     if hasattr(be, "load_weights"):
         params = be.load_weights(model_dir, cfg, progress=progress)

@@ -209,6 +209,14 @@ def _read_headers(files: list[Path]) -> dict[str, list[tuple[Path, str, tuple[in
     return entries
 
 
+def read_headers(model_dir) -> tuple[list[Path], dict[str, tuple[str, tuple[int, ...]]]]:
+    """The safetensors files of a checkpoint folder and every tensor's on-disk name ->
+    (dtype name, shape), from the headers alone: no tensor data is read."""
+    files, _ = _list_files(Path(os.fspath(model_dir)))
+    return files, {key: (_DISK_DTYPES.get(places[0][1], places[0][1]), places[0][2])
+                   for key, places in _read_headers(files).items()}
+
+
 def _pick_layout(disk_keys, wanted: dict[str, tuple]) -> tuple[str, dict[str, str]]:
     """The layout explaining the most on-disk keys, and its {disk name: canonical key} map."""
     maps = {lay: {disk_name(k, lay): k for k in wanted} for lay in LAYOUTS}

@@ -1,0 +1,273 @@
+"""The memory check: its figures against what the code really allocates, the readers of
+/proc/meminfo and cgroup files (fake files, never real pressure), and the refusal before any
+weight is read."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import npgemma
+from npgemma import cli, memory, paligemma, pipeline, weights
+from npgemma.config import config_from_dict, load_config
+from npgemma.errors import InputError
+from npgemma.testing.checkpoint import tiny_config, write_checkpoint
+from npgemma.testing.demo import write_demo
+from npgemma.weights import flatten, load_weights
+
+REPO = Path(npgemma.__file__).resolve().parents[1]
+GiB = 2**30
+
+
+def _make_checkpoint_module():
+    spec = importlib.util.spec_from_file_location("make_checkpoint",
+                                                  REPO / "benchmarks" / "make_checkpoint.py")
+    mc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mc)
+    return mc
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return write_demo(tmp_path_factory.mktemp("mem") / "demo")
+
+
+def fake_available(monkeypatch, nbytes: int):
+    monkeypatch.setattr(memory, "available_memory", lambda: memory.Available(nbytes, "fake"))
+
+
+# --- the figures --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_weight_bytes_are_what_load_weights_returns(tmp_path, tied, dtype):
+    raw = tiny_config(text="gemma2", tie_word_embeddings=tied)
+    raw["tie_word_embeddings"] = tied
+    folder = write_checkpoint(tmp_path / "ck", raw)
+    cfg = load_config(folder)
+    target = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    tree = flatten(load_weights(folder, cfg, dtype=target))
+    assert memory.num_params(cfg) == sum(a.size for a in tree.values())
+    need = memory.estimate(cfg, "numpy", dtype, disk_dtype="float32")
+    assert need.ram["weights"] == sum(a.nbytes for a in tree.values())
+
+
+def test_kv_cache_bytes_are_what_init_cache_allocates():
+    cfg = config_from_dict(tiny_config(text="gemma2", num_key_value_heads=2))
+    cache = paligemma.init_cache(cfg, batch=3, max_length=37)
+    allocated = sum(a.nbytes for a in cache.keys + cache.values)
+    assert memory.kv_cache_bytes(cfg, 37, 4, batch=3) == allocated
+
+
+def test_kv_cache_bytes_match_the_torch_cache():
+    torch = pytest.importorskip("torch")
+    from npgemma.backend import get_backend
+
+    cfg = config_from_dict(tiny_config(num_key_value_heads=1))
+    cache = get_backend("torch", dtype="bfloat16").init_cache(cfg, 2, 19)
+    tensors = [t for t in vars(cache).values() if isinstance(t, list)]
+    allocated = sum(t.numel() * t.element_size() for part in tensors for t in part
+                    if isinstance(t, torch.Tensor))
+    assert allocated == memory.kv_cache_bytes(cfg, 19, 2, batch=2)
+
+
+def test_real_configs_match_the_independent_parameter_count():
+    """benchmarks/make_checkpoint.py counts parameters from its own tensor list; the README
+    table's weight sizes follow (10B: 38.7 GB float32, 19.3 GB bfloat16)."""
+    mc = _make_checkpoint_module()
+    configs = mc._build_real_configs()
+    for name, raw in configs.items():
+        assert memory.num_params(config_from_dict(raw)) == mc.count_parameters(name), name
+    cfg = config_from_dict(configs["paligemma2-10b-pt-224"])
+    assert round(memory.estimate(cfg, "numpy", "float32").ram["weights"] / 1e9, 1) == 38.7
+    assert round(memory.estimate(cfg, "numpy", "bfloat16").ram["weights"] / 1e9, 1) == 19.3
+
+
+def test_attention_scores_are_bounded_by_the_chunk_limit():
+    mc = _make_checkpoint_module()
+    cfg = config_from_dict(mc._build_real_configs()["paligemma-3b-pt-896"])
+    # SigLIP at 896 px: 16 heads x 4096 x 4096 float32 scores = 1 GiB per copy, unbounded.
+    assert 16 * 4096**2 * 4 > memory.MAX_SCORE_BYTES
+    act = memory.activation_bytes(cfg, 4096 + 40, 4)
+    mlp = 4136 * cfg.text_config.intermediate_size * 4 * memory._MLP_COPIES  # the decoder MLP
+    assert act == max(memory.MAX_SCORE_BYTES, mlp)
+    small = config_from_dict(tiny_config())
+    assert memory.activation_bytes(small, 10, 4) < memory.MAX_SCORE_BYTES
+
+
+def test_more_tokens_never_need_less():
+    cfg = config_from_dict(tiny_config(text="gemma2"))
+    totals = [memory.estimate(cfg, text_tokens=n).ram_total for n in (1, 100, 10_000, 100_000)]
+    assert totals == sorted(totals) and totals[0] < totals[-1]
+
+
+def test_torch_on_a_gpu_splits_host_and_device():
+    cfg = config_from_dict(tiny_config())
+    need = memory.estimate(cfg, "torch", "bfloat16", "cuda", disk_dtype="bfloat16")
+    assert need.gpu["weights"] == need.ram["weights"] == memory.num_params(cfg) * 2
+    assert "KV-cache" in need.gpu and "KV-cache" not in need.ram
+
+
+# --- the readers ----------------------------------------------------------------------------
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_meminfo_available(tmp_path):
+    f = write(tmp_path / "meminfo", "MemTotal:       24683584 kB\nMemFree:  1 kB\n"
+                                    "MemAvailable:   11552644 kB\nBuffers: 2 kB\n")
+    assert memory.meminfo_available(f) == 11552644 * 1024
+    assert memory.meminfo_available(tmp_path / "absent") is None
+
+
+def test_cgroup_v2_tightest_ancestor_minus_working_set(tmp_path):
+    root = tmp_path / "cgroup"
+    proc = write(tmp_path / "proc_cgroup", "0::/user.slice/job\n")
+    job = root / "user.slice" / "job"
+    write(job / "memory.max", "max\n")  # no limit on the job itself
+    write(job / "memory.current", "999\n")
+    parent = root / "user.slice"
+    write(parent / "memory.max", f"{8 * GiB}\n")
+    write(parent / "memory.current", f"{3 * GiB}\n")
+    write(parent / "memory.stat", f"anon 5\ninactive_file {1 * GiB}\nactive_file 7\n")
+    assert memory.cgroup_headroom(proc, root) == (6 * GiB, f"cgroup {parent / 'memory.max'}")
+    write(job / "memory.max", f"{2 * GiB}\n")  # now the job's own limit is tighter
+    write(job / "memory.current", f"{GiB // 2}\n")
+    assert memory.cgroup_headroom(proc, root)[0] == GiB + GiB // 2
+
+
+def test_cgroup_v2_without_limits_and_v1_unlimited(tmp_path):
+    root = tmp_path / "cgroup"
+    write(root / "memory.max", "max\n")
+    write(root / "memory.current", "5\n")
+    assert memory.cgroup_headroom(write(tmp_path / "c2", "0::/\n"), root) is None
+    write(root / "memory" / "x" / "memory.limit_in_bytes", "9223372036854771712\n")
+    write(root / "memory" / "x" / "memory.usage_in_bytes", "128495616\n")
+    assert memory.cgroup_headroom(write(tmp_path / "c1", "4:memory:/x\n"), root) is None
+
+
+def test_cgroup_v1_hierarchical_limit(tmp_path):
+    root = tmp_path / "cgroup"
+    d = root / "memory" / "process_api" / "abc"
+    write(d / "memory.limit_in_bytes", "9223372036854771712\n")
+    write(d / "memory.usage_in_bytes", f"{5 * GiB}\n")
+    write(d / "memory.stat", f"cache 1\nhierarchical_memory_limit {16 * GiB}\n"
+                             f"total_inactive_file {2 * GiB}\n")
+    proc = write(tmp_path / "pc", "5:cpu,cpuacct:/\n4:memory:/process_api/abc\n0::/\n")
+    assert memory.cgroup_headroom(proc, root)[0] == 13 * GiB
+
+
+def test_available_is_the_smaller_reading(tmp_path):
+    root = tmp_path / "cgroup"
+    write(root / "memory.max", f"{4 * GiB}\n")
+    write(root / "memory.current", f"{1 * GiB}\n")
+    proc = write(tmp_path / "pc", "0::/\n")
+    mem = write(tmp_path / "meminfo", f"MemAvailable: {10 * GiB // 1024} kB\n")
+    got = memory.available_memory(mem, proc, root)
+    assert got.bytes == 3 * GiB and "memory.max" in got.source
+    write(root / "memory.max", f"{40 * GiB}\n")
+    assert memory.available_memory(mem, proc, root) == memory.Available(10 * GiB, "MemAvailable")
+    assert memory.available_memory(tmp_path / "no", tmp_path / "no", tmp_path / "no") is None
+
+
+# --- the refusal ----------------------------------------------------------------------------
+
+def test_refused_with_the_figures_and_what_fits(monkeypatch, demo):
+    cfg = load_config(demo[0])
+    f32 = memory.estimate(cfg, "numpy", "float32", disk_dtype="float32").ram_total
+    low = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="float32").ram_total
+    assert low < f32
+    fake_available(monkeypatch, (low + f32) // 2)
+    with pytest.raises(InputError) as e:
+        memory.check(cfg, "ck", disk_dtype="float32")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("ck: not enough memory for the numpy backend")
+    assert f"needs {f32 / 1e9:.1f} GB of RAM (weights " in msg and "(fake)" in msg
+    assert "--dtype bfloat16 (low-memory mode) needs" in msg and "(fits)" in msg
+    assert "--backend torch --device cuda --dtype bfloat16" in msg and "--force" in msg
+    assert memory.check(cfg, "ck", dtype="bfloat16", disk_dtype="float32").ram_total == low
+    fake_available(monkeypatch, 1)
+    with pytest.raises(InputError, match=r"needs .* \(does not fit either\)"):
+        memory.check(cfg, "ck", disk_dtype="float32")
+
+
+def test_gpu_memory_checked_for_torch_on_cuda(monkeypatch):
+    cfg = config_from_dict(tiny_config())
+    fake_available(monkeypatch, 10**15)
+    monkeypatch.setattr(memory, "gpu_free", lambda device: 1000)
+    with pytest.raises(InputError, match=r"not enough GPU memory on cuda:1 .* 0\.0 GB free"):
+        memory.check(cfg, "ck", backend="torch", dtype="float32", device="cuda:1")
+    monkeypatch.setattr(memory, "available_memory", lambda: None)  # unknown RAM: no RAM check
+    monkeypatch.setattr(memory, "gpu_free", lambda device: None)
+    assert memory.check(cfg, "ck", backend="torch", device="cuda").gpu_total > 0
+
+
+def _never_read(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("weights were read before the memory check refused")
+    monkeypatch.setattr(pipeline, "load_weights", boom)
+
+
+def test_load_refuses_before_reading_weights_and_force_loads(monkeypatch, demo):
+    fake_available(monkeypatch, 1000)
+    _never_read(monkeypatch)
+    with pytest.raises(InputError, match="not enough memory"):
+        npgemma.load(demo[0])
+    monkeypatch.undo()
+    fake_available(monkeypatch, 1000)
+    pipe = npgemma.load(demo[0], force=True)
+    assert pipe.generate(demo[1], "caption en", max_new_tokens=2).token_ids
+
+
+def test_cli_refuses_in_one_line_and_force_runs(monkeypatch, demo, capsys):
+    fake_available(monkeypatch, 1000)
+    args = ["generate", "--model", str(demo[0]), "--image", str(demo[1]), "--prompt", "caption en",
+            "--max-new-tokens", "2", "--json"]
+    _never_read(monkeypatch)
+    assert cli.main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert err.startswith(f"npgemma: error: {demo[0]}: not enough memory for the numpy backend")
+    monkeypatch.setattr(pipeline, "load_weights", weights.load_weights)
+    assert cli.main(args + ["--force"]) == 0
+
+
+def test_cli_budget_counts_the_prompt_and_new_tokens(monkeypatch, demo, capsys):
+    seen = []
+    real = memory.check
+    monkeypatch.setattr(memory, "check", lambda *a, **k: seen.append(k) or real(*a, **k))
+    prompt = "caption en"
+    cli.main(["generate", "--model", str(demo[0]), "--image", str(demo[1]), "--prompt", prompt,
+              "--max-new-tokens", "7", "--json"])
+    capsys.readouterr()
+    ids = npgemma.load(demo[0]).processor(demo[1], prompt).input_ids
+    text_ids = int(math.fsum(1 for i in ids if i != load_config(demo[0]).image_token_index))
+    assert seen[0]["text_tokens"] >= text_ids + 7  # an upper bound on what the run holds
+    assert seen[0]["text_tokens"] == len(prompt) + 2 + 7
+
+
+def test_parity_cli_refuses_too(monkeypatch, demo, capsys):
+    pytest.importorskip("torch")
+    fake_available(monkeypatch, 1000)
+    rc = cli.main(["parity", "--model", str(demo[0]), "--image", str(demo[1]),
+                   "--prompt", "caption en"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not enough memory for npgemma parity" in err
+
+
+def test_parity_needs_both_runs_and_a_narrow_copy_of_the_weights():
+    cfg = config_from_dict(tiny_config())
+    ref = memory.estimate(cfg, "numpy", "float32", disk_dtype="float32")
+    shared = memory.parity_estimate(cfg, "float32", "cpu", "float32", memory.TEXT_TOKENS)
+    narrow = memory.parity_estimate(cfg, "bfloat16", "cpu", "float32", memory.TEXT_TOKENS)
+    assert shared.ram_total > ref.ram_total and "torch weights" not in shared.ram
+    assert narrow.ram["torch weights"] == memory.num_params(cfg) * 2
+    assert narrow.ram["torch run"] > 0
