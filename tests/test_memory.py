@@ -45,15 +45,18 @@ def fake_available(monkeypatch, nbytes: int):
 
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_weight_bytes_are_what_load_weights_returns(tmp_path, tied, dtype):
+@pytest.mark.parametrize("disk", ["float32", "bfloat16"])
+def test_weight_bytes_are_what_the_numpy_backend_loads(tmp_path, tied, dtype, disk):
+    """float32 mode widens to 4 bytes; the low-memory mode memory-maps the file's own dtype."""
+    from npgemma.backend import get_backend
+
     raw = tiny_config(text="gemma2", tie_word_embeddings=tied)
     raw["tie_word_embeddings"] = tied
-    folder = write_checkpoint(tmp_path / "ck", raw)
+    folder = write_checkpoint(tmp_path / "ck", raw, dtype=disk)
     cfg = load_config(folder)
-    target = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
-    tree = flatten(load_weights(folder, cfg, dtype=target))
+    tree = flatten(get_backend("numpy", dtype=dtype).load_weights(folder, cfg))
     assert memory.num_params(cfg) == sum(a.size for a in tree.values())
-    need = memory.estimate(cfg, "numpy", dtype, disk_dtype="float32")
+    need = memory.estimate(cfg, "numpy", dtype, disk_dtype=disk)
     assert need.ram["weights"] == sum(a.nbytes for a in tree.values())
 
 
@@ -181,22 +184,22 @@ def test_available_is_the_smaller_reading(tmp_path):
 # --- the refusal ----------------------------------------------------------------------------
 
 def test_refused_with_the_figures_and_what_fits(monkeypatch, demo):
-    cfg = load_config(demo[0])
-    f32 = memory.estimate(cfg, "numpy", "float32", disk_dtype="float32").ram_total
-    low = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="float32").ram_total
+    cfg = load_config(demo[0])  # as if stored in bfloat16 (the low-memory mode maps the file's dtype)
+    f32 = memory.estimate(cfg, "numpy", "float32", disk_dtype="bfloat16").ram_total
+    low = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16").ram_total
     assert low < f32
     fake_available(monkeypatch, (low + f32) // 2)
     with pytest.raises(InputError) as e:
-        memory.check(cfg, "ck", disk_dtype="float32")
+        memory.check(cfg, "ck", disk_dtype="bfloat16")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("ck: not enough memory for the numpy backend")
     assert f"needs {f32 / 1e9:.1f} GB of RAM (weights " in msg and "(fake)" in msg
     assert "--dtype bfloat16 (low-memory mode) needs" in msg and "(fits)" in msg
     assert "--backend torch --device cuda --dtype bfloat16" in msg and "--force" in msg
-    assert memory.check(cfg, "ck", dtype="bfloat16", disk_dtype="float32").ram_total == low
+    assert memory.check(cfg, "ck", dtype="bfloat16", disk_dtype="bfloat16").ram_total == low
     fake_available(monkeypatch, 1)
     with pytest.raises(InputError, match=r"needs .* \(does not fit either\)"):
-        memory.check(cfg, "ck", disk_dtype="float32")
+        memory.check(cfg, "ck", disk_dtype="bfloat16")
 
 
 def test_gpu_memory_checked_for_torch_on_cuda(monkeypatch):
