@@ -49,9 +49,10 @@ def detection_scores(examples, answers) -> dict[str, float]:
 
 
 def evaluate_pipeline(pipe, per_task: int, seed: int = 10_000, batch: int = 50,
-                      progress=None) -> dict[str, float]:
-    """Scores per task for a loaded `npgemma.Pipeline` on `per_task` fresh scenes each."""
-    scores = {}
+                      progress=None, keep_answers: bool = False) -> dict:
+    """Scores per task for a loaded `npgemma.Pipeline` on `per_task` fresh scenes each
+    (with keep_answers, also every answer under "answers")."""
+    scores, kept = {}, []
     for task in scenes.TASKS:
         examples = held_out(task, per_task, seed)
         answers = []
@@ -62,11 +63,12 @@ def evaluate_pipeline(pipe, per_task: int, seed: int = 10_000, batch: int = 50,
             answers += [o.text for o in outs]
             if progress:
                 progress(len(chunk))
+        kept += answers
         if task == "detect":
             scores |= detection_scores(examples, answers)
         else:
             scores[task] = float(np.mean([a.strip() == t for (_, _, t), a in zip(examples, answers)]))
-    return scores
+    return scores | ({"answers": kept} if keep_answers else {})
 
 
 def evaluate(params, cfg, processor, backend: str, device: str, per_task: int, seed: int = 10_000):
