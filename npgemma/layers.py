@@ -8,7 +8,9 @@ and silently diverge from the float32 reference (and from the torch mirror).
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -41,17 +43,38 @@ def _slab_buffer(elements: int) -> np.ndarray:
     return buf
 
 
-def _widened_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """x @ weight.T for a narrow-dtype weight [out, in], widening slab by slab. [M, in] -> [M, out]."""
-    out_features, in_features = weight.shape
-    rows = max(1, _SLAB_BYTES // (4 * in_features))
+# Small-M products (decode steps) run one BLAS thread each: the slabs are then shared out
+# over the cores by threads of our own (NumPy releases the GIL while casting and multiplying).
+# Large-M products (prefill) are compute-bound and left to BLAS's own threads.
+_SMALL_M = 16
+_pool: ThreadPoolExecutor | None = None
+
+
+def _widen_rows(x: np.ndarray, weight: np.ndarray, y: np.ndarray, first: int, stride: int,
+                rows: int) -> None:
+    """Slabs first, first + stride, ...: widen `rows` rows into this thread's buffer, multiply."""
+    in_features = weight.shape[1]
     scratch = _slab_buffer(rows * in_features)
-    y = np.empty((x.shape[0], out_features), np.float32)
-    for i in range(0, out_features, rows):
+    for i in range(first * rows, weight.shape[0], stride * rows):
         slab = weight[i:i + rows]
         wide = scratch[:slab.size].reshape(slab.shape)
         np.copyto(wide, slab, casting="unsafe")  # exact widening; ml_dtypes' cast is the fastest
         y[:, i:i + rows] = x @ wide.T  # [M, in] @ [in, rows] -> [M, rows]
+
+
+def _widened_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x @ weight.T for a narrow-dtype weight [out, in], widening slab by slab. [M, in] -> [M, out]."""
+    global _pool
+    rows = max(1, _SLAB_BYTES // (4 * weight.shape[1]))
+    y = np.empty((x.shape[0], weight.shape[0]), np.float32)
+    workers = os.cpu_count() or 1
+    if x.shape[0] > _SMALL_M or workers == 1 or weight.shape[0] < 2 * rows:
+        _widen_rows(x, weight, y, 0, 1, rows)
+        return y
+    if _pool is None:
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="npgemma-widen")
+    for f in [_pool.submit(_widen_rows, x, weight, y, w, workers, rows) for w in range(workers)]:
+        f.result()
     return y
 
 
