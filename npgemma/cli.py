@@ -54,10 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=_non_negative_int, default=None)
     g.add_argument("--draw", metavar="OUT.png",
                    help="save the image with the detected boxes (<loc> answers) drawn on it")
-    p = sub.add_parser("parity", help="run numpy and torch on one input, stage by stage")
+    p = sub.add_parser("parity", help="compare numpy with torch (or --against another "
+                                      "implementation) on one input, stage by stage")
     _add_model_args(p)
     p.add_argument("--max-new-tokens", type=_non_negative_int, default=8,
-                   help="greedy tokens compared between the backends")
+                   help="greedy tokens compared between the two sides")
+    p.add_argument("--against", metavar="SPEC",
+                   help="the other side: PKG.MODULE:FUNC, FILE.py:FUNC, torch, transformers or "
+                        "openai:URL (default: npgemma's own torch backend, layer by layer)")
+    p.add_argument("--diagnose", action="store_true",
+                   help="with --against: rank the known deviations by how well each explains "
+                        "the difference")
+    p.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
+                   help="attention implementation of --against transformers")
     return parser
 
 
@@ -132,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "generate":
             return _generate(args)
+        if args.against:
+            from .against.report import run_against_cli
+
+            return run_against_cli(args)
+        if args.diagnose:
+            raise NpgemmaError("parity: --diagnose needs --against SPEC")
         from .parity_report import run_parity_cli
 
         return run_parity_cli(args)
