@@ -86,14 +86,13 @@ def _changes(a: Forward, b: Forward, dtype: str) -> bool:
 
 def diagnose(params, cfg, ids, pix, theirs, forced, plain: Forward, dtype: str) -> Diagnosis:
     base = fit("npgemma", plain, theirs, forced, dtype)
-    fits, no_effect, outputs = [], [], {}
+    fits, no_effect = [], []
     for name in DEVIATIONS:
         out = _forward([name], params, cfg, ids, pix, forced, dtype)
         if not _changes(out, plain, dtype):
             no_effect.append(name)
             continue
-        outputs[name] = out
-        fits.append(fit(name, out, theirs, forced, dtype))
+        fits.append(fit(name, out, theirs, forced, DEVIATIONS[name].judged_at or dtype))
     fits.sort(key=_rank)
     if not base.ok and not any(f.ok for f in fits):
         for a, b in itertools.combinations([f.name for f in fits[:3]], 2):
@@ -120,7 +119,9 @@ def _verdict(base: Fit, fits: list) -> str:
     best = fits[0] if fits else None
     if best is not None and best.ok:
         also = [f"`{f.name}`" for f in fits[1:] if f.ok]
-        return (f"matches npgemma with `{best.name}` to {best.distance:.2g} — "
+        judged = [DEVIATIONS[n].judged_at for n in best.name.split(" + ") if DEVIATIONS[n].judged_at]
+        return (f"matches npgemma with `{best.name}` to {best.distance:.2g}"
+                + (f" (by the {judged[0]} tolerances)" if judged else "") + " — "
                 f"{explain(best.name)}"
                 + (f" (also within tolerance here: {', '.join(also)})" if also else ""))
     if best is not None and best.distance < base.distance / 10:
