@@ -203,8 +203,9 @@ def print_report(report: dict, out=None) -> None:
         base = diag["npgemma"]
         for f in [base] + diag["candidates"]:
             label = "npgemma (no deviation)" if f is base else f["name"]
+            tokens = f"{f['tokens_agree']}/{f['tokens_total']}" if f["tokens_total"] else "-"
             p(f"  {f['distance']:>10.3g}  {'within' if f['ok'] else 'over  '}  "
-              f"tokens {f['tokens_agree']}/{f['tokens_total']}  {label}")
+              f"tokens {tokens:<6} {label}")
         if diag["no_effect"]:
             p("  no effect on this input: " + ", ".join(
                 n["name"] + (f" (needs {n['needs']})" if n["needs"] else "") for n in diag["no_effect"]))
