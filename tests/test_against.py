@@ -20,7 +20,8 @@ from safetensors.numpy import load_file, save_file
 import npgemma
 from npgemma import cli, gemma, layers, paligemma, siglip
 from npgemma.against import adapters, report
-from npgemma.against.deviations import DEVIATIONS, deviated, erf
+from npgemma.against.deviations import DEVIATIONS, deviated
+from npgemma.against.replacements import erf
 from npgemma.against.reference import teacher_forced
 from npgemma.against.swap import Swap, swapped
 from npgemma.errors import InputError
@@ -89,7 +90,7 @@ def pg2(tmp_path_factory):
 def args_for(model, image, against, **kw):
     return argparse.Namespace(model=str(model), image=str(image), prompt=kw.get("prompt", PROMPT),
                               against=against, dtype=kw.get("dtype", "float32"), device="cpu",
-                              attn="eager", max_new_tokens=kw.get("max_new_tokens", 6),
+                              attn="eager", max_new_tokens=kw.get("max_new_tokens", 4),
                               diagnose=kw.get("diagnose", True), json=True)
 
 
@@ -208,7 +209,7 @@ def test_against_torch_matches_stage_by_stage(pg2, image_path):
     assert stages[:3] == ["input_ids", "pixel_values", "decoder input (merged)"]
     assert {"final norm", "logits", "greedy tokens"} <= set(stages)
     assert any(s.startswith("logits behind tokens") for s in stages)
-    assert got["greedy_tokens"]["agree"] and len(got["greedy_tokens"]["npgemma"]) == 6
+    assert got["greedy_tokens"]["agree"] and len(got["greedy_tokens"]["npgemma"]) == 4
 
 
 @pytest.mark.parametrize("name", [n for n in DEVIATIONS
@@ -341,7 +342,7 @@ class _Server:
         self.httpd.server_close()
 
 
-def _served_logprobs(folder, image, deviation=None, max_new_tokens=6):
+def _served_logprobs(folder, image, deviation=None, max_new_tokens=4):
     """What a server running npgemma (under `deviation`) would answer: greedy tokens, and the
     top-5 logprobs of each step, token strings as servers write them (decoded text)."""
     from npgemma.against.reference import greedy_tokens, log_softmax
@@ -384,7 +385,7 @@ def test_openai_chat_adapter_matches_and_sends_the_image(pg1, image_path):
     (models_path, _), (path, body) = server.requests
     assert models_path == "/v1/models" and path == "/v1/chat/completions"
     assert body["model"] == "tiny-paligemma" and body["temperature"] == 0
-    assert body["logprobs"] is True and body["top_logprobs"] == 5 and body["max_tokens"] == 6
+    assert body["logprobs"] is True and body["top_logprobs"] == 5 and body["max_tokens"] == 4
     image_part, text_part = body["messages"][0]["content"]
     assert text_part == {"type": "text", "text": PROMPT}
     url = image_part["image_url"]["url"]

@@ -134,4 +134,8 @@ def openai_adapter(model_dir, image, prompt, *, url: str, max_new_tokens: int = 
             else:
                 step[j] = float(value)
         tops.append(step)
+    if unmapped:  # cannot be compared; say so rather than drop them silently
+        import sys
+        print(f"npgemma: note: {len(unmapped)} top-logprob token strings are not one token of "
+              f"the checkpoint's tokenizer (e.g. {unmapped[0]!r}); skipped", file=sys.stderr)
     return {"token_ids": tokens, "top_logprobs": tops}
