@@ -271,6 +271,33 @@ def test_cli_json_divergence_and_exit_status(pg1, image_path, tmp_path, capsys):
     assert "no effect on this input:" in out and "no-attn-softcap (needs a Gemma-2" in out
 
 
+def test_first_divergent_token_and_both_top5(pg1, image_path, tmp_path):
+    """An adapter that agrees with npgemma except for token 1, where its step logits put
+    npgemma's runner-up first: the report names index 1 and shows both sides' top-5."""
+    spec = write_adapter(tmp_path, npgemma_adapter_source(None) + '''
+_plain = run
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    out = _plain(model_dir, image, prompt, max_new_tokens)
+    steps = out["step_logits"].copy()
+    second = int(np.argsort(-steps[1])[1])
+    steps[1, second] = steps[1].max() + 1.0
+    out["step_logits"], out["token_ids"] = steps[:2], out["token_ids"][:1] + [second]
+    return out
+''', "diverge")
+    got, rc = report.run(args_for(pg1, image_path, spec, diagnose=False))
+    assert rc == 1
+    tokens = got["greedy_tokens"]
+    d = tokens["first_divergence"]
+    assert d["index"] == 1 and tokens["compared"] == 2 and not tokens["agree"]
+    ours, theirs = d["npgemma_top5"], d["other_top5"]
+    assert ours[0][0] == d["npgemma"] == tokens["npgemma"][1] and ours[1][0] == d["other"]
+    assert theirs[0][0] == d["other"] and theirs[1][0] == d["npgemma"]
+    assert all(isinstance(text, str) for _, text, _ in ours + theirs)
+    row = next(s for s in got["stages"] if s["stage"].startswith("logits behind"))
+    assert not row["ok"] and row["max_abs"] >= 1.0  # the +1 over the maximum at step 1
+
+
 @pytest.mark.parametrize("returned, message", [
     ([1, 2], "returned list, expected a dict"),
     ({"token_ids": [1]}, "has no 'logits'"),
@@ -405,3 +432,6 @@ def test_openai_completions_adapter_diagnoses_the_server(pg1, image_path):
     assert server.requests[0][1]["prompt"] == PROMPT and server.requests[0][1]["logprobs"] == 5
     assert got["diagnosis"]["candidates"][0]["name"] == "no-one-plus-w"
     assert got["diagnosis"]["verdict"].startswith("matches npgemma with `no-one-plus-w`")
+    d = got["greedy_tokens"]["first_divergence"]  # the served top-5 (from logprobs) is shown
+    served = [i for i, _, _ in d["other_top5"]]
+    assert d is not None and served[0] == d["other"] and len(served) == 5

@@ -130,13 +130,14 @@ def attention_mask_then_cap(_original):
     def attention(q, k, v, mask, scale, logit_cap=None):
         """The reference's attention with the mask applied *before* the soft cap (so a masked
         score becomes -cap, not a large negative)."""
-        from npgemma.layers import MASK_VALUE, softcap, softmax
+        from npgemma.layers import softcap, softmax
 
         b, n, l, h = q.shape
         kv = k.shape[1]
         qg = q.reshape(b, kv, n // kv, l, h)  # [B, N, L, H] -> [B, K, G, L, H]
         scores = (qg @ k[:, :, None].swapaxes(-1, -2)) * F32(scale)  # -> [B, K, G, L, S]
-        scores = softcap(np.where(mask[:, None, None], scores, MASK_VALUE), logit_cap)
+        scores = np.where(mask[:, None, None], scores, np.finfo(np.float32).min)
+        scores = softcap(scores, logit_cap)
         return (softmax(scores) @ v[:, :, None]).reshape(b, n, l, h)  # -> [B, N, L, H]
     return attention
 

@@ -49,11 +49,12 @@ def _ids_row(theirs, mine) -> Row:
                f"other {theirs[i:i + 3].tolist()} vs npgemma {mine[i:i + 3].tolist()}")
 
 
-def _with_eos(tokens, cfg, max_new_tokens, stopped=None) -> list[int]:
-    """Tokens up to and including the first EOS (npgemma's lists exclude it: put it back)."""
-    if cfg.eos_token_id in tokens:
-        return tokens[:tokens.index(cfg.eos_token_id) + 1]
-    return tokens + [cfg.eos_token_id] if stopped else tokens
+def _with_eos(tokens, eos: int, stopped: bool = False) -> list[int]:
+    """Tokens up to and including the first EOS; `stopped`: the list excludes an EOS that ended
+    it (npgemma's lists do), put it back so an early stop counts as a divergent token."""
+    if eos in tokens:
+        return tokens[:tokens.index(eos) + 1]
+    return tokens + [eos] if stopped else tokens
 
 
 def _top5(logits_row, proc, logprobs=False):
@@ -91,7 +92,7 @@ def run(args) -> tuple[dict, int]:
     params = load_weights(args.model, cfg, dtype=np.float32)
     eos = cfg.eos_token_id
     own = greedy_tokens(params, cfg, ids, pix, args.max_new_tokens)
-    other = None if theirs.token_ids is None else _with_eos(theirs.token_ids, cfg, 0)
+    other = None if theirs.token_ids is None else _with_eos(theirs.token_ids, eos)
     forced = forced_tokens(cfg, other if other is not None else own)
     ref = teacher_forced(params, cfg, ids, pix, forced, hidden=theirs.hidden_states is not None)
     rows += _model_rows(theirs, ref, ids, forced, args.dtype)
@@ -99,7 +100,7 @@ def run(args) -> tuple[dict, int]:
     report = {"against": args.against, "model": str(args.model), "dtype": args.dtype,
               "stages": None, "greedy_tokens": None, "diagnosis": None}
     if other is not None:
-        ours = _with_eos(own, cfg, args.max_new_tokens, stopped=len(own) < args.max_new_tokens)
+        ours = _with_eos(own, eos, stopped=len(own) < args.max_new_tokens)
         n = min(len(ours), len(other))
         k = next((i for i in range(n) if ours[i] != other[i]), None)
         tokens = {"npgemma": own, "other": [t for t in other if t != eos], "agree": k is None,
