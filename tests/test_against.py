@@ -268,7 +268,7 @@ def test_cli_json_divergence_and_exit_status(pg1, image_path, tmp_path, capsys):
     out, _ = capsys.readouterr()
     assert rc == 0
     assert "matches npgemma to" in out and "no deviation needed" in out
-    assert "no effect on this input:" in out and "no-attn-softcap (needs a Gemma-2" in out
+    assert "no effect on this input" in out and "no-attn-softcap (needs a Gemma-2" in out
 
 
 def test_first_divergent_token_and_both_top5(pg1, image_path, tmp_path):

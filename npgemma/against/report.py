@@ -208,8 +208,9 @@ def print_report(report: dict, out=None) -> None:
             p(f"  {f['distance']:>10.3g}  {'within' if f['ok'] else 'over  '}  "
               f"tokens {tokens:<6} {label}")
         if diag["no_effect"]:
-            p("  no effect on this input: " + ", ".join(
-                n["name"] + (f" (needs {n['needs']})" if n["needs"] else "") for n in diag["no_effect"]))
+            p("  no effect on this input (cannot be confirmed or ruled out here):")
+            for n in diag["no_effect"]:
+                p(f"    {n['name']}" + (f" (needs {n['needs']})" if n["needs"] else ""))
         p(diag["verdict"])
 
 
