@@ -256,7 +256,7 @@ def test_cli_json_divergence_and_exit_status(pg1, image_path, tmp_path, capsys):
                    "--against", spec, "--diagnose", "--json", "--max-new-tokens", "6"])
     out, err = capsys.readouterr()
     assert rc == 1 and "parity against" in err
-    got = json.loads(out)
+    got = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
     assert got["diagnosis"]["candidates"][0]["name"] == "causal-prefix"
     tokens = got["greedy_tokens"]
     if not tokens["agree"]:
@@ -435,3 +435,24 @@ def test_openai_completions_adapter_diagnoses_the_server(pg1, image_path):
     d = got["greedy_tokens"]["first_divergence"]  # the served top-5 (from logprobs) is shown
     served = [i for i, _, _ in d["other_top5"]]
     assert d is not None and served[0] == d["other"] and len(served) == 5
+
+
+def test_openai_token_strings_map_to_ids_and_urls_parse(pg1):
+    from npgemma.against.openai import endpoint, token_id
+    from npgemma.config import load_config
+    from npgemma.processing import Processor
+
+    tok = Processor.from_pretrained(pg1, load_config(pg1)).tokenizer
+    cat = tok.token_to_id("\u2581cat")
+    assert cat is not None
+    assert token_id(" cat", None, tok) == cat                 # decoded text, space for ▁
+    assert token_id("\u2581cat", None, tok) == cat            # the raw vocabulary piece
+    assert token_id("token_id:17", None, tok) == 17           # vLLM --return-tokens-as-token-ids
+    assert token_id("<loc0042>", None, tok) == tok.token_to_id("<loc0042>")
+    assert token_id("\ufffd", [0xE2], tok) == tok.token_to_id("<0xE2>")  # a lone byte
+    assert token_id(" cat sitting on the bench", None, tok) is None     # several tokens
+    assert endpoint("http://h:8000") == ("http://h:8000", "chat", None)
+    assert endpoint("http://h:8000/v1/completions?model=pg") == ("http://h:8000", "completions", "pg")
+    assert endpoint("https://h/x/v1/chat/completions") == ("https://h/x", "chat", None)
+    with pytest.raises(InputError, match="expected openai:http"):
+        endpoint("localhost:8000")

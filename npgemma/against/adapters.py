@@ -187,14 +187,15 @@ def call(spec: str, func: Callable, model_dir: str, image, prompt: str, num_laye
 
 def torch_adapter(model_dir, image, prompt, *, device="cpu", dtype="float32", max_new_tokens=8):
     """npgemma's torch backend through the contract (prefix logits, hidden states, greedy)."""
-    import torch
-
     import npgemma
     from ..generate import GenerationConfig, generate_tokens
     from ..paligemma import attention_masks, rope_positions
+
+    pipe = npgemma.load(model_dir, backend="torch", device=device, dtype=dtype)  # clear error
+    import torch                                                                 # without torch
+
     from ..torch_backend import paligemma as tpg
 
-    pipe = npgemma.load(model_dir, backend="torch", device=device, dtype=dtype)
     tb, cfg = pipe.backend, pipe.cfg
     inputs = pipe.processor(image, prompt)
     ids = inputs.input_ids[None]

@@ -57,7 +57,8 @@ def _with_eos(tokens, eos: int, stopped: bool = False) -> list[int]:
     return tokens + [eos] if stopped else tokens
 
 
-def _top5(logits_row, proc, logprobs=False):
+def _top5(logits_row, proc):
+    """[[id, text, value]] of the 5 largest logits (or logprobs of a {id: logprob} dict)."""
     if isinstance(logits_row, dict):
         items = sorted(logits_row.items(), key=lambda kv: -kv[1])[:5]
     else:
@@ -95,24 +96,17 @@ def run(args) -> tuple[dict, int]:
     other = None if theirs.token_ids is None else _with_eos(theirs.token_ids, eos)
     forced = forced_tokens(cfg, other if other is not None else own)
     ref = teacher_forced(params, cfg, ids, pix, forced, hidden=theirs.hidden_states is not None)
-    rows += _model_rows(theirs, ref, ids, forced, args.dtype)
+    rows += _model_rows(theirs, ref, forced, args.dtype)
 
     report = {"against": args.against, "model": str(args.model), "dtype": args.dtype,
               "stages": None, "greedy_tokens": None, "diagnosis": None}
     if other is not None:
-        ours = _with_eos(own, eos, stopped=len(own) < args.max_new_tokens)
-        n = min(len(ours), len(other))
-        k = next((i for i in range(n) if ours[i] != other[i]), None)
-        tokens = {"npgemma": own, "other": [t for t in other if t != eos], "agree": k is None,
-                  "compared": n, "first_divergence": None}
-        if k is not None:
-            tokens["first_divergence"] = {
-                "index": k, "npgemma": ours[k], "other": other[k],
-                "npgemma_top5": _top5(ref.step_logits[k], proc) if k < len(ref.step_logits) else None,
-                "other_top5": _other_top5(theirs, k, proc)}
-        rows.append(Row("greedy tokens", k is None, note=f"{n} compared, " + (
-            "agree" if k is None else f"first differ at {k}")))
-        report["greedy_tokens"] = tokens
+        stopped = len(own) < args.max_new_tokens
+        report["greedy_tokens"] = _tokens(_with_eos(own, eos, stopped), other, eos, ref, theirs,
+                                          proc)
+        t = report["greedy_tokens"]
+        rows.append(Row("greedy tokens", t["agree"], note=f"{t['compared']} compared, " + (
+            "agree" if t["agree"] else f"first differ at {t['first_divergence']['index']}")))
     report["stages"] = [asdict(r) for r in rows]
     report["ok"] = all(r.ok for r in rows)
     if args.diagnose:
@@ -122,6 +116,21 @@ def run(args) -> tuple[dict, int]:
             "candidates": [asdict(f) | {"explain": explain(f.name)} for f in d.fits],
             "no_effect": [{"name": n, "needs": _needs(n)} for n in d.no_effect]}
     return report, 0 if report["ok"] else 1
+
+
+def _tokens(ours, other, eos, ref, theirs, proc) -> dict:
+    """Both greedy continuations (EOS kept where it ended one) and the first divergence, with
+    each side's top-5 there (npgemma's from the shared history: they agree before it)."""
+    n = min(len(ours), len(other))
+    k = next((i for i in range(n) if ours[i] != other[i]), None)
+    out = {"npgemma": [t for t in ours if t != eos], "other": [t for t in other if t != eos],
+           "agree": k is None, "compared": n, "first_divergence": None}
+    if k is not None:
+        out["first_divergence"] = {
+            "index": k, "npgemma": ours[k], "other": other[k],
+            "npgemma_top5": _top5(ref.step_logits[k], proc) if k < len(ref.step_logits) else None,
+            "other_top5": _other_top5(theirs, k, proc)}
+    return out
 
 
 def _needs(name: str) -> str:
@@ -139,7 +148,8 @@ def _other_top5(theirs, k, proc):
     return None
 
 
-def _model_rows(theirs, ref, ids, forced, dtype) -> list[Row]:
+def _model_rows(theirs, ref, forced, dtype) -> list[Row]:
+    """Hidden states, prompt logits, logits / top logprobs behind the forced tokens."""
     rows = []
     if theirs.hidden_states is not None:
         n = len(theirs.hidden_states)
@@ -214,10 +224,19 @@ def print_report(report: dict, out=None) -> None:
         p(diag["verdict"])
 
 
+def _plain_json(x):
+    """inf / NaN distances (a NaN-producing deviation) as null: strict JSON."""
+    if isinstance(x, dict):
+        return {k: _plain_json(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain_json(v) for v in x]
+    return None if isinstance(x, float) and not np.isfinite(x) else x
+
+
 def run_against_cli(args) -> int:
     report, rc = run(args)
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(_plain_json(report)))
     else:
         print_report(report)
     if rc:
