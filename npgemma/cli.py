@@ -77,10 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu")
     d.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     d.add_argument("--model", default=None, help=argparse.SUPPRESS)  # a retrained demo folder
-    p = sub.add_parser("parity", help="run numpy and torch on one input, stage by stage")
+    p = sub.add_parser("parity", help="compare numpy with torch (or --against another "
+                                      "implementation) on one input, stage by stage")
     _add_model_args(p)
     p.add_argument("--max-new-tokens", type=_non_negative_int, default=8,
-                   help="greedy tokens compared between the backends")
+                   help="greedy tokens compared between the two sides")
+    p.add_argument("--against", metavar="SPEC",
+                   help="the other side: PKG.MODULE:FUNC, FILE.py:FUNC, torch, transformers or "
+                        "openai:URL (default: npgemma's own torch backend, layer by layer)")
+    p.add_argument("--diagnose", action="store_true",
+                   help="with --against: rank the known deviations by how well each explains "
+                        "the difference")
+    p.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
+                   help="attention implementation of --against transformers")
     m = sub.add_parser("models", help="the PaliGemma checkpoints in the Hugging Face cache (and "
                                       "folders given): sizes, and the RAM each backend needs")
     m.add_argument("folders", nargs="*", metavar="MODEL", help="checkpoint folders or model ids")
@@ -236,9 +245,18 @@ def main(argv: list[str] | None = None) -> int:
             from .models_report import run_models_cli
 
             return run_models_cli(args)
+        args.model = _model_dir(args)
+        if args.against:
+            from .hub import resolve
+
+            args.model = str(resolve(args.model))
+            from .against.report import run_against_cli
+
+            return run_against_cli(args)
+        if args.diagnose:
+            raise NpgemmaError("parity: --diagnose needs --against SPEC")
         from .parity_report import run_parity_cli
 
-        args.model = _model_dir(args)
         return run_parity_cli(args)
     except NpgemmaError as e:
         print(f"npgemma: error: {e}", file=sys.stderr)

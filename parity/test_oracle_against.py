@@ -1,0 +1,111 @@
+"""Oracle tier for `npgemma parity --against`: the built-in transformers adapter matches
+npgemma on the oracle checkpoints, and adapters that run transformers wrongly — without
+token_type_ids, with the erf GELU monkeypatched in, in bfloat16 while the report expects
+float32 — are each diagnosed by name."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+try:
+    from parity import make_oracle_checkpoints as mk
+    from parity import oracle_cases as oc
+except ImportError:  # parity/ itself on sys.path (pytest's prepend import mode)
+    import make_oracle_checkpoints as mk
+    import oracle_cases as oc
+
+from npgemma.against import report  # noqa: E402
+
+pytestmark = [
+    pytest.mark.oracle,
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+]
+CASES = ("pg1-mqa-f32-single-v5save", "pg2-gqa-bf16-single-v5save")
+
+# A trap adapter: transformers as the built-in adapter runs it, minus one thing.
+NO_TOKEN_TYPE_IDS = '''
+from npgemma.against.hf import transformers_adapter
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    return transformers_adapter(model_dir, image, prompt, max_new_tokens=max_new_tokens,
+                                token_type_ids=False)
+'''
+ERF_GELU = '''
+import torch
+from transformers import activations
+from npgemma.against.hf import transformers_adapter
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    key = "gelu_pytorch_tanh"
+    saved = dict.__getitem__(activations.ACT2FN, key)
+    activations.ACT2FN[key] = torch.nn.GELU   # the exact (erf) GELU, in Gemma and SigLIP
+    try:
+        return transformers_adapter(model_dir, image, prompt, max_new_tokens=max_new_tokens)
+    finally:
+        activations.ACT2FN[key] = saved
+'''
+BF16 = '''
+from npgemma.against.hf import transformers_adapter
+
+def run(model_dir, image, prompt, max_new_tokens=8):   # while --dtype says float32
+    return transformers_adapter(model_dir, image, prompt, max_new_tokens=max_new_tokens,
+                                dtype="bfloat16")
+'''
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models; see test_oracle_model.py
+    root = tmp_path_factory.mktemp("against_oracle")
+    yield {cid: mk.write_case(oc.CASE_BY_ID[cid], root / cid) for cid in CASES}
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("against_img") / "example.png"
+    oc.images()[1].save(path)  # the RGBA one: alpha compositing must agree too
+    return path
+
+
+def _args(folder, image, against, diagnose=True):
+    return argparse.Namespace(model=str(folder), image=str(image), prompt=oc.PROMPTS[2],
+                              against=against, dtype="float32", device="cpu", attn="eager",
+                              max_new_tokens=oc.MAX_NEW_TOKENS, diagnose=diagnose, json=True)
+
+
+@pytest.mark.parametrize("case, attn", [(CASES[0], "eager"), (CASES[0], "sdpa"),
+                                        (CASES[1], "eager")])  # 5.24: no sdpa for Gemma-2
+def test_against_transformers_passes(folders, image_path, case, attn):
+    args = _args(folders[case], image_path, "transformers", diagnose=attn == "eager")
+    args.attn = attn
+    got, rc = report.run(args)
+    assert rc == 0, [s for s in got["stages"] if not s["ok"]]
+    names = [s["stage"] for s in got["stages"]]
+    assert names[:3] == ["input_ids", "pixel_values", "decoder input (merged)"], names
+    assert "logits" in names and got["greedy_tokens"]["agree"]
+    assert len(set(got["greedy_tokens"]["npgemma"])) >= 3  # a varied continuation
+    if args.diagnose:
+        assert got["diagnosis"]["verdict"].endswith("no deviation needed")
+
+
+@pytest.mark.parametrize("case, trap, source", [(CASES[0], "causal-prefix", NO_TOKEN_TYPE_IDS),
+                                                (CASES[1], "causal-prefix", NO_TOKEN_TYPE_IDS),
+                                                (CASES[0], "erf-gelu", ERF_GELU),
+                                                (CASES[1], "bf16-compute", BF16)])
+def test_transformers_traps_are_diagnosed_by_name(folders, image_path, tmp_path, case, trap,
+                                                  source):
+    path = tmp_path / f"trap_{trap.replace('-', '_')}.py"
+    path.write_text(source)
+    got, rc = report.run(_args(folders[case], image_path, f"{path}:run"))
+    assert rc == 1
+    diag = got["diagnosis"]
+    assert not diag["npgemma"]["ok"]
+    assert diag["candidates"][0]["name"] == trap, diag["candidates"][:2]
+    assert diag["verdict"].startswith(f"matches npgemma with `{trap}` to "), diag["verdict"]

@@ -1,0 +1,460 @@
+"""`npgemma parity --against`: the adapter contract, the report, every deviation, the diagnosis
+and the OpenAI adapter against a loopback server — all on tiny random checkpoints, no
+transformers (its adapter and traps are in parity/test_oracle_against.py)."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.server
+import io
+import json
+import math
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file, save_file
+
+import npgemma
+from npgemma import cli, gemma, layers, paligemma, siglip
+from npgemma.against import adapters, report
+from npgemma.against.deviations import DEVIATIONS, deviated
+from npgemma.against.replacements import erf
+from npgemma.against.reference import teacher_forced
+from npgemma.against.swap import Swap, swapped
+from npgemma.errors import InputError
+from npgemma.testing.checkpoint import tiny_config, write_checkpoint
+
+PROMPT = "caption en"
+# Gemma-2 settings that bite at this size (as the oracle tier's): window < prefix (9 image
+# tokens + <bos> + 3 + "\n"), caps below the score/logit range, query scale != head_dim^-0.5.
+PG2 = dict(text="gemma2", num_attention_heads=4, num_key_value_heads=2, image_size=42,
+           head_dim=24, sliding_window=4, attn_logit_softcapping=1.5,
+           final_logit_softcapping=4.0, query_pre_attn_scalar=40)
+
+
+def tokenizer_size(folder) -> int:
+    from npgemma.config import load_config
+    from npgemma.processing import Processor
+
+    return Processor.from_pretrained(folder, load_config(folder)).tokenizer.get_vocab_size()
+
+
+def strong_checkpoint(folder, **config):
+    """A tiny checkpoint whose layers (not the last embedding) decide the next token: linear
+    weights N(0, 1.25² / fan_in), as the oracle tier draws them (write_checkpoint's own are
+    smaller, which makes every trap small)."""
+    folder = write_checkpoint(folder, tiny_config(**config), layout="v5")
+    path = folder / "model.safetensors"
+    rng = np.random.default_rng(7)
+    tensors = {}
+    for key, value in load_file(str(path)).items():
+        n = rng.standard_normal(value.shape).astype(np.float32)
+        vision_norm = "vision_tower" in key and "norm" in key
+        if vision_norm:
+            value = 1 + 0.1 * n if key.endswith("weight") else 0.05 * n
+        elif "norm" in key:
+            value = 0.1 * n
+        elif key.endswith(("embed_tokens.weight", "position_embedding.weight")):
+            value = 0.1 * n
+            if "embed_tokens" in key:  # rows past the tokenizer are padding: zero, never picked
+                value[tokenizer_size(folder):] = 0
+        elif key.endswith("bias"):
+            value = 0.05 * n
+        else:
+            value = 1.25 * int(np.prod(value.shape[1:])) ** -0.5 * n
+        tensors[key] = value.astype(np.float32)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "noise.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (21, 17, 3), np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pg1(tmp_path_factory):
+    return strong_checkpoint(tmp_path_factory.mktemp("pg1") / "ck")
+
+
+@pytest.fixture(scope="module")
+def pg2(tmp_path_factory):
+    return strong_checkpoint(tmp_path_factory.mktemp("pg2") / "ck", **PG2)
+
+
+def args_for(model, image, against, **kw):
+    return argparse.Namespace(model=str(model), image=str(image), prompt=kw.get("prompt", PROMPT),
+                              against=against, dtype=kw.get("dtype", "float32"), device="cpu",
+                              attn="eager", max_new_tokens=kw.get("max_new_tokens", 4),
+                              diagnose=kw.get("diagnose", True), json=True)
+
+
+def write_adapter(tmp_path, body: str, name="my_adapter"):
+    path = tmp_path / f"{name}.py"
+    path.write_text(body)
+    return f"{path}:run"
+
+
+def npgemma_adapter_source(deviation: str | None, dtype="float32") -> str:
+    """An adapter module that returns npgemma's numpy reference, under `deviation`."""
+    return f'''
+import contextlib
+import numpy as np
+import npgemma
+from npgemma.against.deviations import deviated
+from npgemma.against.reference import teacher_forced
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    ctx = deviated({deviation!r}, {dtype!r}) if {deviation!r} else contextlib.nullcontext()
+    with ctx:
+        pipe = npgemma.load(model_dir)
+        x = pipe.processor(image, prompt)
+        tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
+        steps = teacher_forced(pipe.params, pipe.cfg, x.input_ids, x.pixel_values, tokens)
+        return {{"logits": pipe.logits(image, prompt, positions=slice(None)), "token_ids": tokens,
+                "input_ids": x.input_ids, "step_logits": steps.step_logits[:len(tokens)]}}
+'''
+
+
+# ---- the swap machinery ------------------------------------------------------------------------
+
+def test_swap_rebinds_every_module_that_holds_the_function_and_restores_it():
+    original = layers.gelu_tanh
+    holders = [m for m in (layers, siglip, gemma) if getattr(m, "gelu_tanh", None) is original]
+    assert {m.__name__ for m in holders} == {"npgemma.layers", "npgemma.siglip", "npgemma.gemma"}
+    with deviated("erf-gelu"):
+        replaced = {m.gelu_tanh for m in holders}
+        assert len(replaced) == 1 and original not in replaced
+    assert all(m.gelu_tanh is original for m in holders)
+    with pytest.raises(ZeroDivisionError):  # restored on an exception too
+        with deviated("no-one-plus-w"):
+            1 / 0
+    assert gemma.rms_norm is layers.rms_norm and layers.rms_norm.__name__ == "rms_norm"
+
+
+def test_swap_scoped_to_the_decoder_leaves_siglip_alone():
+    with deviated("no-attn-softcap"):
+        assert gemma.attention is not layers.attention
+        assert siglip.attention is layers.attention
+    assert gemma.attention is layers.attention
+
+
+def test_a_swap_that_finds_nothing_is_an_error():
+    with pytest.raises(RuntimeError, match="no npgemma module binds it"):
+        with swapped([Swap("npgemma.layers", "rms_norm", lambda f: f, only=("npgemma.siglip",))]):
+            pass
+
+
+def test_erf_against_math_erf():
+    x = np.concatenate([np.linspace(-7, 7, 4001), [0.0, 2.4999, 2.5, 2.5001, -30, 30]])
+    want = np.array([math.erf(v) for v in x])
+    np.testing.assert_allclose(erf(x), want, rtol=0, atol=1e-13)
+
+
+# ---- every deviation changes the output --------------------------------------------------------
+
+def _forward(folder, image, deviation=None, dtype="float32", batch=False):
+    pipe = npgemma.load(folder)
+    with deviated(deviation, dtype) if deviation else _null():
+        if batch:  # two prompts of different lengths: the shorter row is left-padded
+            b = pipe.processor.batch([image, image], [PROMPT, "answer en where is the cat"])
+            valid = b.attention_mask.astype(bool)
+            feats = paligemma.encode_image(pipe.params, b.pixel_values, pipe.cfg)
+            return paligemma.forward(pipe.params, pipe.cfg, b.input_ids,
+                                     paligemma.rope_positions(valid),
+                                     paligemma.attention_masks(pipe.cfg, valid, valid, 0),
+                                     feats)[0]
+        inputs = pipe.processor(image, PROMPT)
+        tokens = [5, 6, 7, 8, 9, 10]  # a causal suffix longer than the window
+        f = teacher_forced(pipe.params, pipe.cfg, inputs.input_ids, inputs.pixel_values, tokens)
+        return np.concatenate([f.logits, f.step_logits])
+
+
+def _null():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("name", list(DEVIATIONS))
+def test_each_deviation_changes_the_output(name, pg2, image_path):
+    """On a Gemma-2 checkpoint whose settings bite; the compute-dtype traps in bfloat16;
+    -inf masking on a left-padded batch (where it turns the padded row NaN)."""
+    dtype = "bfloat16" if name in ("image-scale-4x", "embed-scale-unrounded") else "float32"
+    batch = name == "neg-inf-mask"
+    plain = _forward(pg2, image_path, batch=batch)
+    moved = _forward(pg2, image_path, name, dtype, batch=batch)
+    assert np.isfinite(plain).all()
+    if name == "neg-inf-mask":  # row 0 ("caption en") is the left-padded one
+        assert np.isnan(moved[0]).all() and np.array_equal(moved[1], plain[1])
+        return
+    err = float(np.max(np.abs(moved - plain)))
+    if name == "zero-based-positions":
+        # RoPE is relative: shifting every position by one moves only float32 round-off.
+        assert 0 < err < 1e-5, err
+        return
+    assert err > 5e-5, f"{name} moves the logits by only {err:.3g}"
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+def test_against_torch_matches_stage_by_stage(pg2, image_path):
+    got, rc = report.run(args_for(pg2, image_path, "torch", diagnose=False))
+    assert rc == 0 and got["ok"]
+    stages = [s["stage"] for s in got["stages"]]
+    assert stages[:3] == ["input_ids", "pixel_values", "decoder input (merged)"]
+    assert {"final norm", "logits", "greedy tokens"} <= set(stages)
+    assert any(s.startswith("logits behind tokens") for s in stages)
+    assert got["greedy_tokens"]["agree"] and len(got["greedy_tokens"]["npgemma"]) == 4
+
+
+@pytest.mark.parametrize("name", [n for n in DEVIATIONS
+                                  if n not in ("zero-based-positions", "neg-inf-mask",
+                                               "image-scale-4x", "embed-scale-unrounded",
+                                               # ~3e-5 on this checkpoint: at float32's tolerance
+                                               "siglip-eps-1e-5")])
+def test_npgemma_with_a_deviation_is_diagnosed_by_name(name, pg2, image_path, tmp_path):
+    spec = write_adapter(tmp_path, npgemma_adapter_source(name), f"dev_{name.replace('-', '_')}")
+    got, rc = report.run(args_for(pg2, image_path, spec))
+    assert rc == 1 and not got["ok"]
+    diag = got["diagnosis"]
+    assert diag["candidates"][0]["name"] == name, [c["name"] for c in diag["candidates"][:3]]
+    assert diag["verdict"].startswith(f"matches npgemma with `{name}` to ")
+    assert DEVIATIONS[name].explain in diag["verdict"]
+
+
+def test_a_hand_written_window_bug_is_named(pg2, image_path, tmp_path):
+    """An adapter that builds its own masks (npgemma's forward, a window applied everywhere,
+    written here without the deviations module) is diagnosed as window-on-prefix."""
+    spec = write_adapter(tmp_path, '''
+import numpy as np
+import npgemma
+from npgemma import paligemma
+
+def run(model_dir, image, prompt):
+    pipe = npgemma.load(model_dir)
+    x = pipe.processor(image, prompt)
+    ids, valid = x.input_ids[None], np.ones((1, len(x.input_ids)), bool)
+    masks = paligemma.attention_masks(pipe.cfg, valid, valid, 0)
+    q, k = np.arange(ids.shape[1])[:, None], np.arange(ids.shape[1])[None]
+    masks["sliding_attention"] = masks["sliding_attention"] & (q - k < pipe.cfg.text_config.sliding_window)
+    feats = paligemma.encode_image(pipe.params, x.pixel_values[None], pipe.cfg)
+    logits, _ = paligemma.forward(pipe.params, pipe.cfg, ids, paligemma.rope_positions(valid), masks, feats)
+    return {"logits": logits[0]}
+''')
+    got, rc = report.run(args_for(pg2, image_path, spec))
+    assert rc == 1
+    assert got["diagnosis"]["candidates"][0]["name"] == "window-on-prefix"
+    assert got["diagnosis"]["verdict"].startswith("matches npgemma with `window-on-prefix`")
+
+
+def test_cli_json_divergence_and_exit_status(pg1, image_path, tmp_path, capsys):
+    spec = write_adapter(tmp_path, npgemma_adapter_source("causal-prefix"), "causal")
+    rc = cli.main(["parity", "--model", str(pg1), "--image", str(image_path), "--prompt", PROMPT,
+                   "--against", spec, "--diagnose", "--json", "--max-new-tokens", "6"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "parity against" in err
+    got = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    assert got["diagnosis"]["candidates"][0]["name"] == "causal-prefix"
+    tokens = got["greedy_tokens"]
+    if not tokens["agree"]:
+        d = tokens["first_divergence"]
+        assert len(d["npgemma_top5"]) == 5 and d["npgemma_top5"][0][0] == d["npgemma"]
+    rc = cli.main(["parity", "--model", str(pg1), "--image", str(image_path), "--prompt", PROMPT,
+                   "--against", write_adapter(tmp_path, npgemma_adapter_source(None), "plain"),
+                   "--diagnose"])
+    out, _ = capsys.readouterr()
+    assert rc == 0
+    assert "matches npgemma to" in out and "no deviation needed" in out
+    assert "no effect on this input" in out and "no-attn-softcap (needs a Gemma-2" in out
+
+
+def test_first_divergent_token_and_both_top5(pg1, image_path, tmp_path):
+    """An adapter that agrees with npgemma except for token 1, where its step logits put
+    npgemma's runner-up first: the report names index 1 and shows both sides' top-5."""
+    spec = write_adapter(tmp_path, npgemma_adapter_source(None) + '''
+_plain = run
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    out = _plain(model_dir, image, prompt, max_new_tokens)
+    steps = out["step_logits"].copy()
+    second = int(np.argsort(-steps[1])[1])
+    steps[1, second] = steps[1].max() + 1.0
+    out["step_logits"], out["token_ids"] = steps[:2], out["token_ids"][:1] + [second]
+    return out
+''', "diverge")
+    got, rc = report.run(args_for(pg1, image_path, spec, diagnose=False))
+    assert rc == 1
+    tokens = got["greedy_tokens"]
+    d = tokens["first_divergence"]
+    assert d["index"] == 1 and tokens["compared"] == 2 and not tokens["agree"]
+    ours, theirs = d["npgemma_top5"], d["other_top5"]
+    assert ours[0][0] == d["npgemma"] == tokens["npgemma"][1] and ours[1][0] == d["other"]
+    assert theirs[0][0] == d["other"] and theirs[1][0] == d["npgemma"]
+    assert all(isinstance(text, str) for _, text, _ in ours + theirs)
+    row = next(s for s in got["stages"] if s["stage"].startswith("logits behind"))
+    assert not row["ok"] and row["max_abs"] >= 1.0  # the +1 over the maximum at step 1
+
+
+@pytest.mark.parametrize("returned, message", [
+    ([1, 2], "returned list, expected a dict"),
+    ({"token_ids": [1]}, "has no 'logits'"),
+    ({"logits": np.zeros((2, 3, 4, 5))}, "expected [L, V] or [V]"),
+    ({"logits": np.zeros(5), "hidden_states": [np.zeros((3, 4))]}, "'hidden_states' has 1 entries"),
+    ({"logits": np.zeros(5), "extra": 1}, "unknown keys ['extra']"),
+])
+def test_contract_violations_are_one_clear_error(returned, message):
+    with pytest.raises(InputError, match=None) as e:
+        adapters.check_returned(returned, "m:f", num_layers=2)
+    assert message in str(e.value)
+
+
+def test_bad_specs_and_adapter_failures(pg1, image_path, tmp_path, capsys):
+    base = ["parity", "--model", str(pg1), "--image", str(image_path), "--prompt", PROMPT]
+    for spec, culprit in (("nomodule_xyz:run", "cannot import nomodule_xyz"),
+                          ("json:nothere", "has no function 'nothere'"),
+                          ("justaname", "expected PKG.MODULE:FUNC"),
+                          (write_adapter(tmp_path, "def run(m, i, p):\n    raise KeyError('x')\n",
+                                         "boom") , "the adapter raised KeyError")):
+        rc = cli.main(base + ["--against", spec])
+        out, err = capsys.readouterr()
+        assert rc == 2 and out == "" and culprit in err and err.startswith("npgemma: error:"), err
+    rc = cli.main(base + ["--diagnose"])
+    assert rc == 2 and "--diagnose needs --against" in capsys.readouterr().err
+
+
+# ---- the OpenAI adapter against a loopback server --------------------------------------------
+
+class _Server:
+    """A loopback OpenAI-compatible server that answers with canned logprobs and records the
+    requests it got."""
+
+    def __init__(self, answer):
+        self.requests, self.answer = [], answer
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                outer.requests.append((self.path, None))
+                self._send({"data": [{"id": "tiny-paligemma"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append((self.path, body))
+                self._send(outer.answer(self.path, body))
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _served_logprobs(folder, image, deviation=None, max_new_tokens=4):
+    """What a server running npgemma (under `deviation`) would answer: greedy tokens, and the
+    top-5 logprobs of each step, token strings as servers write them (decoded text)."""
+    from npgemma.against.reference import greedy_tokens, log_softmax
+
+    pipe = npgemma.load(folder)
+    x = pipe.processor(image, PROMPT)
+    with deviated(deviation) if deviation else _null():
+        tokens = greedy_tokens(pipe.params, pipe.cfg, x.input_ids, x.pixel_values, max_new_tokens)
+        steps = teacher_forced(pipe.params, pipe.cfg, x.input_ids, x.pixel_values, tokens).step_logits
+    real = pipe.processor.tokenizer.get_vocab_size()  # the ids past it are embedding padding
+    assert max(tokens) < real, tokens
+    lp = log_softmax(steps[:len(tokens)])
+    text = lambda i: pipe.processor.tokenizer.id_to_token(i).replace("\u2581", " ")  # noqa: E731
+    return [(text(t), [(text(int(j)), float(lp[s, j])) for j in np.argsort(-lp[s, :real])[:5]])
+            for s, t in enumerate(tokens)], tokens
+
+
+def _chat_answer(steps):
+    content = [{"token": tok, "logprob": top[0][1], "bytes": list(tok.encode()),
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
+                                 for t, v in top]} for tok, top in steps]
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
+                         "logprobs": {"content": content}, "finish_reason": "length"}]}
+
+
+def _completions_answer(steps):
+    return {"choices": [{"index": 0, "text": "", "logprobs": {
+        "tokens": [tok for tok, _ in steps], "token_logprobs": [top[0][1] for _, top in steps],
+        "top_logprobs": [dict(top) for _, top in steps]}}]}
+
+
+def test_openai_chat_adapter_matches_and_sends_the_image(pg1, image_path):
+    steps, tokens = _served_logprobs(pg1, image_path)
+    with _Server(lambda path, body: _chat_answer(steps)) as server:
+        got, rc = report.run(args_for(pg1, image_path, f"openai:{server.url}", diagnose=False))
+    assert rc == 0, got["stages"]
+    assert got["greedy_tokens"]["other"] == tokens and got["greedy_tokens"]["agree"]
+    row = next(s for s in got["stages"] if s["stage"].startswith("top logprobs"))
+    assert row["ok"] and row["max_abs"] < 1e-5
+    (models_path, _), (path, body) = server.requests
+    assert models_path == "/v1/models" and path == "/v1/chat/completions"
+    assert body["model"] == "tiny-paligemma" and body["temperature"] == 0
+    assert body["logprobs"] is True and body["top_logprobs"] == 5 and body["max_tokens"] == 4
+    image_part, text_part = body["messages"][0]["content"]
+    assert text_part == {"type": "text", "text": PROMPT}
+    url = image_part["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    sent = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    assert np.array_equal(sent, np.asarray(Image.open(image_path)))
+
+
+def test_openai_completions_adapter_diagnoses_the_server(pg1, image_path):
+    steps, _ = _served_logprobs(pg1, image_path, deviation="no-one-plus-w")
+    url = None
+    with _Server(lambda path, body: _completions_answer(steps)) as server:
+        url = f"openai:{server.url}/v1/completions?model=pg"
+        got, rc = report.run(args_for(pg1, image_path, url))
+    assert rc == 1
+    assert [p for p, _ in server.requests] == ["/v1/completions"]
+    assert server.requests[0][1]["prompt"] == PROMPT and server.requests[0][1]["logprobs"] == 5
+    assert got["diagnosis"]["candidates"][0]["name"] == "no-one-plus-w"
+    assert got["diagnosis"]["verdict"].startswith("matches npgemma with `no-one-plus-w`")
+    d = got["greedy_tokens"]["first_divergence"]  # the served top-5 (from logprobs) is shown
+    served = [i for i, _, _ in d["other_top5"]]
+    assert d is not None and served[0] == d["other"] and len(served) == 5
+
+
+def test_openai_token_strings_map_to_ids_and_urls_parse(pg1):
+    from npgemma.against.openai import endpoint, token_id
+    from npgemma.config import load_config
+    from npgemma.processing import Processor
+
+    tok = Processor.from_pretrained(pg1, load_config(pg1)).tokenizer
+    cat = tok.token_to_id("\u2581cat")
+    assert cat is not None
+    assert token_id(" cat", None, tok) == cat                 # decoded text, space for ▁
+    assert token_id("\u2581cat", None, tok) == cat            # the raw vocabulary piece
+    assert token_id("token_id:17", None, tok) == 17           # vLLM --return-tokens-as-token-ids
+    assert token_id("<loc0042>", None, tok) == tok.token_to_id("<loc0042>")
+    assert token_id("\ufffd", [0xE2], tok) == tok.token_to_id("<0xE2>")  # a lone byte
+    assert token_id(" cat sitting on the bench", None, tok) is None     # several tokens
+    assert endpoint("http://h:8000") == ("http://h:8000", "chat", None)
+    assert endpoint("http://h:8000/v1/completions?model=pg") == ("http://h:8000", "completions", "pg")
+    assert endpoint("https://h/x/v1/chat/completions") == ("https://h/x", "chat", None)
+    with pytest.raises(InputError, match="expected openai:http"):
+        endpoint("localhost:8000")
