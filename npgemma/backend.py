@@ -28,6 +28,7 @@ class Backend(Protocol):
                 image_features=None, cache=None, last_only: bool = False) -> tuple[Any, Any]: ...
     def init_cache(self, cfg, batch: int, max_length: int) -> Any: ...
     def greedy(self, logits) -> np.ndarray: ...
+    def decode_masks(self, vae, codes: np.ndarray) -> np.ndarray: ...
 
 
 class NumpyBackend:
@@ -62,6 +63,11 @@ class NumpyBackend:
 
     def greedy(self, logits):
         return logits[:, -1].argmax(axis=-1).astype(np.int64)
+
+    def decode_masks(self, vae, codes):
+        from . import vqvae
+
+        return vqvae.decode(vae, codes)
 
 
 def get_backend(name: str = "numpy", device: str = "cpu", dtype: str = "float32") -> Backend:

@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=_non_negative_int, default=None)
     g.add_argument("--draw", metavar="OUT.png",
-                   help="save the image with the detected boxes (<loc> answers) drawn on it")
+                   help="save the image with the detected boxes (<loc> answers) and masks "
+                        "(<seg> answers, with --vae) drawn on it")
+    g.add_argument("--vae", metavar="PATH",
+                   help="PaliGemma's mask VQ-VAE (vae-oid.npz): <seg> codes -> masks")
     p = sub.add_parser("parity", help="run numpy and torch on one input, stage by stage")
     _add_model_args(p)
     p.add_argument("--max-new-tokens", type=_non_negative_int, default=8,
@@ -85,7 +88,7 @@ def _generate(args) -> int:
 
     t0 = time.time()
     pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-                progress=_Progress(not args.quiet))
+                progress=_Progress(not args.quiet), vae=args.vae)
     load_s = time.time() - t0
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -101,7 +104,11 @@ def _generate(args) -> int:
             pieces.append(piece)
         print()
         text = "".join(pieces)
-    objects = _objects(args.image, text, args.draw)
+    objects = _objects(args.image, text, args.draw,
+                       None if pipe.vae is None else pipe.decode_masks)
+    if pipe.vae is None and any(o["seg_codes"] for o in objects):
+        print("npgemma: note: the answer has <seg> mask codes; pass --vae vae-oid.npz to turn "
+              "them into masks (boxes only without it)", file=sys.stderr)
     if args.json:
         print(json.dumps({"text": text, "token_ids": token_ids, "objects": objects,
                           "backend": args.backend, "device": args.device, "dtype": args.dtype,
@@ -109,8 +116,9 @@ def _generate(args) -> int:
     return 0
 
 
-def _objects(image_path: str, text: str, draw_to: str | None) -> list[dict]:
-    """Boxes of a detection/segmentation answer in the original image's pixels (and a drawing)."""
+def _objects(image_path: str, text: str, draw_to: str | None, decode_masks=None) -> list[dict]:
+    """Boxes (and masks, given `decode_masks`) of a detection/segmentation answer in the
+    original image's pixels, and a drawing of them."""
     from PIL import Image
 
     from .errors import InputError
@@ -118,7 +126,7 @@ def _objects(image_path: str, text: str, draw_to: str | None) -> list[dict]:
     from .processing import load_image
 
     rgb = load_image(image_path)
-    objects = parse_objects(text, width=rgb.shape[1], height=rgb.shape[0])
+    objects = parse_objects(text, width=rgb.shape[1], height=rgb.shape[0], decode_masks=decode_masks)
     if draw_to:
         try:
             draw_objects(Image.fromarray(rgb), objects).save(draw_to)

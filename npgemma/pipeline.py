@@ -26,8 +26,24 @@ class GenerateOutput:
 class Pipeline:
     """A loaded checkpoint on one backend. Build it with `npgemma.load`."""
 
-    def __init__(self, cfg: PaliGemmaConfig, params, processor: Processor, backend):
+    def __init__(self, cfg: PaliGemmaConfig, params, processor: Processor, backend, vae=None):
         self.cfg, self.params, self.processor, self.backend = cfg, params, processor, backend
+        self.vae = vae  # the mask VQ-VAE's weights on this backend, or None
+
+    def decode_masks(self, codes) -> np.ndarray:
+        """float32[B, 64, 64] mask maps (about [-1, 1], > 0 is the object) from int[B, 16]
+        `<seg>` codes, through the VQ-VAE given as `npgemma.load(..., vae=PATH)`."""
+        if self.vae is None:
+            raise InputError("this answer has <seg> codes, but no VQ-VAE is loaded: pass "
+                             "vae=PATH (PaliGemma's vae-oid.npz) to npgemma.load, or --vae PATH")
+        return self.backend.decode_masks(self.vae, codes)
+
+    def objects(self, text: str, width: int, height: int, divisor: float = 1024.0):
+        """`postprocess.parse_objects` of a generated answer, with masks when a VQ-VAE is loaded."""
+        from .postprocess import parse_objects
+
+        return parse_objects(text, width, height, divisor,
+                             decode_masks=None if self.vae is None else self.decode_masks)
 
     def logits(self, image, prompt: str) -> np.ndarray:
         """float32[L, V]: the logits at every prompt position (image tokens included), from one
@@ -96,15 +112,22 @@ class Pipeline:
 
 
 def load(model_dir: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
-         dtype: str = "float32", progress: Callable[[int, int, str], None] | None = None) -> Pipeline:
+         dtype: str = "float32", progress: Callable[[int, int, str], None] | None = None,
+         vae: str | os.PathLike | None = None) -> Pipeline:
     """Load a Hugging Face PaliGemma checkpoint folder (config.json, *.safetensors, tokenizer.json).
 
     backend "numpy" (CPU, float32 compute; dtype "bfloat16" keeps the weights in bfloat16 to
     halve memory) or "torch" (device "cpu"/"cuda", dtype the compute dtype).
     `progress(done_bytes, total_bytes, tensor_name)` is called while weights load.
+    `vae`: PaliGemma's mask VQ-VAE (`vae-oid.npz` layout), to turn `<seg>` codes into masks.
     """
     be = get_backend(backend, device=device, dtype=dtype)
     cfg = load_config(model_dir)
     processor = Processor.from_pretrained(model_dir, cfg)
     params = be.from_numpy(load_weights(model_dir, cfg, dtype=be.weight_dtype, progress=progress))
-    return Pipeline(cfg, params, processor, be)
+    mask_vae = None
+    if vae is not None:
+        from .vqvae import load_vae
+
+        mask_vae = be.from_numpy(load_vae(vae))
+    return Pipeline(cfg, params, processor, be, mask_vae)

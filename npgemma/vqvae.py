@@ -176,7 +176,11 @@ def codebook_lookup(vae: dict, codes) -> np.ndarray:
 
 def decode(vae: dict, codes) -> np.ndarray:
     """big_vision's `reconstruct_masks`: int[B, 16] -> float32[B, 64, 64] in about [-1, 1]."""
-    x = codebook_lookup(vae, codes)                                    # [B, 4, 4, D]
+    return decode_grid(vae, codebook_lookup(vae, codes))
+
+
+def decode_grid(vae: dict, x: np.ndarray) -> np.ndarray:
+    """big_vision's `Decoder`: the quantized grid [B, 4, 4, D] -> float32[B, 64, 64]."""
     x = relu(conv2d(x, vae["decoder.0.weight"], vae["decoder.0.bias"]))  # [B, 4, 4, W]
     for name in DECODER_RES:
         x = res_block(vae, x, name)

@@ -75,5 +75,11 @@ class TorchBackend:
     def greedy(self, logits) -> np.ndarray:
         return logits[:, -1].argmax(dim=-1).cpu().numpy().astype(np.int64)
 
+    @torch.inference_mode()
+    def decode_masks(self, vae, codes) -> np.ndarray:
+        from . import vqvae
+
+        return self.to_numpy(vqvae.decode(vae, self._tensor(np.asarray(codes), torch.long)))
+
 
 __all__ = ["TorchBackend", "tensor_from_numpy"]

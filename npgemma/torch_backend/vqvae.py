@@ -57,7 +57,11 @@ def codebook_lookup(vae: dict, codes) -> torch.Tensor:
 
 def decode(vae: dict, codes) -> torch.Tensor:
     """int[B, 16] -> [B, 64, 64] mask logits in about [-1, 1]."""
-    x = codebook_lookup(vae, codes)
+    return decode_grid(vae, codebook_lookup(vae, codes))
+
+
+def decode_grid(vae: dict, x: torch.Tensor) -> torch.Tensor:
+    """The quantized grid [B, 4, 4, D] -> [B, 64, 64]."""
     x = relu(conv2d(x, vae["decoder.0.weight"], vae["decoder.0.bias"]))
     for name in DECODER_RES:
         x = res_block(vae, x, name)
