@@ -23,7 +23,8 @@ as they are:
 big_vision's flax `ConvTranspose(kernel 4, strides 2, padding=2, transpose_kernel=True)` is
 torch's `ConvTranspose2d(kernel 4, stride 2, padding 1)`: both pad the stride-dilated input by
 4 - 1 - 1 = 2 and correlate with the spatially flipped kernel — `conv_transpose2d` below does
-exactly that. Codes are laid out row-major on the 4×4 grid (code i at row i // 4, column i % 4).
+exactly that. Codes are laid out row-major on the 4×4 grid (code i at row i // 4, column i % 4). Placing
+the 64×64 map in the image (box, resize, threshold at 0) is `npgemma/postprocess.py`.
 
 Images are channels-last here. Shape alphabet (extends the package's):
     B batch   Y, X rows, columns   C input channels   O output channels   kh, kw kernel size

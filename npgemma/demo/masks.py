@@ -3,7 +3,10 @@ VQ-VAE (`vae/demo-vae.npz`, the vae-oid.npz layout at small widths) into 16 `<se
 
 The crop follows big_vision's `refcoco_mask2str` (`big_vision/pp/proj/paligemma/segmentation.py`):
 the 0/255 mask inside the object's box, resized bilinearly to 64×64, divided by 255, then
-`encode_to_codebook_indices`. Scene boxes are whole pixels, so the crop is exact.
+`encode_to_codebook_indices`. Scene boxes are whole pixels, so the crop is exact. big_vision
+resizes with `tf.image.resize(method="bilinear", antialias=True)`, here PIL's BILINEAR: boxes
+are 14-28 pixels, so this is always an upsampling, where both are plain bilinear interpolation
+with half-pixel centres (the antialiasing only acts when shrinking).
 """
 
 from __future__ import annotations
