@@ -83,17 +83,17 @@ def test_fine_tune_from_a_model_folder_lowers_the_segment_loss(tmp_path):
     cfg_dict = demo_config(hidden_size=32, layers=1, vision_layers=1)
     start = T.init_weights(config_from_dict(cfg_dict), seed=5)
     write_model(tmp_path / "model", cfg_dict, start)
-    args = T.parse_args(["--init-from", str(tmp_path / "model"), "--tasks", "segment=1", "--batch", "8",
-                         "--steps", "6", "--warmup", "1", "--lr", "3e-3", "--seed", "1"])
+    args = T.parse_args(["--init-from", str(tmp_path / "model"), "--tasks", "segment=1", "--batch", "4",
+                         "--steps", "5", "--warmup", "1", "--lr", "3e-3", "--seed", "1"])
     cfg, init = T.init_from(args.init_from)
     trainer = T.Trainer(cfg, args, torch.device("cpu"), init)
     key = "language_model.layers.0.mlp.down_proj.weight"
     assert np.array_equal(trainer.numpy_weights()[key], start[key])   # not init_weights(seed=1)
     fixed = T.encode_batch(trainer.processor, trainer.cfg,
-                           T.draw_examples(np.random.default_rng(99), 8, mix={"segment": 1}), "cpu")
+                           T.draw_examples(np.random.default_rng(99), 4, mix={"segment": 1}), "cpu")
     with torch.no_grad():
         before = float(T.loss_fn(trainer.params, trainer.cfg, fixed))
-    for _ in range(6):
+    for _ in range(5):
         trainer.train_step()
     with torch.no_grad():
         after = float(T.loss_fn(trainer.params, trainer.cfg, fixed))
