@@ -38,8 +38,6 @@ from . import scenes
 from .model import demo_config, demo_tokenizer, write_model
 
 TASK_WEIGHTS = {"caption": 0.25, "color": 0.15, "count": 0.1, "shape": 0.15, "detect": 0.35}
-FINETUNE_SEGMENT = {"segment": 0.5, "detect": 0.2, "caption": 0.1, "color": 0.07, "count": 0.06,
-                    "shape": 0.07}
 
 
 @dataclass
