@@ -53,6 +53,7 @@ def decode_on_host(forward, params, cfg, ids, state: HostDecodeState, cache):
                         state.slots.positions(q), state.slots.masks(cfg, q), cache=cache,
                         last_only=True)
     return logits
+    def decode_masks(self, vae, codes: np.ndarray) -> np.ndarray: ...
 
 
 class NumpyBackend:
@@ -106,6 +107,11 @@ class NumpyBackend:
 
     def last_logits_to_numpy(self, logits):
         return np.asarray(logits[:, -1], dtype=np.float32)
+
+    def decode_masks(self, vae, codes):
+        from . import vqvae
+
+        return vqvae.decode(vae, codes)
 
 
 def get_backend(name: str = "numpy", device: str = "cpu", dtype: str = "float32") -> Backend:

@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--seed", type=_non_negative_int, default=None)
     g.add_argument("--draw", metavar="OUT.png",
-                   help="save the image with the detected boxes (<loc> answers) drawn on it")
+                   help="save the image with the detected boxes (<loc> answers) and masks "
+                        "(<seg> answers, with --vae) drawn on it")
+    g.add_argument("--vae", metavar="PATH",
+                   help="PaliGemma's mask VQ-VAE (vae-oid.npz): <seg> codes -> masks")
     d = sub.add_parser("demo", help="the bundled demo model on a freshly drawn scene")
     d.add_argument("--seed", type=_non_negative_int, default=0, help="which scene to draw")
     d.add_argument("--out", default="demo.png", help="picture of the scene with the predicted boxes")
@@ -160,6 +163,15 @@ def _model_dir(args) -> str:
     return str(model_dir())
 
 
+def _vae_path(args) -> str | None:
+    """--vae, or the demo model's own VQ-VAE when the model is the bundled demo."""
+    if getattr(args, "vae", None) or args.model is not None:
+        return getattr(args, "vae", None)
+    from .demo.masks import vae_path
+
+    return str(vae_path())
+
+
 def _generate(args) -> int:
     from .pipeline import load
 
@@ -168,7 +180,8 @@ def _generate(args) -> int:
     longest = max(pairs, key=lambda pair: len(pair[1].encode("utf-8")))[1]
     pipe = load(_model_dir(args), backend=args.backend, device=args.device, dtype=args.dtype,
                 progress=_Progress(not args.quiet), force=args.force,
-                text_tokens=text_tokens(longest, args.max_new_tokens), batch=len(pairs))
+                text_tokens=text_tokens(longest, args.max_new_tokens), batch=len(pairs),
+                vae=_vae_path(args))
     load_s = time.time() - t0
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -187,7 +200,11 @@ def _generate(args) -> int:
             pieces.append(piece)
         print()
         text = "".join(pieces)
-    objects = _objects(args.image, text, args.draw)
+    objects = _objects(args.image, text, args.draw,
+                       None if pipe.vae is None else pipe.decode_masks)
+    if pipe.vae is None and any(o["seg_codes"] for o in objects):
+        print("npgemma: note: the answer has <seg> mask codes; pass --vae vae-oid.npz to turn "
+              "them into masks (boxes only without it)", file=sys.stderr)
     if args.json:
         print(json.dumps({"text": text, "token_ids": token_ids, "objects": objects,
                           "backend": args.backend, "device": args.device, "dtype": args.dtype,
@@ -199,7 +216,8 @@ def _demo(args) -> int:
     from .demo.run import run
     from .pipeline import load
 
-    pipe = load(_model_dir(args), backend=args.backend, device=args.device, dtype=args.dtype)
+    pipe = load(_model_dir(args), backend=args.backend, device=args.device, dtype=args.dtype,
+                vae=_vae_path(args))
     run(pipe, args.seed, args.out)
     return 0
 
@@ -210,14 +228,16 @@ def _generate_batch(pipe, pairs, generation, args) -> int:
         from .errors import InputError
         raise InputError("--draw takes one image; with several inputs use --json output's boxes")
     outs = pipe.generate_batch([i for i, _ in pairs], [p for _, p in pairs], **generation)
+    masks = None if pipe.vae is None else pipe.decode_masks
     for (image, prompt), out in zip(pairs, outs):
         print(json.dumps({"image": image, "prompt": prompt, "text": out.text,
-                          "token_ids": out.token_ids, "objects": _objects(image, out.text, None)}))
+                          "token_ids": out.token_ids, "objects": _objects(image, out.text, None, masks)}))
     return 0
 
 
-def _objects(image_path: str, text: str, draw_to: str | None) -> list[dict]:
-    """Boxes of a detection/segmentation answer in the original image's pixels (and a drawing)."""
+def _objects(image_path: str, text: str, draw_to: str | None, decode_masks=None) -> list[dict]:
+    """Boxes (and masks, given `decode_masks`) of a detection/segmentation answer in the
+    original image's pixels, and a drawing of them."""
     from PIL import Image
 
     from .errors import InputError
@@ -225,7 +245,7 @@ def _objects(image_path: str, text: str, draw_to: str | None) -> list[dict]:
     from .processing import load_image
 
     rgb = load_image(image_path)
-    objects = parse_objects(text, width=rgb.shape[1], height=rgb.shape[0])
+    objects = parse_objects(text, width=rgb.shape[1], height=rgb.shape[0], decode_masks=decode_masks)
     if draw_to:
         try:
             draw_objects(Image.fromarray(rgb), objects).save(draw_to)

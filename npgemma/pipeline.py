@@ -28,8 +28,24 @@ class GenerateOutput:
 class Pipeline:
     """A loaded checkpoint on one backend. Build it with `npgemma.load`."""
 
-    def __init__(self, cfg: PaliGemmaConfig, params, processor: Processor, backend):
+    def __init__(self, cfg: PaliGemmaConfig, params, processor: Processor, backend, vae=None):
         self.cfg, self.params, self.processor, self.backend = cfg, params, processor, backend
+        self.vae = vae  # the mask VQ-VAE's weights on this backend, or None
+
+    def decode_masks(self, codes) -> np.ndarray:
+        """float32[B, 64, 64] mask maps (about [-1, 1], > 0 is the object) from int[B, 16]
+        `<seg>` codes, through the VQ-VAE given as `npgemma.load(..., vae=PATH)`."""
+        if self.vae is None:
+            raise InputError("this answer has <seg> codes, but no VQ-VAE is loaded: pass "
+                             "vae=PATH (PaliGemma's vae-oid.npz) to npgemma.load, or --vae PATH")
+        return self.backend.decode_masks(self.vae, codes)
+
+    def objects(self, text: str, width: int, height: int, divisor: float = 1024.0):
+        """`postprocess.parse_objects` of a generated answer, with masks when a VQ-VAE is loaded."""
+        from .postprocess import parse_objects
+
+        return parse_objects(text, width, height, divisor,
+                             decode_masks=None if self.vae is None else self.decode_masks)
 
     def logits(self, image, prompt: str, positions=None) -> np.ndarray:
         """float32[len(positions), V]: the logits at prompt positions `positions` (indices into
@@ -105,7 +121,8 @@ class Pipeline:
 
 def load(model: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
          dtype: str = "float32", progress: Callable[[int, int, str], None] | None = None, *,
-         force: bool = False, text_tokens: int = memory.TEXT_TOKENS, batch: int = 1) -> Pipeline:
+         force: bool = False, text_tokens: int = memory.TEXT_TOKENS, batch: int = 1,
+         vae: str | os.PathLike | None = None) -> Pipeline:
     """Load a Hugging Face PaliGemma checkpoint: a folder (config.json, *.safetensors,
     tokenizer.json) or a model id `org/name[@revision]` in the local Hugging Face cache.
 
@@ -115,6 +132,7 @@ def load(model: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
     Before any weight is read, the memory the run needs (for the image tokens plus
     `text_tokens` prompt + new tokens, in `batch` rows) is checked against what is available; too little
     raises InputError with the figures, unless `force`.
+    `vae`: PaliGemma's mask VQ-VAE (`vae-oid.npz` layout), to turn `<seg>` codes into masks.
     """
     be = get_backend(backend, device=device, dtype=dtype)
     model_dir = resolve(model)
@@ -129,4 +147,9 @@ def load(model: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
         params = be.load_weights(model_dir, cfg, progress=progress)
     else:
         params = be.from_numpy(load_weights(model_dir, cfg, dtype=be.weight_dtype, progress=progress))
-    return Pipeline(cfg, params, processor, be)
+    mask_vae = None
+    if vae is not None:
+        from .vqvae import load_vae
+
+        mask_vae = be.from_numpy(load_vae(vae))
+    return Pipeline(cfg, params, processor, be, mask_vae)

@@ -34,6 +34,7 @@ TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {
     "merge":       {"float32": (1e-6, 1e-6), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 3e-3)},
     "logits":      {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},
     "decode_step": {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},
+    "vqvae":       {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},
 }
 
 

@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-MODULES = ("layers", "siglip", "gemma", "paligemma", "kv_cache")
+MODULES = ("layers", "siglip", "gemma", "paligemma", "kv_cache", "vqvae")
 TORCH_EXTRAS = ("dtype", "device")
 
 # Names deliberately on one side only.
@@ -30,6 +30,9 @@ NUMPY_ONLY = {
     # Data-independent tensors are built once in NumPy and handed to the backend (DESIGN.md,
     # "Backend interface"); the torch twin receives them as tensors.
     "paligemma": {"prefix_lm_mask", "attention_masks", "rope_positions"},
+    # The VQ-VAE file is read and checked once in NumPy, then handed to the backend; the TF
+    # "SAME" padding rule is plain integer arithmetic, imported by the twin.
+    "vqvae": {"load_vae", "check_vae", "same_padding"},
 }
 TORCH_ONLY = {
     # The twin of the NumPy constant MASK_VALUE: torch needs the finfo.min of the compute dtype.

@@ -72,3 +72,77 @@ def test_cli_json_has_objects_and_draw_writes_an_image(tmp_path, capsys):
                "--max-new-tokens", "3", "--json", "--draw", str(drawn)])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and isinstance(out["objects"], list) and drawn.is_file()
+
+
+# ---- masks -----------------------------------------------------------------------------------
+
+from npgemma.postprocess import mask_in_image, mask_to_rle  # noqa: E402
+
+
+def _rle_decode(rle):
+    """An independent reading of COCO's uncompressed RLE: alternate 0/1 runs, column-major."""
+    h, w = rle["size"]
+    flat, value = [], False
+    for run in rle["counts"]:
+        flat += [value] * run
+        value = not value
+    assert len(flat) == h * w
+    return np.array(flat, bool).reshape((w, h)).T
+
+
+def test_rle_golden_column_major():
+    mask = np.array([[0, 1, 1], [0, 0, 1]], bool)     # columns: (0,0) (1,0) (1,1)
+    assert mask_to_rle(mask) == {"size": [2, 3], "counts": [2, 1, 1, 2]}
+    assert mask_to_rle(np.ones((2, 2), bool))["counts"] == [0, 4]   # starts with an empty 0-run
+    assert mask_to_rle(np.zeros((3, 1), bool))["counts"] == [3]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rle_round_trips_through_an_independent_decoder(seed):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((int(rng.integers(1, 30)), int(rng.integers(1, 30)))) < rng.random()
+    rle = mask_to_rle(mask)
+    assert (_rle_decode(rle) == mask).all()
+    try:
+        from pycocotools import mask as coco
+    except ImportError:
+        return
+    compressed = coco.frPyObjects(rle, *rle["size"])
+    assert (coco.decode(compressed).astype(bool) == mask).all()
+
+
+def test_mask_goes_into_the_truncated_box_and_thresholds_at_zero():
+    full = mask_in_image(np.full((64, 64), 0.3, np.float32), (10.7, 5.2, 30.9, 20.99), 40, 30)
+    assert full.shape == (30, 40) and full.sum() == (30 - 10) * (20 - 5)
+    assert full[5:20, 10:30].all()                       # int() truncates both corners
+    assert not mask_in_image(np.full((64, 64), -1e-3, np.float32), (0, 0, 40, 30), 40, 30).any()
+    left = np.where(np.arange(64) < 32, 1.0, -1.0).astype(np.float32)[None].repeat(64, 0)
+    got = mask_in_image(left, (0, 0, 20, 10), 40, 30)    # left half of a 20-wide box
+    assert got[:10, :10].all() and not got[:10, 10:].any() and not got[10:].any()
+    assert not mask_in_image(left, (5.5, 3, 5.9, 9), 40, 30).any()  # empty after int()
+
+
+def test_parse_objects_decodes_masks_of_seg_answers_only():
+    text = ("<loc0000><loc0000><loc0512><loc0512>" + "<seg001>" * 16 + " cat ; "
+            "<loc0512><loc0512><loc1023><loc1023> dog")
+    calls = []
+
+    def decode(codes):
+        calls.append(codes.copy())
+        return np.ones((len(codes), 64, 64), np.float32)
+
+    cat, dog = parse_objects(text, 64, 32, decode_masks=decode)
+    assert len(calls) == 1 and calls[0].tolist() == [[1] * 16]
+    assert cat.mask.shape == (32, 64) and cat.mask[:16, :32].all() and cat.mask.sum() == 16 * 32
+    assert dog.mask is None and dog.as_dict()["mask"] is None
+    assert _rle_decode(cat.as_dict()["mask"]).tolist() == cat.mask.tolist()
+
+
+def test_draw_paints_the_mask_translucently():
+    img = Image.fromarray(np.full((40, 40, 3), 100, np.uint8))
+    mask = np.zeros((40, 40), bool)
+    mask[12:28, 12:28] = True
+    obj = DetectedObject("", (10.0, 10.0, 30.0, 30.0), (256, 256, 768, 768), (0,) * 16, mask)
+    out = np.array(draw_objects(img, [obj], color=(255, 0, 0), alpha=0.5))
+    assert tuple(out[20, 20]) == (178, 50, 50)      # 0.5 · 100 + 0.5 · (255, 0, 0), rounded
+    assert tuple(out[5, 5]) == (100, 100, 100) and tuple(out[10, 20]) == (255, 0, 0)

@@ -2,7 +2,10 @@
 
 caption: exact match; color / count / shape: exact answer; detect: per ground-truth object
 asked for, the IoU of the predicted box with the same label (0 when missing) — reported as the
-mean IoU and the recall at IoU 0.5 — and the fraction of answers naming a shape that is absent.
+mean IoU and the recall at IoU 0.5 — and the fraction of answers naming a shape that is absent;
+segment: per scene, the IoU in image pixels of the predicted mask of the asked shape (its
+`<seg>` codes through the demo VQ-VAE, placed in its box as big_vision's evaluator does) with
+the object's true mask (0 when missing) — the mean is `segment_miou` — and the IoU of its box.
 """
 
 from __future__ import annotations
@@ -48,12 +51,33 @@ def detection_scores(examples, answers) -> dict[str, float]:
             "detect_phantom": phantom / len(examples)}
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else 0.0
+
+
+def segmentation_scores(examples, answers, pipe) -> dict[str, float]:
+    mious, box_ious = [], []
+    for (scene, prompt, _), text in zip(examples, answers):
+        label = prompt.removeprefix("segment ").strip()
+        (obj,) = [o for o in scene.objects if o.shape == label]
+        found = [o for o in pipe.objects(text, scenes.IMAGE_SIZE, scenes.IMAGE_SIZE)
+                 if o.label == label and o.mask is not None]
+        truth = scenes.object_mask(obj)
+        mious.append(mask_iou(found[0].mask, truth) if found else 0.0)
+        box_ious.append(box_iou(found[0].box, obj.box) if found else 0.0)
+    return {"segment_miou": float(np.mean(mious)), "segment_box_iou": float(np.mean(box_ious))}
+
+
 def evaluate_pipeline(pipe, per_task: int, seed: int = 10_000, batch: int = 50,
-                      progress=None, keep_answers: bool = False) -> dict:
+                      progress=None, keep_answers: bool = False, tasks=None) -> dict:
     """Scores per task for a loaded `npgemma.Pipeline` on `per_task` fresh scenes each
-    (with keep_answers, also every answer under "answers")."""
+    (`tasks`: default every task, `segment` only when the pipeline has a VQ-VAE; with
+    keep_answers, also every answer under "answers")."""
+    if tasks is None:
+        tasks = [t for t in scenes.TASKS if t != "segment" or pipe.vae is not None]
     scores, kept = {}, []
-    for task in scenes.TASKS:
+    for task in tasks:
         examples = held_out(task, per_task, seed)
         answers = []
         for i in range(0, len(examples), batch):
@@ -66,15 +90,55 @@ def evaluate_pipeline(pipe, per_task: int, seed: int = 10_000, batch: int = 50,
         kept += answers
         if task == "detect":
             scores |= detection_scores(examples, answers)
+        elif task == "segment":
+            scores |= segmentation_scores(examples, answers, pipe)
         else:
             scores[task] = float(np.mean([a.strip() == t for (_, _, t), a in zip(examples, answers)]))
     return scores | ({"answers": kept} if keep_answers else {})
 
 
-def evaluate(params, cfg, processor, backend: str, device: str, per_task: int, seed: int = 10_000):
-    """`evaluate_pipeline` over an in-memory weight tree (used during training)."""
+def evaluate(params, cfg, processor, backend: str, device: str, per_task: int, seed: int = 10_000,
+             tasks=None):
+    """`evaluate_pipeline` over an in-memory weight tree (used during training), with the
+    shipped demo VQ-VAE when `segment` is among the tasks."""
     from ..backend import get_backend
     from ..pipeline import Pipeline
 
-    return evaluate_pipeline(Pipeline(cfg, params, processor, get_backend(backend, device=device)),
-                             per_task, seed)
+    be = get_backend(backend, device=device)
+    vae = None
+    if tasks is None or "segment" in tasks:
+        from .masks import demo_vae
+
+        vae = be.from_numpy(demo_vae())
+    return evaluate_pipeline(Pipeline(cfg, params, processor, be, vae), per_task, seed, tasks=tasks)
+
+
+def main(argv=None) -> int:
+    """`python -m npgemma.demo.evaluate --model DIR [--vae PATH] [--per-task 200] [--tasks ...]`."""
+    import argparse
+    import json
+    import sys
+
+    from tqdm import tqdm
+
+    from ..pipeline import load
+    from .masks import vae_path
+
+    p = argparse.ArgumentParser(prog="python -m npgemma.demo.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="demo-model folder (HF layout)")
+    p.add_argument("--vae", default=str(vae_path()), help="VQ-VAE for segment (default: the shipped one)")
+    p.add_argument("--per-task", type=int, default=200, help="fresh scenes per task")
+    p.add_argument("--tasks", default=",".join(scenes.TASKS), help="comma-separated tasks")
+    p.add_argument("--seed", type=int, default=10_000)
+    p.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
+    args = p.parse_args(argv)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    pipe = load(args.model, backend=args.backend, vae=args.vae)
+    with tqdm(total=args.per_task * len(tasks), unit="scene", file=sys.stderr) as bar:
+        scores = evaluate_pipeline(pipe, args.per_task, args.seed, progress=bar.update, tasks=tasks)
+    print(json.dumps({k: round(v, 4) for k, v in scores.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

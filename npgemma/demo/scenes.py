@@ -14,6 +14,12 @@ Tasks use PaliGemma's own prompt language (the answer is what the model is train
     answer en what shape is the red object ?      circle
     detect square ; circle              <loc..>x4 square ; <loc..>x4 circle   (in the asked order;
                                                   a class not in the scene gives no entry)
+    segment star                        <loc..>x4<seg..>x16 star   (the codes: the demo VQ-VAE's
+                                                  encoding of the star's mask, `masks.py`)
+
+Each object's mask (`object_mask`, `Scene.masks`) is its drawn coverage > 1/2: the same
+supersampled drawing as the image, so mask and pixels agree. Masks use no randomness, so
+adding them changed no scene and no earlier task's draws.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 90, 230),
 BACKGROUNDS = ("plain", "gradient", "noise")
 MIN_SIZE, MAX_SIZE = 14, 28         # box side in pixels
 NUMBERS = {1: "1", 2: "2", 3: "3"}  # PaliGemma's VQA answers counts as digits
-TASKS = ("caption", "color", "count", "shape", "detect")
+TASKS = ("caption", "color", "count", "shape", "detect", "segment")  # append only: seeds index it
 
 # Every word a prompt or an answer uses (the demo tokenizer learns each whole).
 WORDS = ("caption", "en", "answer", "detect", "segment", "what", "color", "is", "the", "how",
@@ -51,6 +57,11 @@ class Scene:
     objects: tuple[SceneObject, ...]  # sorted left to right (by x_min, then y_min)
     background: str
 
+    @property
+    def masks(self) -> np.ndarray:
+        """bool[N, 64, 64]: each object's pixels, in `objects` order."""
+        return np.stack([object_mask(o) for o in self.objects])
+
 
 def _unit_polygon(shape: str) -> list[tuple[float, float]]:
     """The shape's outline in its unit box [0, 1]^2 (touching all four sides)."""
@@ -67,15 +78,28 @@ def _unit_polygon(shape: str) -> list[tuple[float, float]]:
     raise ValueError(f"no polygon for {shape!r}")
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
-    """Fill the shape exactly over its box, in supersampled coordinates."""
+def _draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, fill=None) -> None:
+    """Fill the shape exactly over its box, in supersampled coordinates (in its colour, or `fill`)."""
     x0, y0, x1, y1 = (v * SUPERSAMPLE for v in obj.box)
-    fill = COLORS[obj.color]
+    fill = COLORS[obj.color] if fill is None else fill
     if obj.shape == "circle":
         draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
         return
     w, h = x1 - x0 - 1, y1 - y0 - 1
     draw.polygon([(x0 + u * w, y0 + v * h) for u, v in _unit_polygon(obj.shape)], fill=fill)
+
+
+def object_coverage(obj: SceneObject) -> np.ndarray:
+    """float32[64, 64] in [0, 1]: the fraction of each pixel the shape covers (as drawn)."""
+    canvas = Image.new("L", (IMAGE_SIZE * SUPERSAMPLE,) * 2, 0)
+    _draw_shape(ImageDraw.Draw(canvas), obj, fill=255)
+    small = canvas.resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.Resampling.BOX)
+    return np.asarray(small, np.float32) / np.float32(255)
+
+
+def object_mask(obj: SceneObject) -> np.ndarray:
+    """bool[64, 64]: the object's pixels (coverage above one half)."""
+    return object_coverage(obj) > 0.5
 
 
 def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -172,4 +196,8 @@ def make_task(scene: Scene, task: str, rng: np.random.Generator) -> tuple[str, s
         if absent and rng.random() < 0.2:  # sometimes ask for a shape that is not there
             asked.insert(int(rng.integers(len(asked) + 1)), str(rng.choice(absent)))
         return "detect " + " ; ".join(asked), detect_answer(scene, [str(a) for a in asked])
+    if task == "segment":
+        from .masks import seg_tokens
+
+        return f"segment {obj.shape}", f"{loc_tokens(obj.box)}{seg_tokens(obj)} {obj.shape}"
     raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")

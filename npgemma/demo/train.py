@@ -9,6 +9,11 @@ whole prompt is the bidirectional prefix, and only the answer tokens (and the EO
 AdamW (beta2 0.98, weight decay 0.01 on matrices), linear warmup then cosine decay. Every
 `--eval-every` steps: greedy answers on fixed held-out scenes; every `--save-every` steps: the
 training state (`state.pt`, resumable) and the checkpoint folder (`model/`, HF layout).
+
+Fine-tuning: `--init-from DIR` starts from a trained HF-layout folder (its config.json sets the
+sizes) instead of fresh weights, with a fresh optimizer; `--tasks` sets the task mix, e.g.
+`--tasks segment=0.5,detect=0.2,caption=0.1,color=0.07,count=0.06,shape=0.07` to teach
+`segment <shape>` while rehearsing the old tasks so they are not forgotten.
 """
 
 from __future__ import annotations
@@ -49,10 +54,12 @@ def make_processor(cfg) -> Processor:
                      num_image_tokens=cfg.num_image_tokens)
 
 
-def draw_examples(rng: np.random.Generator, count: int, tasks=None):
-    """`count` (scene, prompt, answer) triples, a fresh scene each, tasks drawn by TASK_WEIGHTS."""
-    names = list(TASK_WEIGHTS) if tasks is None else list(tasks)
-    weights = np.array([TASK_WEIGHTS[t] for t in names])
+def draw_examples(rng: np.random.Generator, count: int, tasks=None, mix: dict | None = None):
+    """`count` (scene, prompt, answer) triples, a fresh scene each, tasks drawn by `mix`
+    (default TASK_WEIGHTS), restricted to `tasks` when given."""
+    mix = TASK_WEIGHTS if mix is None else mix
+    names = list(mix) if tasks is None else list(tasks)
+    weights = np.array([mix[t] for t in names])
     out = []
     for task in rng.choice(names, size=count, p=weights / weights.sum()):
         scene = scenes.draw_scene(rng)
@@ -123,9 +130,10 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
 class Trainer:
     """Parameters, optimizer and step; `save`/`load` make a run resumable exactly."""
 
-    def __init__(self, cfg_dict: dict, args, device):
+    def __init__(self, cfg_dict: dict, args, device, init: dict[str, np.ndarray] | None = None):
         self.cfg_dict, self.cfg, self.args, self.device = cfg_dict, config_from_dict(cfg_dict), args, device
-        flat = init_weights(self.cfg, args.seed)
+        self.mix = getattr(args, "mix", None) or TASK_WEIGHTS
+        flat = init_weights(self.cfg, args.seed) if init is None else init
         self.flat = {k: torch.from_numpy(v).to(device).requires_grad_() for k, v in flat.items()}
         self.params = unflatten(self.flat)
         decay = [p for k, p in self.flat.items() if p.ndim >= 2 and "embedding" not in k]
@@ -138,7 +146,8 @@ class Trainer:
 
     def train_step(self) -> float:
         rng = np.random.default_rng([self.args.seed, self.step])
-        batch = encode_batch(self.processor, self.cfg, draw_examples(rng, self.args.batch), self.device)
+        examples = draw_examples(rng, self.args.batch, mix=self.mix)
+        batch = encode_batch(self.processor, self.cfg, examples, self.device)
         for group in self.opt.param_groups:
             group["lr"] = learning_rate(self.step, self.args.steps, self.args.lr, self.args.warmup)
         loss = loss_fn(self.params, self.cfg, batch)
@@ -173,6 +182,30 @@ class Trainer:
         self.step = state["step"]
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    """`segment=0.5,detect=0.2,...` -> {task: weight}; every name one of `scenes.TASKS`."""
+    mix = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, weight = part.partition("=")
+        if name not in scenes.TASKS or not sep:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected TASK=WEIGHT with TASK one of "
+                                             f"{', '.join(scenes.TASKS)}")
+        mix[name] = float(weight)
+    if not mix or min(mix.values()) < 0 or sum(mix.values()) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: weights must be >= 0 and not all 0")
+    return mix
+
+
+def init_from(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(config dict, canonical flat float32 weights) of a trained HF-layout folder."""
+    import json
+
+    from ..weights import load_weights
+
+    cfg_dict = json.loads((folder / "config.json").read_text())
+    return cfg_dict, flatten(load_weights(folder, config_from_dict(cfg_dict)))
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m npgemma.demo.train", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("checkpoints/demo"), help="state + model folder")
@@ -190,6 +223,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-scenes", type=int, default=40, help="held-out scenes per task per eval")
     p.add_argument("--save-every", type=int, default=250)
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
+    p.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                   help="start from this trained model folder (fine-tuning; sizes from its config)")
+    p.add_argument("--tasks", dest="mix", type=parse_mix, default=None, metavar="T=W,...",
+                   help=f"task mix (default {','.join(f'{k}={v}' for k, v in TASK_WEIGHTS.items())})")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
 
@@ -202,9 +239,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg_dict = demo_config(hidden_size=args.hidden_size, layers=args.layers,
-                           vision_layers=args.vision_layers)
-    trainer = Trainer(cfg_dict, args, torch.device(args.device))
+    init = None
+    if args.init_from is not None:
+        cfg_dict, init = init_from(args.init_from)
+    else:
+        cfg_dict = demo_config(hidden_size=args.hidden_size, layers=args.layers,
+                               vision_layers=args.vision_layers)
+    trainer = Trainer(cfg_dict, args, torch.device(args.device), init)
     if args.resume and (args.out / "state.pt").exists():
         trainer.load(args.out / "state.pt")
     n = sum(int(p.numel()) for p in trainer.flat.values())
@@ -225,7 +266,7 @@ def main(argv=None) -> int:
         if trainer.step % args.eval_every == 0 or trainer.step == args.steps:
             with torch.no_grad():
                 scores = evaluate(trainer.params, trainer.cfg, trainer.processor, "torch",
-                                  args.device, args.eval_scenes, seed=10_000)
+                                  args.device, args.eval_scenes, seed=10_000, tasks=list(trainer.mix))
             line = " ".join(f"{k} {v:.3f}" for k, v in scores.items())
             bar.write(f"step {trainer.step}: {line}")
             print(f"eval step {trainer.step}: {line}", file=log, flush=True)

@@ -1,0 +1,100 @@
+"""The demo's segmentation: scene masks, the `segment` task, the shipped VQ-VAE, fine-tuning."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+
+from npgemma import vqvae
+from npgemma.demo import scenes
+from npgemma.postprocess import mask_in_image, parse_objects
+
+
+def _scene(seed):
+    return scenes.draw_scene(np.random.default_rng(seed))
+
+
+def test_masks_are_where_the_shapes_are_drawn():
+    for seed in range(20):
+        scene = _scene(seed)
+        for obj, mask in zip(scene.objects, scene.masks):
+            cover = scenes.object_coverage(obj)
+            assert mask.dtype == bool and (mask == (cover > 0.5)).all()
+            x1, y1, x2, y2 = obj.box
+            assert not mask[:y1].any() and not mask[y2:].any() and not mask[:, :x1].any()
+            full = cover == 1.0     # wholly covered pixels have exactly the shape's colour
+            assert full.any() and (scene.image[full] == scenes.COLORS[obj.color]).all()
+        assert not (scene.masks.sum(0) > 1).any()   # shapes never overlap
+
+
+def test_masks_use_no_randomness():
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    a, b = scenes.draw_scene(rng_a), scenes.draw_scene(rng_b)
+    _ = a.masks
+    assert rng_a.random() == rng_b.random()
+
+
+def test_segment_answer_is_box_codes_label_and_decodes_to_the_mask():
+    rng = np.random.default_rng(11)
+    ious = []
+    for _ in range(10):
+        scene = scenes.draw_scene(rng)
+        prompt, answer = scenes.make_task(scene, "segment", rng)
+        (obj,) = parse_objects(answer, 64, 64)
+        truth = [o for o in scene.objects if o.shape == obj.label][0]
+        assert prompt == f"segment {truth.shape}" and obj.box == truth.box
+        assert answer.startswith(scenes.loc_tokens(truth.box)) and len(obj.seg_codes) == 16
+        from npgemma.demo.masks import demo_vae
+
+        pred = mask_in_image(vqvae.decode(demo_vae(), [obj.seg_codes])[0], obj.box, 64, 64)
+        want = scenes.object_mask(truth)
+        ious.append((pred & want).sum() / (pred | want).sum())
+    assert np.mean(ious) > 0.85, ious
+
+
+def test_shipped_vae_is_small_and_in_the_vae_oid_layout():
+    from npgemma.demo.masks import vae_path
+    from npgemma.testing.vae import vae_shapes
+
+    vae = vqvae.load_vae(vae_path())
+    assert vae_path().stat().st_size < 400_000 and vae["_vq_vae._embedding"].shape[0] == 128
+    assert set(vae) == set(vae_shapes())
+
+
+def test_task_mix_option():
+    from npgemma.demo.train import parse_mix
+
+    assert parse_mix("segment=0.5,detect=0.5") == {"segment": 0.5, "detect": 0.5}
+    for bad in ("segmnet=1", "segment", "segment=-1", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_mix(bad)
+
+
+def test_fine_tune_from_a_model_folder_lowers_the_segment_loss(tmp_path):
+    """--init-from loads the folder's weights (not fresh ones); a few steps on `segment` lower
+    the loss on a fixed batch."""
+    torch = pytest.importorskip("torch")
+    from npgemma.config import config_from_dict
+    from npgemma.demo import train as T
+    from npgemma.demo.model import demo_config, write_model
+
+    cfg_dict = demo_config(hidden_size=32, layers=1, vision_layers=1)
+    start = T.init_weights(config_from_dict(cfg_dict), seed=5)
+    write_model(tmp_path / "model", cfg_dict, start)
+    args = T.parse_args(["--init-from", str(tmp_path / "model"), "--tasks", "segment=1", "--batch", "4",
+                         "--steps", "5", "--warmup", "1", "--lr", "3e-3", "--seed", "1"])
+    cfg, init = T.init_from(args.init_from)
+    trainer = T.Trainer(cfg, args, torch.device("cpu"), init)
+    key = "language_model.layers.0.mlp.down_proj.weight"
+    assert np.array_equal(trainer.numpy_weights()[key], start[key])   # not init_weights(seed=1)
+    fixed = T.encode_batch(trainer.processor, trainer.cfg,
+                           T.draw_examples(np.random.default_rng(99), 4, mix={"segment": 1}), "cpu")
+    with torch.no_grad():
+        before = float(T.loss_fn(trainer.params, trainer.cfg, fixed))
+    for _ in range(5):
+        trainer.train_step()
+    with torch.no_grad():
+        after = float(T.loss_fn(trainer.params, trainer.cfg, fixed))
+    assert after < before - 0.5, (before, after)
