@@ -14,6 +14,7 @@ from .errors import InputError
 from .generate import GenerationConfig, check_length, generate_tokens
 from .paligemma import attention_masks, rope_positions
 from .processing import Processor
+from .streaming import stream_decode
 from .weights import load_weights
 
 
@@ -53,21 +54,9 @@ class Pipeline:
             yield int(token[0])
 
     def stream(self, image, prompt: str, **generation) -> Iterator[str]:
-        """Yield pieces of decoded text as tokens arrive (for printing while generating)."""
-        ids: list[int] = []
-        shown = ""
-        for token in self.iter_tokens(image, prompt, **generation):
-            ids.append(token)
-            text = self.processor.decode(ids)
-            # Hold back a trailing partial UTF-8 sequence (byte-fallback tokens) until it completes.
-            if text.endswith("\ufffd"):
-                continue
-            if text.startswith(shown):
-                yield text[len(shown):]
-                shown = text
-        text = self.processor.decode(ids)
-        if text.startswith(shown) and len(text) > len(shown):
-            yield text[len(shown):]
+        """Yield pieces of decoded text as tokens arrive (for printing while generating); they
+        join to exactly `generate(...).text` (see `npgemma.streaming`)."""
+        yield from stream_decode(self.processor.tokenizer, self.iter_tokens(image, prompt, **generation))
 
     def generate(self, image, prompt: str, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
