@@ -37,7 +37,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (torch backend)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr (there is none when stderr is not a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,31 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Progress:
-    """Weight-loading progress on stderr: a rewritten line on a terminal, else every 10%."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.tty, self.last, self.t0 = enabled, sys.stderr.isatty(), -1, time.time()
-
-    def __call__(self, done: int, total: int, key: str) -> None:
-        if not self.enabled or total < 2**28:  # small checkpoints load in a blink
-            return
-        pct = int(100 * done / total)
-        if self.tty:
-            print(f"\rloading weights {pct:3d}% ({done / 1e9:.2f}/{total / 1e9:.2f} GB)",
-                  end="" if done < total else "\n", file=sys.stderr, flush=True)
-        elif pct // 10 != self.last // 10:
-            print(f"loading weights {pct}% ({done / 1e9:.2f}/{total / 1e9:.2f} GB, "
-                  f"{time.time() - self.t0:.0f}s)", file=sys.stderr, flush=True)
-        self.last = pct
-
-
 def _generate(args) -> int:
     from .pipeline import load
+    from .progress import weights_progress
 
     t0 = time.time()
     pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
-                progress=_Progress(not args.quiet))
+                progress=weights_progress(quiet=args.quiet))
     load_s = time.time() - t0
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
