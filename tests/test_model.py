@@ -262,16 +262,24 @@ def test_merge_wrong_image_token_count_raises(ids):
         paligemma.merge(text, feats, np.array(ids), IMAGE)
 
 
-def test_embedding_scale_is_float32_sqrt_hidden():
+SQRT_20 = 4.47213595499958  # sqrt(hidden_size 20), the Gemma embedding normalizer (float64)
+
+
+def test_embedding_scale_is_sqrt_hidden_in_float32():
     cfg = make_config(_GEMMA1)
+    # one-hot rows read the scale itself: sqrt(D) rounded once to float32 (HF builds it as
+    # torch.tensor(hidden_size ** 0.5, dtype=activations)), not sqrt(head_dim) nor 1
+    eye = np.eye(64, 20, dtype=F32)
+    scale = gemma.embed({"weight": eye}, np.array([[0, 19]]), cfg.text_config)
+    assert scale.dtype == np.float32
+    np.testing.assert_array_equal(scale[0, [0, 1], [0, 19]], [F32(SQRT_20)] * 2)
     table = np.random.default_rng(2).standard_normal((64, 20)).astype(F32)
     ids = np.array([[0, 5, 63, 7]])
     x = gemma.embed({"weight": table}, ids, cfg.text_config)
-    assert x.dtype == np.float32
-    np.testing.assert_array_equal(x, table[ids] * np.float32(np.sqrt(20)))
+    np.testing.assert_allclose(x, table[ids].astype(np.float64) * SQRT_20, rtol=2e-7, atol=0)
     # an id beyond the table (an out-of-vocabulary <image>) reads row 0
     oov = gemma.embed({"weight": table}, np.array([[64, 1000]]), cfg.text_config)
-    np.testing.assert_array_equal(oov[0], np.stack([table[0], table[0]]) * np.float32(np.sqrt(20)))
+    np.testing.assert_allclose(oov[0], table[[0, 0]].astype(np.float64) * SQRT_20, rtol=2e-7)
 
 
 def test_embedding_of_bfloat16_table_is_float32():
@@ -280,7 +288,7 @@ def test_embedding_of_bfloat16_table_is_float32():
     table = np.random.default_rng(3).standard_normal((64, 20)).astype(ml_dtypes.bfloat16)
     x = gemma.embed({"weight": table}, np.array([[3, 4]]), cfg.text_config)
     assert x.dtype == np.float32
-    np.testing.assert_array_equal(x, table[[[3, 4]]].astype(F32) * np.float32(np.sqrt(20)))
+    np.testing.assert_allclose(x[0], table[[3, 4]].astype(np.float64) * SQRT_20, rtol=2e-7, atol=0)
 
 
 # --------------------------------------------------------------------------- vision
