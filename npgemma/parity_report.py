@@ -55,7 +55,7 @@ def parity_rows(cfg, params_np, torch_backend, inputs):
 
     tb = torch_backend
     tparams = tb.from_numpy(params_np)
-    t = tb._tensor
+    t = tb.as_tensor
     with torch.inference_mode():
         got = _stages(
             lambda hs: tpg.encode_image(tparams, t(pixels, tb.dtype), cfg, hs),

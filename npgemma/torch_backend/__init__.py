@@ -54,19 +54,20 @@ class TorchBackend:
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().float().cpu().numpy()
 
-    def _tensor(self, a: np.ndarray, dtype=None) -> torch.Tensor:
+    def as_tensor(self, a: np.ndarray, dtype=None) -> torch.Tensor:
+        """A NumPy array (pixels, ids, positions, masks) on this backend's device, as `dtype`."""
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dtype=dtype)
 
     @torch.inference_mode()
     def encode_image(self, params, pixel_values, cfg):
-        return paligemma.encode_image(params, self._tensor(pixel_values, self.dtype), cfg)
+        return paligemma.encode_image(params, self.as_tensor(pixel_values, self.dtype), cfg)
 
     @torch.inference_mode()
     def forward(self, params, cfg, input_ids, positions, masks, image_features=None, cache=None,
                 last_only=False):
-        masks = {k: self._tensor(m) for k, m in masks.items()}
-        return paligemma.forward(params, cfg, self._tensor(input_ids, torch.long),
-                                 self._tensor(positions, torch.long), masks, image_features,
+        masks = {k: self.as_tensor(m) for k, m in masks.items()}
+        return paligemma.forward(params, cfg, self.as_tensor(input_ids, torch.long),
+                                 self.as_tensor(positions, torch.long), masks, image_features,
                                  cache=cache, last_only=last_only)
 
     def init_cache(self, cfg, batch, max_length):
