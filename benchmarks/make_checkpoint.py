@@ -79,23 +79,25 @@ def _num_image_tokens(image_size: int) -> int:
     return (image_size // PATCH_SIZE) ** 2
 
 
+def _vision_config(image_size: int, **extra) -> dict:
+    """The hub files' vision_config: So400m/14 sizes plus `extra`, keys sorted as the hub writes
+    them, `image_size` only when not SiglipVisionConfig's default 224 (the hub omits it)."""
+    vision = {"intermediate_size": _VISION["intermediate_size"],
+              "model_type": "siglip_vision_model",
+              "num_attention_heads": _VISION["num_attention_heads"],
+              "num_hidden_layers": _VISION["num_hidden_layers"],
+              "num_image_tokens": _num_image_tokens(image_size), "patch_size": PATCH_SIZE,
+              "vision_use_head": False, **extra}
+    if image_size != 224:
+        vision["image_size"] = image_size
+    return {"hidden_size": _VISION["hidden_size"], **dict(sorted(vision.items()))}
+
+
 def _pg1_config(image_size: int) -> dict:
     """google/paligemma-3b-pt-{224,448,896}/config.json (the weights there are float32)."""
     n = _num_image_tokens(image_size)
-    vision = {
-        "hidden_size": _VISION["hidden_size"],
-        "intermediate_size": _VISION["intermediate_size"],
-        "model_type": "siglip_vision_model",
-        "num_attention_heads": _VISION["num_attention_heads"],
-        "num_hidden_layers": _VISION["num_hidden_layers"],
-        "num_image_tokens": n,
-        "patch_size": PATCH_SIZE,
-        "projection_dim": 2048,
-        "projector_hidden_act": "gelu_fast",   # present in the hub file, unused
-        "vision_use_head": False,
-    }
-    if image_size != 224:  # SiglipVisionConfig's default is 224, so the hub file omits it
-        vision = {"hidden_size": vision.pop("hidden_size"), "image_size": image_size, **vision}
+    vision = _vision_config(image_size, projection_dim=2048,
+                            projector_hidden_act="gelu_fast")  # present in the hub file, unused
     return {
         "architectures": ["PaliGemmaForConditionalGeneration"],
         "bos_token_id": 2,
@@ -148,21 +150,8 @@ def _pg2_config(size: str, image_size: int) -> dict:
     }
     if t["head_dim"] != 256:  # Gemma2Config's default head_dim is 256
         text = {"head_dim": t["head_dim"], **text}
-    vision = {
-        "hidden_size": _VISION["hidden_size"],
-        "intermediate_size": _VISION["intermediate_size"],
-        "model_type": "siglip_vision_model",
-        "num_attention_heads": _VISION["num_attention_heads"],
-        "num_hidden_layers": _VISION["num_hidden_layers"],
-        "num_image_tokens": n,
-        "num_positions": t["num_positions"],
-        "patch_size": PATCH_SIZE,
-        "projection_dim": t["hidden_size"],
-        "torch_dtype": "bfloat16",
-        "vision_use_head": False,
-    }
-    if image_size != 224:
-        vision = {"hidden_size": vision.pop("hidden_size"), "image_size": image_size, **vision}
+    vision = _vision_config(image_size, num_positions=t["num_positions"],
+                            projection_dim=t["hidden_size"], torch_dtype="bfloat16")
     return {
         "_vocab_size": 257152,
         "architectures": ["PaliGemmaForConditionalGeneration"],

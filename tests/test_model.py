@@ -441,11 +441,7 @@ def test_projector_is_linear_with_bias():
 def test_logits_depend_only_on_relative_positions():
     """RoPE is Gemma's only position signal: shifting every position by a constant is a no-op
     (up to float32 rounding), while a different spacing is not."""
-    cfg = make_config(_GEMMA2)
-    params = random_params(cfg, seed=15)
-    rng = np.random.default_rng(15)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[4, 2], n_suffix=2)
-    feats = paligemma.encode_image(params, random_pixels(rng, 2, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA2, 15, [4, 2], 2)
     masks = paligemma.attention_masks(cfg, valid, is_prefix, 0)
     pos = paligemma.rope_positions(valid)
 
@@ -476,13 +472,20 @@ def _batch(cfg, rng, n_texts, n_suffix):
     return ids, valid, is_prefix, s - n_suffix
 
 
+def _case(text: dict, seed: int, n_texts: list[int], n_suffix: int):
+    """A tiny model and a left-padded batch for it: (cfg, params, ids, valid, is_prefix,
+    n_prefix, image features), all from `seed`."""
+    cfg = make_config(text)
+    params = random_params(cfg, seed=seed)
+    rng = np.random.default_rng(seed)
+    ids, valid, is_prefix, n_prefix = _batch(cfg, rng, n_texts=n_texts, n_suffix=n_suffix)
+    feats = paligemma.encode_image(params, random_pixels(rng, len(n_texts), cfg), cfg)
+    return cfg, params, ids, valid, is_prefix, n_prefix, feats
+
+
 @pytest.mark.parametrize("text", [_GEMMA1, _GEMMA2], ids=["gemma1-mqa", "gemma2-gqa-window"])
 def test_cached_generation_equals_uncached(text):
-    cfg = make_config(text)
-    params = random_params(cfg, seed=5)
-    rng = np.random.default_rng(5)
-    ids, valid, is_prefix, n_prefix = _batch(cfg, rng, n_texts=[5, 3], n_suffix=4)
-    feats = paligemma.encode_image(params, random_pixels(rng, 2, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, n_prefix, feats = _case(text, 5, [5, 3], 4)
     full = full_forward(params, cfg, ids, valid, is_prefix, feats)
     cached = cached_forward(params, cfg, ids, valid, is_prefix, feats, n_prefix)
     assert full.dtype == np.float32 and full.shape == (2, ids.shape[1], 64)
@@ -492,11 +495,7 @@ def test_cached_generation_equals_uncached(text):
 
 def test_gemma2_window_and_softcaps_have_teeth():
     """The Gemma-2 case above is only meaningful if the window and the caps change the output."""
-    cfg = make_config(_GEMMA2)
-    params = random_params(cfg, seed=5)
-    rng = np.random.default_rng(5)
-    ids, valid, is_prefix, n_prefix = _batch(cfg, rng, n_texts=[5, 3], n_suffix=4)
-    feats = paligemma.encode_image(params, random_pixels(rng, 2, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, n_prefix, feats = _case(_GEMMA2, 5, [5, 3], 4)
     base = full_forward(params, cfg, ids, valid, is_prefix, feats)
 
     wide = dataclasses.replace(cfg, text_config=dataclasses.replace(cfg.text_config, sliding_window=100))
@@ -518,12 +517,8 @@ def test_gemma2_window_and_softcaps_have_teeth():
 
 @pytest.mark.parametrize("text", [_GEMMA1, _GEMMA2], ids=["gemma1", "gemma2"])
 def test_left_padded_rows_equal_rows_alone(text):
-    cfg = make_config(text)
-    params = random_params(cfg, seed=6)
-    rng = np.random.default_rng(6)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[2, 6, 4], n_suffix=3)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(text, 6, [2, 6, 4], 3)
     assert not valid.all()  # there is padding to ignore
-    feats = paligemma.encode_image(params, random_pixels(rng, 3, cfg), cfg)
     batch = full_forward(params, cfg, ids, valid, is_prefix, feats)
     assert np.all(np.isfinite(batch))  # pad queries included
     for b in range(3):
@@ -535,11 +530,7 @@ def test_left_padded_rows_equal_rows_alone(text):
 
 def test_pad_token_values_do_not_leak():
     """Whatever sits in a padded slot (id, and so its key/value) never reaches real tokens."""
-    cfg = make_config(_GEMMA2)
-    params = random_params(cfg, seed=7)
-    rng = np.random.default_rng(7)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[2, 6], n_suffix=2)
-    feats = paligemma.encode_image(params, random_pixels(rng, 2, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA2, 7, [2, 6], 2)
     a = full_forward(params, cfg, ids, valid, is_prefix, feats)
     ids2 = np.where(valid, ids, 17)
     b = full_forward(params, cfg, ids2, valid, is_prefix, feats)
@@ -550,11 +541,7 @@ def test_pad_token_values_do_not_leak():
 
 
 def test_final_softcap_bounds_logits_and_keeps_argmax():
-    cfg = make_config(_GEMMA2)
-    params = random_params(cfg, seed=8)
-    rng = np.random.default_rng(8)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[4], n_suffix=2)
-    feats = paligemma.encode_image(params, random_pixels(rng, 1, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA2, 8, [4], 2)
     capped = full_forward(params, cfg, ids, valid, is_prefix, feats)
     nocap = dataclasses.replace(cfg, text_config=dataclasses.replace(
         cfg.text_config, final_logit_softcapping=None))
@@ -567,11 +554,7 @@ def test_final_softcap_bounds_logits_and_keeps_argmax():
 
 
 def test_lm_head_is_tied_to_embeddings_unless_given():
-    cfg = make_config(_GEMMA1)
-    params = random_params(cfg, seed=9)
-    rng = np.random.default_rng(9)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[3], n_suffix=0)
-    feats = paligemma.encode_image(params, random_pixels(rng, 1, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA1, 9, [3], 0)
     hidden = []
     masks = paligemma.attention_masks(cfg, valid, is_prefix, 0)
     logits, _ = paligemma.forward(params, cfg, ids, paligemma.rope_positions(valid), masks,
@@ -585,11 +568,7 @@ def test_lm_head_is_tied_to_embeddings_unless_given():
 
 
 def test_last_only_returns_the_last_position():
-    cfg = make_config(_GEMMA2)
-    params = random_params(cfg, seed=10)
-    rng = np.random.default_rng(10)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[3, 1], n_suffix=0)
-    feats = paligemma.encode_image(params, random_pixels(rng, 2, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA2, 10, [3, 1], 0)
     full = full_forward(params, cfg, ids, valid, is_prefix, feats)
     masks = paligemma.attention_masks(cfg, valid, is_prefix, 0)
     last, _ = paligemma.forward(params, cfg, ids, paligemma.rope_positions(valid), masks,
@@ -611,11 +590,7 @@ def test_cache_shapes_follow_kv_heads():
 
 
 def test_kv_cache_overflow_raises():
-    cfg = make_config(_GEMMA1)
-    params = random_params(cfg, seed=11)
-    rng = np.random.default_rng(11)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[2], n_suffix=0)  # 7 tokens
-    feats = paligemma.encode_image(params, random_pixels(rng, 1, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA1, 11, [2], 0)  # 7 tokens
     masks = paligemma.attention_masks(cfg, valid, is_prefix, 0)
     positions = paligemma.rope_positions(valid)
     # the prompt alone does not fit
