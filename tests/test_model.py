@@ -312,6 +312,23 @@ def test_encode_image_shapes_and_bidirectional_patches():
     np.testing.assert_allclose(feats2[1], feats[1], atol=1e-6)
 
 
+def test_vision_embeddings_add_one_position_vector_per_patch():
+    """`SiglipVisionEmbeddings`: conv patches + position_embedding[p] for patch p (row-major)."""
+    cfg = make_config(_GEMMA1)
+    emb = random_params(cfg, seed=3)["vision_tower"]["embeddings"]
+    conv, table = emb["patch_embedding"], emb["position_embedding"]["weight"]
+    black = np.zeros((1, 3, 8, 8), F32)  # the conv then gives its bias alone
+    np.testing.assert_allclose(siglip.embeddings(black, **emb)[0],
+                               conv["bias"].astype(np.float64) + table, atol=1e-6)
+    # a pattern in patch 1 only (top-right 4x4 block) moves row 1 alone
+    pix = black.copy()
+    pix[0, :, :4, 4:] = 1.0
+    delta = siglip.embeddings(pix, **emb)[0] - siglip.embeddings(black, **emb)[0]
+    np.testing.assert_allclose(delta[1], conv["weight"].astype(np.float64).sum(axis=(1, 2, 3)),
+                               atol=1e-5)
+    np.testing.assert_array_equal(delta[[0, 2, 3]], 0.0)
+
+
 # --------------------------------------------------------------------------- naive float64 layers
 
 

@@ -62,6 +62,15 @@ def test_pixel_arithmetic_is_hf_order():
     assert np.abs(x[1] - (levels / 127.5 - 1)).max() < 1e-6
 
 
+def test_per_channel_mean_and_std():
+    p = Processor(build_tokenizer(), image_size=S, num_image_tokens=N,
+                  image_mean=(0.25, 0.5, 0.75), image_std=(0.5, 0.25, 0.125))
+    x = p.preprocess_image(solid((255, 0, 102)))
+    expect = (np.array([255, 0, 102]) / 255 - np.array([0.25, 0.5, 0.75])) / np.array([0.5, 0.25, 0.125])
+    np.testing.assert_allclose(x[:, 0, 0], expect, rtol=1e-6)  # [1.5, -2.0, -2.8]
+    assert np.all(x == x[:, :1, :1])
+
+
 def test_transparent_pixels_become_white(proc):
     clear = proc.preprocess_image(solid((0, 0, 0, 0), mode="RGBA"))
     assert np.all(clear == 1.0)

@@ -64,6 +64,16 @@ def test_temperature_comes_before_top_p():
     np.testing.assert_allclose(out[0, [1, 2, 3]], _PROBS[0, [1, 2, 3]] / 2, rtol=1e-6)
 
 
+def test_nucleus_boundary_is_inclusive():
+    # Four equal logits: probabilities exactly 0.25 and their sums exact in float32. top_p 0.5
+    # is reached by two tokens, so the third (mass above it = 0.5 >= top_p) goes: HF removes
+    # `cumsum_ascending <= 1 - top_p`, the same rule. Ties break by id, lowest first.
+    flat = np.zeros((1, 4), F32)
+    assert _kept(filter_logits(flat, _gen(top_p=0.5))) == [[0, 1]]
+    assert _kept(filter_logits(flat, _gen(top_p=0.5000001))) == [[0, 1, 2]]
+    assert _kept(filter_logits(flat, _gen(top_p=0.25))) == [[0]]
+
+
 def test_ties_at_the_kth_value_are_all_kept():
     x = np.array([[1.0, 3.0, 3.0, 3.0, 0.0]], F32)
     assert _kept(filter_logits(x, _gen(top_k=2))) == [[1, 2, 3]]  # HF's `scores < kth` rule
