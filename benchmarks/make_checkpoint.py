@@ -47,6 +47,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+from tqdm import tqdm
 
 # --------------------------------------------------------------------------------------------
 # The real configurations, as the hub's config.json files write them.
@@ -421,18 +422,16 @@ def write_random_checkpoint(name: str, out_dir: str | os.PathLike, seed: int = 0
     files = (["model.safetensors"] if n == 1 else
              [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
     weight_map = {}
-    written = 0
-    for i, (shard, fname) in enumerate(zip(shards, files)):
-        tensors = {key: filler.tensor(key, shape) for key, shape in shard}
-        save_file(tensors, out / fname, metadata={"format": "pt"})
-        os.chmod(out / fname, file_mode)  # safetensors creates 0600; match config.json's mode
-        written += sum(t.nbytes for t in tensors.values())
-        del tensors
-        weight_map.update({key: fname for key, _ in shard})
-        if progress:
-            print(f"[make_checkpoint] {name}: shard {i + 1}/{n} {fname}  "
-                  f"{written / 1e9:.2f}/{total_bytes / 1e9:.2f} GB  "
-                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    # The same bar as npgemma's (npgemma/progress.py): stderr, only on a terminal.
+    with tqdm(total=total_bytes, desc=f"writing {name}", unit="B", unit_scale=True,
+              file=sys.stderr, disable=None if progress else True, leave=False) as bar:
+        for shard, fname in zip(shards, files):
+            tensors = {key: filler.tensor(key, shape) for key, shape in shard}
+            save_file(tensors, out / fname, metadata={"format": "pt"})
+            os.chmod(out / fname, file_mode)  # safetensors creates 0600; match config.json's mode
+            bar.update(sum(t.nbytes for t in tensors.values()))
+            del tensors
+            weight_map.update({key: fname for key, _ in shard})
     if n > 1:
         _write_json(out / "model.safetensors.index.json",
                     {"metadata": {"total_size": total_bytes}, "weight_map": weight_map},
