@@ -25,16 +25,18 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _one(model: str, backend: str, dtype: str, device: str, new_tokens: int, prompt: str) -> dict:
+def _one(model: str, backend: str, dtype: str, device: str, new_tokens: int, prompt: str,
+         quiet: bool) -> dict:
     """Time one backend in this process; return a JSON-able row."""
     from PIL import Image
 
     import npgemma
     from npgemma.generate import GenerationConfig, generate_tokens
+    from npgemma.progress import bar, weights_progress
 
     t0 = time.perf_counter()
     pipe = npgemma.load(model, backend=backend, device=device, dtype=dtype,
-                        progress=_progress(backend))
+                        progress=weights_progress(f"[{backend}] loading weights", quiet=quiet))
     load_s = time.perf_counter() - t0
     size = pipe.cfg.vision_config.image_size
     ramp = np.linspace(0, 255, size, dtype=np.float32)
@@ -43,28 +45,18 @@ def _one(model: str, backend: str, dtype: str, device: str, new_tokens: int, pro
     gen = GenerationConfig(max_new_tokens=new_tokens)
     stamps = [time.perf_counter()]
     tokens = []
-    for tok in generate_tokens(pipe.backend, pipe.params, pipe.cfg, inputs.input_ids[None],
-                               inputs.pixel_values[None], gen):
-        stamps.append(time.perf_counter())  # the first stamp after start = vision + prefill
-        tokens.append(int(tok[0]))
-        print(f"  [{backend}] token {len(tokens)}/{new_tokens}", file=sys.stderr, flush=True)
+    with bar(new_tokens, f"[{backend}] generating", unit="token", quiet=quiet) as progress:
+        for tok in generate_tokens(pipe.backend, pipe.params, pipe.cfg, inputs.input_ids[None],
+                                   inputs.pixel_values[None], gen):
+            stamps.append(time.perf_counter())  # the first stamp after start = vision + prefill
+            tokens.append(int(tok[0]))
+            progress.update()
     steps = np.diff(stamps)
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
     return {"backend": backend, "dtype": dtype, "device": device, "load_s": load_s,
             "prefill_s": float(steps[0]), "prompt_tokens": int(inputs.input_ids.shape[0]),
             "ms_per_token": float(1000 * steps[1:].mean()) if len(steps) > 1 else float("nan"),
             "decode_tokens": len(steps) - 1, "peak_rss_gb": rss_gb, "tokens": tokens}
-
-
-def _progress(backend: str):
-    last = [-1]
-
-    def report(done, total, key):
-        pct = int(100 * done / max(total, 1))
-        if pct // 10 != last[0] // 10:
-            print(f"  [{backend}] loading weights {pct}%", file=sys.stderr, flush=True)
-        last[0] = pct
-    return report
 
 
 def _make(name: str, out: str) -> None:
@@ -85,13 +77,15 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--prompt", default="caption en")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     ap.add_argument("--single", help=argparse.SUPPRESS)  # internal: one backend in this process
     args = ap.parse_args()
 
     if args.single:
         parts = args.single.split(":")
         backend, dtype, device = parts + ["float32", "cpu"][len(parts) - 1:]
-        print(json.dumps(_one(args.model, backend, dtype, device, args.new_tokens, args.prompt)))
+        print(json.dumps(_one(args.model, backend, dtype, device, args.new_tokens, args.prompt,
+                              args.quiet)))
         return 0
     model = args.model
     if args.make:
@@ -106,7 +100,8 @@ def main() -> int:
     for spec in args.backends.split(","):
         print(f"running {spec} ...", file=sys.stderr, flush=True)
         out = subprocess.run([sys.executable, __file__, "--model", model, "--single", spec,
-                              "--new-tokens", str(args.new_tokens), "--prompt", args.prompt],
+                              "--new-tokens", str(args.new_tokens), "--prompt", args.prompt,
+                              *(["--quiet"] if args.quiet else [])],
                              stdout=subprocess.PIPE, text=True)
         if out.returncode:
             print(f"{spec}: failed (exit {out.returncode})", file=sys.stderr)

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+from tqdm import tqdm
 
 # --------------------------------------------------------------------------------------------
 # The real configurations, as the hub's config.json files write them.
@@ -79,23 +80,25 @@ def _num_image_tokens(image_size: int) -> int:
     return (image_size // PATCH_SIZE) ** 2
 
 
+def _vision_config(image_size: int, **extra) -> dict:
+    """The hub files' vision_config: So400m/14 sizes plus `extra`, keys sorted as the hub writes
+    them, `image_size` only when not SiglipVisionConfig's default 224 (the hub omits it)."""
+    vision = {"intermediate_size": _VISION["intermediate_size"],
+              "model_type": "siglip_vision_model",
+              "num_attention_heads": _VISION["num_attention_heads"],
+              "num_hidden_layers": _VISION["num_hidden_layers"],
+              "num_image_tokens": _num_image_tokens(image_size), "patch_size": PATCH_SIZE,
+              "vision_use_head": False, **extra}
+    if image_size != 224:
+        vision["image_size"] = image_size
+    return {"hidden_size": _VISION["hidden_size"], **dict(sorted(vision.items()))}
+
+
 def _pg1_config(image_size: int) -> dict:
     """google/paligemma-3b-pt-{224,448,896}/config.json (the weights there are float32)."""
     n = _num_image_tokens(image_size)
-    vision = {
-        "hidden_size": _VISION["hidden_size"],
-        "intermediate_size": _VISION["intermediate_size"],
-        "model_type": "siglip_vision_model",
-        "num_attention_heads": _VISION["num_attention_heads"],
-        "num_hidden_layers": _VISION["num_hidden_layers"],
-        "num_image_tokens": n,
-        "patch_size": PATCH_SIZE,
-        "projection_dim": 2048,
-        "projector_hidden_act": "gelu_fast",   # present in the hub file, unused
-        "vision_use_head": False,
-    }
-    if image_size != 224:  # SiglipVisionConfig's default is 224, so the hub file omits it
-        vision = {"hidden_size": vision.pop("hidden_size"), "image_size": image_size, **vision}
+    vision = _vision_config(image_size, projection_dim=2048,
+                            projector_hidden_act="gelu_fast")  # present in the hub file, unused
     return {
         "architectures": ["PaliGemmaForConditionalGeneration"],
         "bos_token_id": 2,
@@ -148,21 +151,8 @@ def _pg2_config(size: str, image_size: int) -> dict:
     }
     if t["head_dim"] != 256:  # Gemma2Config's default head_dim is 256
         text = {"head_dim": t["head_dim"], **text}
-    vision = {
-        "hidden_size": _VISION["hidden_size"],
-        "intermediate_size": _VISION["intermediate_size"],
-        "model_type": "siglip_vision_model",
-        "num_attention_heads": _VISION["num_attention_heads"],
-        "num_hidden_layers": _VISION["num_hidden_layers"],
-        "num_image_tokens": n,
-        "num_positions": t["num_positions"],
-        "patch_size": PATCH_SIZE,
-        "projection_dim": t["hidden_size"],
-        "torch_dtype": "bfloat16",
-        "vision_use_head": False,
-    }
-    if image_size != 224:
-        vision = {"hidden_size": vision.pop("hidden_size"), "image_size": image_size, **vision}
+    vision = _vision_config(image_size, num_positions=t["num_positions"],
+                            projection_dim=t["hidden_size"], torch_dtype="bfloat16")
     return {
         "_vocab_size": 257152,
         "architectures": ["PaliGemmaForConditionalGeneration"],
@@ -432,18 +422,16 @@ def write_random_checkpoint(name: str, out_dir: str | os.PathLike, seed: int = 0
     files = (["model.safetensors"] if n == 1 else
              [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
     weight_map = {}
-    written = 0
-    for i, (shard, fname) in enumerate(zip(shards, files)):
-        tensors = {key: filler.tensor(key, shape) for key, shape in shard}
-        save_file(tensors, out / fname, metadata={"format": "pt"})
-        os.chmod(out / fname, file_mode)  # safetensors creates 0600; match config.json's mode
-        written += sum(t.nbytes for t in tensors.values())
-        del tensors
-        weight_map.update({key: fname for key, _ in shard})
-        if progress:
-            print(f"[make_checkpoint] {name}: shard {i + 1}/{n} {fname}  "
-                  f"{written / 1e9:.2f}/{total_bytes / 1e9:.2f} GB  "
-                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    # The same bar as npgemma's (npgemma/progress.py): stderr, only on a terminal.
+    with tqdm(total=total_bytes, desc=f"writing {name}", unit="B", unit_scale=True,
+              file=sys.stderr, disable=None if progress else True, leave=False) as bar:
+        for shard, fname in zip(shards, files):
+            tensors = {key: filler.tensor(key, shape) for key, shape in shard}
+            save_file(tensors, out / fname, metadata={"format": "pt"})
+            os.chmod(out / fname, file_mode)  # safetensors creates 0600; match config.json's mode
+            bar.update(sum(t.nbytes for t in tensors.values()))
+            del tensors
+            weight_map.update({key: fname for key, _ in shard})
     if n > 1:
         _write_json(out / "model.safetensors.index.json",
                     {"metadata": {"total_size": total_bytes}, "weight_map": weight_map},

@@ -48,7 +48,7 @@ def _add_model_args(p: argparse.ArgumentParser, several: bool = False) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (torch backend)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr (there is none when stderr is not a terminal)")
     p.add_argument("--force", action="store_true",
                    help="load even when the memory check says the run will not fit")
 
@@ -106,25 +106,6 @@ def text_tokens(prompt: str, max_new_tokens: int) -> int:
     return len(prompt.encode("utf-8")) + 2 + max_new_tokens
 
 
-class _Progress:
-    """Weight-loading progress on stderr: a rewritten line on a terminal, else every 10%."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.tty, self.last, self.t0 = enabled, sys.stderr.isatty(), -1, time.time()
-
-    def __call__(self, done: int, total: int, key: str) -> None:
-        if not self.enabled or total < 2**28:  # small checkpoints load in a blink
-            return
-        pct = int(100 * done / total)
-        if self.tty:
-            print(f"\rloading weights {pct:3d}% ({done / 1e9:.2f}/{total / 1e9:.2f} GB)",
-                  end="" if done < total else "\n", file=sys.stderr, flush=True)
-        elif pct // 10 != self.last // 10:
-            print(f"loading weights {pct}% ({done / 1e9:.2f}/{total / 1e9:.2f} GB, "
-                  f"{time.time() - self.t0:.0f}s)", file=sys.stderr, flush=True)
-        self.last = pct
-
-
 def _batch_inputs(args) -> list[tuple[str, str]]:
     """(image, prompt) pairs from repeated --image/--prompt, or from --batch FILE.jsonl."""
     from .errors import InputError
@@ -174,12 +155,13 @@ def _vae_path(args) -> str | None:
 
 def _generate(args) -> int:
     from .pipeline import load
+    from .progress import weights_progress
 
     pairs = _batch_inputs(args)
     t0 = time.time()
     longest = max(pairs, key=lambda pair: len(pair[1].encode("utf-8")))[1]
     pipe = load(_model_dir(args), backend=args.backend, device=args.device, dtype=args.dtype,
-                progress=_Progress(not args.quiet), force=args.force,
+                progress=weights_progress(quiet=args.quiet), force=args.force,
                 text_tokens=text_tokens(longest, args.max_new_tokens), batch=len(pairs),
                 vae=_vae_path(args))
     load_s = time.time() - t0

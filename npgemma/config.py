@@ -17,7 +17,6 @@ import json
 import os
 from dataclasses import dataclass
 
-
 from .errors import ConfigError
 
 
@@ -181,40 +180,48 @@ def _vision_from_dict(raw: dict | None, projection_dim: int, where: str) -> Visi
     return cfg
 
 
-def _text_from_dict(raw: dict | None, where: str) -> TextConfig:
-    _require_object(raw, "text_config", where)
-    if raw is None:
-        return TextConfig(**_PALIGEMMA_TEXT_DEFAULTS)
+def _text_model_type(raw: dict, where: str) -> str:
     model_type = raw.get("model_type", "gemma")
     if model_type not in ("gemma", "gemma2"):
         raise ConfigError(f"{where}: text_config.model_type is {model_type!r}; "
                           "npgemma runs 'gemma' (PaliGemma 1) and 'gemma2' (PaliGemma 2)")
-    raw = dict(raw)
-    # transformers 5 writes rope_parameters {rope_theta, rope_type}; older files write rope_theta.
+    return model_type
+
+
+def _rope_theta(raw: dict, where: str) -> dict:
+    """`{"rope_theta": ...}` when the file sets it: transformers 5 writes `rope_parameters`
+    {rope_theta, rope_type}, older files a top-level `rope_theta`; only the default
+    (unscaled) RoPE exists in Gemma."""
     rope = raw.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
         raise ConfigError(f"{where}: text_config.rope_parameters.rope_type "
                           f"{rope['rope_type']!r} is not supported (expected 'default')")
     if "rope_theta" in rope:
-        raw["rope_theta"] = rope["rope_theta"]
-    # Gemma-2 names its activation `hidden_activation`; Gemma-1 `hidden_act`.
+        return {"rope_theta": rope["rope_theta"]}
+    return {"rope_theta": raw["rope_theta"]} if "rope_theta" in raw else {}
+
+
+def _text_activation(raw: dict, model_type: str) -> dict:
+    """Gemma-2 names its activation `hidden_activation` (and ignores `hidden_act`); Gemma-1
+    reads `hidden_act`, whose legacy "gelu" also means tanh-GELU (checked in _check_text)."""
     if model_type == "gemma2":
-        raw["hidden_act"] = raw.get("hidden_activation") or "gelu_pytorch_tanh"
-    defaults = _GEMMA2_DEFAULTS if model_type == "gemma2" else {}
-    values = _pick(TextConfig, raw, defaults)
-    values["model_type"] = model_type
-    if model_type == "gemma2":
-        n = values.get("num_hidden_layers", TextConfig.num_hidden_layers)
-        # Gemma2Config: even layers slide, odd layers see everything.
-        types = values.get("layer_types") or [
-            "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n)]
-        if len(types) != n or set(types) - {"sliding_attention", "full_attention"}:
-            raise ConfigError(f"{where}: text_config.layer_types must list {n} entries of "
-                              f"'sliding_attention'/'full_attention', found {types}")
-        values["layer_types"] = tuple(types)
-    else:
-        values.pop("layer_types", None)
-    cfg = TextConfig(**values)
+        return {"hidden_act": raw.get("hidden_activation") or "gelu_pytorch_tanh"}
+    return {"hidden_act": raw["hidden_act"]} if "hidden_act" in raw else {}
+
+
+def _layer_types(given, num_layers: int, where: str) -> tuple[str, ...]:
+    """Gemma-2's per-layer attention kinds; Gemma2Config's default: even layers slide, odd
+    layers see everything."""
+    types = given or ["sliding_attention" if (i + 1) % 2 else "full_attention"
+                      for i in range(num_layers)]
+    if len(types) != num_layers or set(types) - {"sliding_attention", "full_attention"}:
+        raise ConfigError(f"{where}: text_config.layer_types must list {num_layers} entries of "
+                          f"'sliding_attention'/'full_attention', found {types}")
+    return tuple(types)
+
+
+def _check_text(cfg: TextConfig, where: str) -> None:
+    """What npgemma's decoder supports: tanh-GELU, no attention biases, whole GQA groups."""
     _check_types(cfg, "text_config", where)
     if cfg.hidden_act not in _TANH_GELU:
         raise ConfigError(f"{where}: text_config activation {cfg.hidden_act!r} is not supported "
@@ -225,6 +232,24 @@ def _text_from_dict(raw: dict | None, where: str) -> TextConfig:
     if cfg.num_attention_heads % cfg.num_key_value_heads:
         raise ConfigError(f"{where}: num_attention_heads {cfg.num_attention_heads} is not a "
                           f"multiple of num_key_value_heads {cfg.num_key_value_heads}")
+
+
+def _text_from_dict(raw: dict | None, where: str) -> TextConfig:
+    """`GemmaConfig` / `Gemma2Config` from a text_config dict (absent: PaliGemma's built-in)."""
+    _require_object(raw, "text_config", where)
+    if raw is None:
+        return TextConfig(**_PALIGEMMA_TEXT_DEFAULTS)
+    model_type = _text_model_type(raw, where)
+    resolved = {**raw, **_rope_theta(raw, where), **_text_activation(raw, model_type)}
+    values = _pick(TextConfig, resolved, _GEMMA2_DEFAULTS if model_type == "gemma2" else {})
+    values["model_type"] = model_type
+    if model_type == "gemma2":
+        n = values.get("num_hidden_layers", TextConfig.num_hidden_layers)
+        values["layer_types"] = _layer_types(values.get("layer_types"), n, where)
+    else:
+        values.pop("layer_types", None)
+    cfg = TextConfig(**values)
+    _check_text(cfg, where)
     return cfg
 
 

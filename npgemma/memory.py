@@ -71,7 +71,7 @@ def num_params(cfg: PaliGemmaConfig) -> int:
 
 
 def stored_dtype(headers: dict[str, tuple[str, tuple[int, ...]]]) -> str:
-    """The dtype holding most of a checkpoint's elements (from `weights.read_headers`);
+    """The dtype holding most of a checkpoint's elements (from `weights.header_summary`);
     "mixed" only when another dtype holds a tenth of them or more."""
     counts: dict[str, int] = {}
     for dtype, shape in headers.values():

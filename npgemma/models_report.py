@@ -33,10 +33,10 @@ class Summary:
 
 
 def summarize(folder: Path, name: str, avail: memory.Available | None) -> Summary:
-    from .weights import read_headers
+    from .weights import header_summary
 
     cfg = load_config(folder)
-    files, headers = read_headers(folder)
+    files, headers = header_summary(folder)
     on_disk = memory.stored_dtype(headers)
     ram = {label: memory.estimate(cfg, backend, dtype, "cpu", on_disk).ram_total
            for label, backend, dtype in MODES}

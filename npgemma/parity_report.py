@@ -58,7 +58,7 @@ def parity_rows(cfg, params_np, torch_backend, inputs):
 
     tb = torch_backend
     tparams = tb.from_numpy(params_np)
-    t = tb._tensor
+    t = tb.as_tensor
     with torch.inference_mode():
         got = _stages(
             lambda hs: tpg.encode_image(tparams, t(pixels, tb.dtype), cfg, hs),
@@ -73,13 +73,13 @@ def run_parity_cli(args) -> int:
     from . import memory
     from .cli import text_tokens
     from .hub import resolve
-    from .weights import read_headers
+    from .weights import header_summary
 
     tb = get_backend("torch", device=args.device, dtype=args.dtype)
     model_dir = resolve(args.model)
     cfg = load_config(model_dir)
     if not args.force:
-        _, headers = read_headers(model_dir)
+        _, headers = header_summary(model_dir)
         memory.check(cfg, args.model, dtype=args.dtype, device=args.device,
                      disk_dtype=memory.stored_dtype(headers), parity=True,
                      text_tokens=text_tokens(args.prompt, args.max_new_tokens))

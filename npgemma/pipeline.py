@@ -16,7 +16,8 @@ from .generate import GenerationConfig, check_length, generate_tokens
 from .slots import Slots
 from .processing import Processor
 from .hub import resolve
-from .weights import load_weights, read_headers
+from .streaming import stream_decode
+from .weights import header_summary, load_weights
 
 
 @dataclass(frozen=True)
@@ -77,21 +78,9 @@ class Pipeline:
             yield int(token[0])
 
     def stream(self, image, prompt: str, **generation) -> Iterator[str]:
-        """Yield pieces of decoded text as tokens arrive (for printing while generating)."""
-        ids: list[int] = []
-        shown = ""
-        for token in self.iter_tokens(image, prompt, **generation):
-            ids.append(token)
-            text = self.processor.decode(ids)
-            # Hold back a trailing partial UTF-8 sequence (byte-fallback tokens) until it completes.
-            if text.endswith("\ufffd"):
-                continue
-            if text.startswith(shown):
-                yield text[len(shown):]
-                shown = text
-        text = self.processor.decode(ids)
-        if text.startswith(shown) and len(text) > len(shown):
-            yield text[len(shown):]
+        """Yield pieces of decoded text as tokens arrive (for printing while generating); they
+        join to exactly `generate(...).text` (see `npgemma.streaming`)."""
+        yield from stream_decode(self.processor.tokenizer, self.iter_tokens(image, prompt, **generation))
 
     def generate(self, image, prompt: str, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -138,7 +127,7 @@ def load(model: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
     model_dir = resolve(model)
     cfg = load_config(model_dir)
     if not force:
-        _, headers = read_headers(model_dir)
+        _, headers = header_summary(model_dir)
         memory.check(cfg, os.fspath(model), backend=backend, dtype=dtype, device=device,
                      disk_dtype=memory.stored_dtype(headers), text_tokens=text_tokens,
                      batch=batch)

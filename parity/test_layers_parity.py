@@ -15,17 +15,17 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-from npgemma import gemma as G  # noqa: E402
-from npgemma import kv_cache as KV  # noqa: E402
-from npgemma import layers as L  # noqa: E402
-from npgemma import paligemma as P  # noqa: E402
-from npgemma import siglip as S  # noqa: E402
+from npgemma import gemma as np_gemma  # noqa: E402
+from npgemma import kv_cache as np_kv_cache  # noqa: E402
+from npgemma import layers as np_layers  # noqa: E402
+from npgemma import paligemma as np_paligemma  # noqa: E402
+from npgemma import siglip as np_siglip  # noqa: E402
 from npgemma.tolerances import assert_close  # noqa: E402
-from npgemma.torch_backend import gemma as TG  # noqa: E402
-from npgemma.torch_backend import kv_cache as TKV  # noqa: E402
-from npgemma.torch_backend import layers as TL  # noqa: E402
-from npgemma.torch_backend import paligemma as TP  # noqa: E402
-from npgemma.torch_backend import siglip as TS  # noqa: E402
+from npgemma.torch_backend import gemma as pt_gemma  # noqa: E402
+from npgemma.torch_backend import kv_cache as pt_kv_cache  # noqa: E402
+from npgemma.torch_backend import layers as pt_layers  # noqa: E402
+from npgemma.torch_backend import paligemma as pt_paligemma  # noqa: E402
+from npgemma.torch_backend import siglip as pt_siglip  # noqa: E402
 
 from parity.strategies import (  # noqa: E402
     EPSILONS, HEAD_DIMS, SCALES, SEEDS, THETAS, WIDTHS, ArraySpec, AttentionSpec,
@@ -46,7 +46,7 @@ def check_rows(actual, expected, real: np.ndarray, component: str, dtype: str, w
     `real` bool[B, L] marking those that attend to at least one key.
 
     A query that sees no key (a left-padding position) has no defined output: the contract
-    (SPEC, "Attention masks") is only that it stays finite. The reference returns the uniform
+    (docs/numerics.md, "Masks") is only that it stays finite. The reference returns the uniform
     average over all keys, which the twin reproduces in float32 — the mask value there is far
     below any score — so float32 compares every row. In bf16/fp16 the mask value sits within
     the dtype's rounding of `score + mask` (fp16: -65504, ulp 32), the weights of such a row are
@@ -74,8 +74,8 @@ def heads_last(x: np.ndarray) -> np.ndarray:
 def test_linear(x, out_features, bias, seed, dtype, device):
     rng = np.random.default_rng(seed)
     xs, p = on_grid((x.draw(), linear_params(rng, out_features, x.shape[-1], bias)), dtype)
-    got = TL.linear(*to_torch((xs,), device, dtype), **to_torch(p, device, dtype))
-    check(got, L.linear(xs, **p), "linear", dtype)
+    got = pt_layers.linear(*to_torch((xs,), device, dtype), **to_torch(p, device, dtype))
+    check(got, np_layers.linear(xs, **p), "linear", dtype)
 
 
 @given(x=array_specs(offsets=True, min_last=4), eps=EPSILONS, seed=SEEDS)
@@ -85,23 +85,23 @@ def test_layer_norm(x, eps, seed, dtype, device):
     1e3 at eps 1e-6 — and torch's kernel forms x * rstd - mean * rstd, whose float32 round-off
     that factor then amplifies (width 1, |x| = 100 in fp16: 2e-3 off the exact `bias`)."""
     xs, p = on_grid((x.draw(), layer_norm_params(np.random.default_rng(seed), x.shape[-1])), dtype)
-    got = TL.layer_norm(to_torch(xs, device, dtype), **to_torch(p, device, dtype), eps=eps)
-    check(got, L.layer_norm(xs, **p, eps=eps), "layer_norm", dtype)
+    got = pt_layers.layer_norm(to_torch(xs, device, dtype), **to_torch(p, device, dtype), eps=eps)
+    check(got, np_layers.layer_norm(xs, **p, eps=eps), "layer_norm", dtype)
 
 
 @given(x=array_specs(offsets=True), eps=EPSILONS, seed=SEEDS)
 @example(x=ArraySpec((2, 3, 16), 1e3, 0), eps=1e-6, seed=0)  # Gemma-sized residual magnitudes
 def test_rms_norm(x, eps, seed, dtype, device):
     xs, p = on_grid((x.draw(), rms_norm_params(np.random.default_rng(seed), x.shape[-1])), dtype)
-    got = TL.rms_norm(to_torch(xs, device, dtype), **to_torch(p, device, dtype), eps=eps)
-    check(got, L.rms_norm(xs, **p, eps=eps), "rms_norm", dtype)
+    got = pt_layers.rms_norm(to_torch(xs, device, dtype), **to_torch(p, device, dtype), eps=eps)
+    check(got, np_layers.rms_norm(xs, **p, eps=eps), "rms_norm", dtype)
 
 
 @given(x=array_specs())
 @example(x=ArraySpec((4, 7), 1e3, 0))  # x³ of 1e9 in the cubic term: no overflow, no float64
 def test_gelu_tanh(x, dtype, device):
     xs = on_grid(x.draw(), dtype)
-    check(TL.gelu_tanh(to_torch(xs, device, dtype)), L.gelu_tanh(xs), "gelu_tanh", dtype)
+    check(pt_layers.gelu_tanh(to_torch(xs, device, dtype)), np_layers.gelu_tanh(xs), "gelu_tanh", dtype)
 
 
 @given(x=array_specs(), axis_seed=st.integers(0, 3), masked=st.sampled_from([0.0, 0.3, 1.0]))
@@ -111,11 +111,11 @@ def test_softmax(x, axis_seed, masked, dtype, device):
     """Including entries at the mask value, finfo(dtype).min as the twin's attention adds it
     (float32's would round to -inf in bf16/fp16) — rows of them must come out uniform."""
     a = x.draw()
-    lowest = np.float32(TL.mask_value(torch_dtype(dtype)))
+    lowest = np.float32(pt_layers.mask_value(torch_dtype(dtype)))
     a = np.where(np.random.default_rng(x.seed + 1).random(a.shape) < masked, lowest, a)
     axis = axis_seed % a.ndim - a.ndim  # a negative axis in range
     xs = on_grid(a.astype(np.float32), dtype)
-    check(TL.softmax(to_torch(xs, device, dtype), axis=axis), L.softmax(xs, axis=axis),
+    check(pt_layers.softmax(to_torch(xs, device, dtype), axis=axis), np_layers.softmax(xs, axis=axis),
           "softmax", dtype)
 
 
@@ -123,7 +123,8 @@ def test_softmax(x, axis_seed, masked, dtype, device):
 @example(x=ArraySpec((3, 4), 1e3, 0), cap=30.0)  # deep saturation
 def test_softcap(x, cap, dtype, device):
     xs = on_grid(x.draw(), dtype)
-    check(TL.softcap(to_torch(xs, device, dtype), cap), L.softcap(xs, cap), "softcap", dtype)
+    check(pt_layers.softcap(to_torch(xs, device, dtype), cap), np_layers.softcap(xs, cap),
+          "softcap", dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,19 +133,20 @@ def test_softcap(x, cap, dtype, device):
 # numpy's and torch's float32 `pow` are each within an ulp of the truth (CPU; CUDA's powf
 # within 4) but not always the *same* ulp, so an inv_freq entry (< 1) may differ by a couple
 # of ulps, 2^-24 each (seen: 2 ulps, head_dim 18, theta 1e4). The angle position · inv_freq
-# then differs by up to position · ulps · 2^-24, and so do cos/sin: ~1e-3 at position 8192
+# then differs by up to position · |Δinv_freq|, and so do cos/sin: ~1e-3 at position 8192
 # with 2 ulps (the same holds between numpy and HF, whose inv_freq is torch's). The `rope` row
 # (limit 2e-5 on tables of scale 1) is met with room for positions <= 64 (<= 8e-6 on the CPU),
-# which is what these tests draw; the ulp bound itself is checked for any head_dim.
+# which `POSITIONS` draws; `test_rope_up_to_the_position_limit` draws positions up to the
+# models' max_position_embeddings (8192) against that derived bound instead.
 POSITIONS = st.integers(0, 64)
-
-
+MAX_POSITION = 8192  # Gemma's and Gemma-2's max_position_embeddings
 @given(head_dim=st.integers(1, 256).map(lambda h: 2 * h), theta=THETAS)
 def test_rope_inv_freq_within_a_few_ulps(head_dim, theta, device):
-    got = TL.rope_inv_freq(head_dim, theta, device=device)
+    got = pt_layers.rope_inv_freq(head_dim, theta, device=device)
     assert got.dtype == torch.float32
     maxulp = 2 if device.type == "cpu" else 6  # 1 (numpy) + 1 or 4 (torch pow) + the 1/x
-    np.testing.assert_array_max_ulp(to_numpy(got), L.rope_inv_freq(head_dim, theta), maxulp=maxulp)
+    np.testing.assert_array_max_ulp(to_numpy(got), np_layers.rope_inv_freq(head_dim, theta),
+                                    maxulp=maxulp)
 
 
 @st.composite
@@ -158,9 +160,9 @@ def positions(draw, batch=None, length=None):
 @given(pos=positions(), head_dim=HEAD_DIMS, theta=THETAS)
 @example(pos=np.array([[64]]), head_dim=18, theta=10000.0)
 def test_rope_tables(pos, head_dim, theta, dtype, device):
-    cos, sin = TL.rope_tables(torch.from_numpy(pos).to(device), head_dim, theta,
+    cos, sin = pt_layers.rope_tables(torch.from_numpy(pos).to(device), head_dim, theta,
                               dtype=torch_dtype(dtype))
-    cos_ref, sin_ref = L.rope_tables(pos, head_dim, theta)
+    cos_ref, sin_ref = np_layers.rope_tables(pos, head_dim, theta)
     assert cos.dtype == torch_dtype(dtype)
     check(cos, cos_ref, "rope", dtype, "cos")
     check(sin, sin_ref, "rope", dtype, "sin")
@@ -172,10 +174,45 @@ def test_apply_rope(data, heads, head_dim, theta, scale, seed, dtype, device):
     pos = data.draw(positions())
     b, n = pos.shape
     x = on_grid(normal(np.random.default_rng(seed), (b, heads, n, head_dim), scale), dtype)
-    cos, sin = TL.rope_tables(torch.from_numpy(pos).to(device), head_dim, theta,
+    cos, sin = pt_layers.rope_tables(torch.from_numpy(pos).to(device), head_dim, theta,
                               dtype=torch_dtype(dtype))
-    got = TL.apply_rope(to_torch(x, device, dtype), cos, sin)
-    check(got, L.apply_rope(x, *L.rope_tables(pos, head_dim, theta)), "rope", dtype)
+    got = pt_layers.apply_rope(to_torch(x, device, dtype), cos, sin)
+    check(got, np_layers.apply_rope(x, *np_layers.rope_tables(pos, head_dim, theta)), "rope", dtype)
+
+
+def _angle_bound(pos: np.ndarray, head_dim: int, theta: float, device) -> float:
+    """The largest |cos/sin difference| two correct float32 RoPE tables can have: position times
+    the measured inv_freq difference, plus the float32 rounding of the angle (half an ulp on
+    each side) and of cos/sin themselves."""
+    inv_np = np_layers.rope_inv_freq(head_dim, theta).astype(np.float64)
+    inv_pt = to_numpy(pt_layers.rope_inv_freq(head_dim, theta, device=device)).astype(np.float64)
+    top = float(pos.max())
+    angle_ulp = float(np.spacing(np.float32(top * inv_np.max())))
+    return top * float(np.abs(inv_np - inv_pt).max()) + angle_ulp + 4e-7
+
+
+@given(data=st.data(), head_dim=HEAD_DIMS, theta=THETAS, seed=SEEDS)
+@example(data=None, head_dim=18, theta=10000.0, seed=0)
+def test_rope_up_to_the_position_limit(data, head_dim, theta, seed, device):
+    """Positions up to max_position_embeddings: tables and rotated vectors agree within the
+    bound the inv_freq ulps allow (a wrong position, frequency or pairing is off by O(1))."""
+    if data is None:
+        pos = np.array([[0, 1, MAX_POSITION - 1, MAX_POSITION]], np.int64)
+    else:
+        pos = np.array(data.draw(st.lists(st.integers(0, MAX_POSITION), min_size=1, max_size=8)),
+                       np.int64)[None]
+    bound = _angle_bound(pos, head_dim, theta, device)
+    cos, sin = pt_layers.rope_tables(torch.from_numpy(pos).to(device), head_dim, theta,
+                                     dtype=torch.float32)
+    cos_ref, sin_ref = np_layers.rope_tables(pos, head_dim, theta)
+    np.testing.assert_allclose(to_numpy(cos), cos_ref, rtol=0, atol=bound)
+    np.testing.assert_allclose(to_numpy(sin), sin_ref, rtol=0, atol=bound)
+    x = normal(np.random.default_rng(seed), (1, 2, pos.shape[1], head_dim))
+    got = pt_layers.apply_rope(to_torch(x, device, "float32"), cos, sin)
+    ref = np_layers.apply_rope(x, cos_ref, sin_ref)
+    # each output is a·cos ± b·sin: the table error times |a| + |b|, plus float32 rounding
+    limit = 2 * float(np.abs(x).max()) * (bound + 1e-6)
+    np.testing.assert_allclose(to_numpy(got), ref, rtol=0, atol=limit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,9 +242,9 @@ SLIDING = _mask("sliding", 1, 6, 8, prefix=(4,), window=2)
 @example(spec=AttentionSpec((4, 4), 4, SLIDING, 3.0, 1.0, 0.5, 5.0, 4))
 def test_attention(spec, dtype, device):
     q, k, v, mask = on_grid(spec.arrays(low_precision=dtype != "float32"), dtype)
-    got = TL.attention(*to_torch((q, k, v, mask), device, dtype), scale=spec.scale,
+    got = pt_layers.attention(*to_torch((q, k, v, mask), device, dtype), scale=spec.scale,
                        logit_cap=spec.logit_cap)
-    expected = L.attention(q, k, v, mask, scale=spec.scale, logit_cap=spec.logit_cap)
+    expected = np_layers.attention(q, k, v, mask, scale=spec.scale, logit_cap=spec.logit_cap)
     assert got.dtype == torch_dtype(dtype)
     check_rows(heads_last(to_numpy(got)), heads_last(expected), mask.any(-1), "attention", dtype)
 
@@ -225,8 +262,8 @@ def test_attention_fully_masked_row_stays_finite(logit_cap, dtype, device):
     k = np.full((b, kv, s, h), -4.0, np.float32)               # every score is -64 * scale
     v = normal(np.random.default_rng(0), (b, kv, s, h))
     mask = np.array([[[False, False], [True, True]]])          # query 0 sees nothing
-    got = TL.attention(*to_torch((q, k, v, mask), device, dtype), scale=1.0, logit_cap=logit_cap)
-    expected = L.attention(q, k, v, mask, scale=1.0, logit_cap=logit_cap)
+    got = pt_layers.attention(*to_torch((q, k, v, mask), device, dtype), scale=1.0, logit_cap=logit_cap)
+    expected = np_layers.attention(q, k, v, mask, scale=1.0, logit_cap=logit_cap)
     check_rows(heads_last(to_numpy(got)), heads_last(expected), mask.any(-1), "attention", dtype)
 
 
@@ -239,8 +276,8 @@ def test_vision_embeddings(spec, dtype, device):
     p = vision_tower_params(rng, cfg)["embeddings"]
     px = normal(rng, (spec.batch, 3, cfg.image_size, cfg.image_size), min(spec.x_scale, 10.0))
     px, p = on_grid((px, p), dtype)
-    got = TS.embeddings(to_torch(px, device, dtype), **to_torch(p, device, dtype))
-    check(got, S.embeddings(px, **p), "vision_embeddings", dtype)
+    got = pt_siglip.embeddings(to_torch(px, device, dtype), **to_torch(p, device, dtype))
+    check(got, np_siglip.embeddings(px, **p), "vision_embeddings", dtype)
 
 
 @given(spec=vision_layer_specs())
@@ -251,8 +288,8 @@ def test_siglip_encoder_layer(spec, dtype, device):
     cfg, rng = spec.cfg, np.random.default_rng(spec.seed)
     x = normal(rng, (spec.batch, cfg.num_patches, cfg.hidden_size), spec.x_scale)
     x, p = on_grid((x, vision_layer_params(rng, cfg)), dtype)
-    got = TS.encoder_layer(to_torch(x, device, dtype), **to_torch(p, device, dtype), cfg=cfg)
-    check(got, S.encoder_layer(x, **p, cfg=cfg), "vision_layer", dtype)
+    got = pt_siglip.encoder_layer(to_torch(x, device, dtype), **to_torch(p, device, dtype), cfg=cfg)
+    check(got, np_siglip.encoder_layer(x, **p, cfg=cfg), "vision_layer", dtype)
 
 
 @given(batch=st.integers(1, 3), patches=st.integers(1, 9), dv=WIDTHS, d=WIDTHS, scale=SCALES,
@@ -261,8 +298,8 @@ def test_projector(batch, patches, dv, d, scale, seed, dtype, device):
     rng = np.random.default_rng(seed)
     feats, p = on_grid((normal(rng, (batch, patches, dv), scale), linear_params(rng, d, dv, True)),
                        dtype)
-    got = TP.project(to_torch(feats, device, dtype), to_torch(p, device, dtype))
-    check(got, P.project(feats, p), "projector", dtype)
+    got = pt_paligemma.project(to_torch(feats, device, dtype), to_torch(p, device, dtype))
+    check(got, np_paligemma.project(feats, p), "projector", dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,11 +315,11 @@ def test_embed_and_merge(spec, dtype, device):
     feats = normal(rng, (spec.batch, cfg.num_image_tokens, t.hidden_size), 3.0)
     table, feats = on_grid((table, feats), dtype)
     ids_t = torch.from_numpy(ids).to(device)
-    emb_t = TG.embed(to_torch(table, device, dtype), ids_t, t)
-    emb = G.embed(table, ids, t)
+    emb_t = pt_gemma.embed(to_torch(table, device, dtype), ids_t, t)
+    emb = np_gemma.embed(table, ids, t)
     check(emb_t, emb, "merge", dtype, "embed")
-    got = TP.merge(emb_t, to_torch(feats, device, dtype), ids_t, cfg.image_token_index)
-    expected = P.merge(emb, feats, ids, cfg.image_token_index)
+    got = pt_paligemma.merge(emb_t, to_torch(feats, device, dtype), ids_t, cfg.image_token_index)
+    expected = np_paligemma.merge(emb, feats, ids, cfg.image_token_index)
     check(got, expected, "merge", dtype)
     np.testing.assert_array_equal(expected[ids == cfg.image_token_index],
                                   feats.reshape(-1, t.hidden_size))
@@ -293,11 +330,11 @@ def _filled_cache(mod, spec: DecoderLayerSpec, rng, dtype, device=None):
     t, m = spec.cfg, spec.mask
     shape = (m.batch, t.num_key_value_heads, m.q_start, t.head_dim)
     k, v = on_grid((normal(rng, shape), normal(rng, shape)), dtype)
-    if mod is KV:
-        cache = KV.init_cache(1, m.batch, t.num_key_value_heads, m.s_len + spec.free, t.head_dim)
+    sizes = (1, m.batch, t.num_key_value_heads, m.s_len + spec.free, t.head_dim)
+    if mod is np_kv_cache:
+        cache = np_kv_cache.init_cache(*sizes)
     else:
-        cache = TKV.init_cache(1, m.batch, t.num_key_value_heads, m.s_len + spec.free, t.head_dim,
-                               dtype=torch_dtype(dtype), device=device)
+        cache = pt_kv_cache.init_cache(*sizes, dtype=torch_dtype(dtype), device=device)
         k, v = to_torch((k, v), device, dtype)
     mod.write(cache, 0, k, v)
     mod.advance(cache, m.q_start)
@@ -327,15 +364,15 @@ def test_gemma_decoder_layer(spec, dtype, device):
     x, p = on_grid((normal(rng, (m.batch, m.q_len, cfg.hidden_size), spec.x_scale),
                     decoder_layer_params(rng, cfg)), dtype)
     state = rng.bit_generator.state
-    cache = _filled_cache(KV, spec, rng, dtype)
+    cache = _filled_cache(np_kv_cache, spec, rng, dtype)
     rng.bit_generator.state = state
-    cache_t = _filled_cache(TKV, spec, rng, dtype, device)
+    cache_t = _filled_cache(pt_kv_cache, spec, rng, dtype, device)
     pos, mask = m.positions(), m.mask()
-    cos, sin = L.rope_tables(pos, cfg.head_dim, cfg.rope_theta)
-    cos_t, sin_t = TL.rope_tables(torch.from_numpy(pos).to(device), cfg.head_dim, cfg.rope_theta,
+    cos, sin = np_layers.rope_tables(pos, cfg.head_dim, cfg.rope_theta)
+    cos_t, sin_t = pt_layers.rope_tables(torch.from_numpy(pos).to(device), cfg.head_dim, cfg.rope_theta,
                                   dtype=torch_dtype(dtype))
-    expected = G.decoder_layer(x, p, cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache)
-    got = TG.decoder_layer(to_torch(x, device, dtype), to_torch(p, device, dtype), cos=cos_t,
+    expected = np_gemma.decoder_layer(x, p, cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache)
+    got = pt_gemma.decoder_layer(to_torch(x, device, dtype), to_torch(p, device, dtype), cos=cos_t,
                            sin=sin_t, mask=to_torch(mask, device, dtype), cfg=cfg, cache=cache_t)
     valid = m.slots()[0]
     check_rows(got, expected, valid[:, m.q_start:], "decoder_layer", dtype)
@@ -353,8 +390,8 @@ def test_lm_head(batch, length, text, scale, seed, dtype, device):
     rng = np.random.default_rng(seed)
     h, w = on_grid((normal(rng, (batch, length, text.hidden_size), scale),
                     normal(rng, (text.vocab_size, text.hidden_size))), dtype)
-    got = TG.lm_head(to_torch(h, device, dtype), to_torch(w, device, dtype), text)
-    check(got, G.lm_head(h, w, text), "logits", dtype)
+    got = pt_gemma.lm_head(to_torch(h, device, dtype), to_torch(w, device, dtype), text)
+    check(got, np_gemma.lm_head(h, w, text), "logits", dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,24 +427,25 @@ def test_paligemma_prefill_and_decode(spec, dtype, device):
     tree_t = to_torch(tree, device, dtype)
 
     def step(ids, positions, masks, feats=None, cache=None, cache_t=None, last_only=False):
-        ref, cache = P.forward(tree, cfg, ids, positions, masks, feats, cache=cache,
+        ref, cache = np_paligemma.forward(tree, cfg, ids, positions, masks, feats, cache=cache,
                                last_only=last_only)
         inputs = to_torch((ids, positions, masks, feats), device, dtype)
-        got, cache_t = TP.forward(tree_t, cfg, *inputs, cache=cache_t, last_only=last_only)
+        got, cache_t = pt_paligemma.forward(tree_t, cfg, *inputs, cache=cache_t, last_only=last_only)
         return ref, got, cache, cache_t
 
-    cache = P.init_cache(cfg, spec.batch, max_len)
-    cache_t = TP.init_cache(cfg, spec.batch, max_len, dtype=torch_dtype(dtype), device=device)
-    masks = P.attention_masks(cfg, valid, is_prefix, 0)
-    ref, got, cache, cache_t = step(ids, P.rope_positions(valid), masks, feats, cache, cache_t)
+    cache = np_paligemma.init_cache(cfg, spec.batch, max_len)
+    cache_t = pt_paligemma.init_cache(cfg, spec.batch, max_len, dtype=torch_dtype(dtype), device=device)
+    masks = np_paligemma.attention_masks(cfg, valid, is_prefix, 0)
+    ref, got, cache, cache_t = step(ids, np_paligemma.rope_positions(valid), masks, feats, cache,
+                                    cache_t)
     check_rows(got, ref, valid, "logits", dtype, "prefill logits")
     for i in range(spec.decode_steps):
         token = ref[:, -1].argmax(-1)[:, None]  # the reference's greedy token feeds both sides
         valid = np.concatenate([valid, np.ones((spec.batch, 1), bool)], axis=1)
         is_prefix = np.concatenate([is_prefix, np.zeros((spec.batch, 1), bool)], axis=1)
         q = valid.shape[1] - 1
-        ref, got, cache, cache_t = step(token, P.rope_positions(valid)[:, q:],
-                                        P.attention_masks(cfg, valid, is_prefix, q),
+        ref, got, cache, cache_t = step(token, np_paligemma.rope_positions(valid)[:, q:],
+                                        np_paligemma.attention_masks(cfg, valid, is_prefix, q),
                                         cache=cache, cache_t=cache_t, last_only=True)
         check(got, ref, "decode_step", dtype, f"decode step {i} logits")
     assert cache_t.length == cache.length == max_len - spec.free

@@ -27,8 +27,8 @@ TORCH_EXTRAS = ("dtype", "device")
 
 # Names deliberately on one side only.
 NUMPY_ONLY = {
-    # Data-independent tensors are built once in NumPy and handed to the backend (DESIGN.md,
-    # "Backend interface"); the torch twin receives them as tensors.
+    # Data-independent tensors are built once in NumPy and handed to the backend
+    # (npgemma/generate.py); the torch twin receives them as tensors.
     "paligemma": {"prefix_lm_mask", "attention_masks", "rope_positions"},
     # The VQ-VAE file is read and checked once in NumPy, then handed to the backend; the TF
     # "SAME" padding rule is plain integer arithmetic, imported by the twin.

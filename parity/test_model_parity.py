@@ -17,11 +17,11 @@ from hypothesis import assume, example, given
 
 torch = pytest.importorskip("torch")
 
-from npgemma import paligemma as P  # noqa: E402
+from npgemma import paligemma as np_paligemma  # noqa: E402
 from npgemma.backend import get_backend  # noqa: E402
 from npgemma.generate import GenerationConfig, generate_tokens  # noqa: E402
 from npgemma.tolerances import TOLERANCES, assert_close, compare  # noqa: E402
-from npgemma.torch_backend import paligemma as TP  # noqa: E402
+from npgemma.torch_backend import paligemma as pt_paligemma  # noqa: E402
 
 from parity.strategies import (  # noqa: E402
     ModelSpec, gemma1, gemma2, map_tree, model_specs, on_grid, paligemma_params,
@@ -47,7 +47,8 @@ def stages(pal, tree, cfg, pixels, ids, valid, to_input=lambda a: a):
     out.append(("vision embeddings", "vision_embeddings", vis[0], None))
     out += [(f"vision layer {i}", "vision_layer", h, None) for i, h in enumerate(vis[1:], 1)]
     out.append(("image features", "projector", feats, None))
-    positions, masks = P.rope_positions(valid), P.attention_masks(cfg, valid, valid, 0)
+    positions = np_paligemma.rope_positions(valid)
+    masks = np_paligemma.attention_masks(cfg, valid, valid, 0)
     logits, _ = pal.forward(tree, cfg, to_input(ids), to_input(positions), to_input(masks), feats,
                             hidden_states=dec)
     # The decoder's list: merged embeddings (they carry the image features' error, hence the
@@ -93,7 +94,7 @@ def assume_well_conditioned(spec, tree, pixels, ids, valid, dtype, reference):
             return a
         return a * (np.float32(1) + eps * rng.uniform(-1, 1, a.shape).astype(np.float32))
 
-    perturbed = stages(P, map_tree(jiggle, tree), spec.cfg, jiggle(pixels), ids, valid)
+    perturbed = stages(np_paligemma, map_tree(jiggle, tree), spec.cfg, jiggle(pixels), ids, valid)
     for (_, component, a, real), (_, _, b, _) in zip(reference, perturbed):
         sel = slice(None) if real is None else real
         c = compare(b[sel], a[sel], component, dtype)
@@ -119,9 +120,10 @@ def test_stages_and_logits(spec, dtype, device):
     layer, the final norm, the logits; then the same logits through `Backend.forward`."""
     cfg = spec.cfg
     ref, twin, tree, params, ids, valid, pixels = _setup(spec, dtype, device)
-    expected = stages(P, tree, cfg, pixels, ids, valid)
+    expected = stages(np_paligemma, tree, cfg, pixels, ids, valid)
     assume_well_conditioned(spec, tree, pixels, ids, valid, dtype, expected)
-    got = stages(TP, params, cfg, pixels, ids, valid, to_input=lambda a: to_torch(a, device, dtype))
+    got = stages(pt_paligemma, params, cfg, pixels, ids, valid,
+                 to_input=lambda a: to_torch(a, device, dtype))
     assert [g[0] for g in got] == [e[0] for e in expected]
     for (name, component, e, real), (_, _, g, _) in zip(expected, got):
         check_rows(g, e, real, component, dtype, name)
@@ -130,7 +132,8 @@ def test_stages_and_logits(spec, dtype, device):
     feats = ref.encode_image(tree, pixels, cfg)
     feats_t = twin.encode_image(params, pixels, cfg)
     assert_close(twin.to_numpy(feats_t), feats, "projector", dtype, "Backend.encode_image")
-    positions, masks = P.rope_positions(valid), P.attention_masks(cfg, valid, valid, 0)
+    positions = np_paligemma.rope_positions(valid)
+    masks = np_paligemma.attention_masks(cfg, valid, valid, 0)
     out, _ = ref.forward(tree, cfg, ids, positions, masks, feats,
                          cache=ref.init_cache(cfg, spec.batch, ids.shape[1]), last_only=True)
     out_t, _ = twin.forward(params, cfg, ids, positions, masks, feats_t,
@@ -179,7 +182,7 @@ def test_greedy_tokens(spec, dtype, device):
     still checked.) In float32 this means identical tokens unless logits tie to ~1e-5."""
     ref, twin, tree, params, ids, valid, pixels = _setup(spec, dtype, device)
     assume_well_conditioned(spec, tree, pixels, ids, valid, dtype,
-                            stages(P, tree, spec.cfg, pixels, ids, valid))
+                            stages(np_paligemma, tree, spec.cfg, pixels, ids, valid))
     gen = GenerationConfig(max_new_tokens=max(1, spec.decode_steps))
     recorder = RecordingBackend(ref)
     attn = valid.astype(np.int64)

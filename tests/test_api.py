@@ -1,4 +1,4 @@
-"""The public API exactly as DESIGN.md promises it: `npgemma.load(dir)` -> a Pipeline with
+"""The public API exactly as the README shows it: `npgemma.load(dir)` -> a Pipeline with
 `.processor`, `.logits`, `.generate`, `.stream`, `.generate_batch`, on tiny random checkpoints."""
 
 from __future__ import annotations

@@ -317,8 +317,8 @@ def test_internal_error_is_one_line_unless_debugging(capsys, demo, monkeypatch):
 
 
 def test_negative_seed(capsys, demo):
-    # np.random.default_rng(-1) raises ValueError. Fix: GenerationConfig.validate (generate.py)
-    # rejects a seed that is not None or a non-negative int, with InputError naming "seed".
+    # np.random.default_rng(-1) would raise a bare ValueError deep in generation; the seed is
+    # checked up front and the message names it.
     rc, out, err = run_cli(capsys, *generate_args(*demo, *SAMPLING, "--seed", "-1"))
     assert_clean_error(rc, out, err, "seed")
 
@@ -333,8 +333,8 @@ def test_negative_seed(capsys, demo):
     (lambda c: c | {"vision_config": c["vision_config"] | {"patch_size": 0}}, "patch_size"),
 ], ids=["text_config-list", "vision_config-str", "layers-str", "kv-heads-0", "patch-size-0"])
 def test_config_with_wrong_types(capsys, demo, broken, edit, culprit):
-    # config.py checks neither that sub-configs are dicts nor the types / ranges of sizes, so
-    # these crash later (AttributeError, TypeError, ZeroDivisionError).
+    # Unchecked, each of these would crash later (AttributeError, TypeError, ZeroDivisionError)
+    # instead of naming the bad key.
     folder = broken(lambda d: _config(d, edit(tiny_config())))
     rc, out, err = run_cli(capsys, *generate_args(folder, demo[1]))
     assert_clean_error(rc, out, err, culprit)

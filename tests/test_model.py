@@ -262,16 +262,24 @@ def test_merge_wrong_image_token_count_raises(ids):
         paligemma.merge(text, feats, np.array(ids), IMAGE)
 
 
-def test_embedding_scale_is_float32_sqrt_hidden():
+SQRT_20 = 4.47213595499958  # sqrt(hidden_size 20), the Gemma embedding normalizer (float64)
+
+
+def test_embedding_scale_is_sqrt_hidden_in_float32():
     cfg = make_config(_GEMMA1)
+    # one-hot rows read the scale itself: sqrt(D) rounded once to float32 (HF builds it as
+    # torch.tensor(hidden_size ** 0.5, dtype=activations)), not sqrt(head_dim) nor 1
+    eye = np.eye(64, 20, dtype=F32)
+    scale = gemma.embed({"weight": eye}, np.array([[0, 19]]), cfg.text_config)
+    assert scale.dtype == np.float32
+    np.testing.assert_array_equal(scale[0, [0, 1], [0, 19]], [F32(SQRT_20)] * 2)
     table = np.random.default_rng(2).standard_normal((64, 20)).astype(F32)
     ids = np.array([[0, 5, 63, 7]])
     x = gemma.embed({"weight": table}, ids, cfg.text_config)
-    assert x.dtype == np.float32
-    np.testing.assert_array_equal(x, table[ids] * np.float32(np.sqrt(20)))
+    np.testing.assert_allclose(x, table[ids].astype(np.float64) * SQRT_20, rtol=2e-7, atol=0)
     # an id beyond the table (an out-of-vocabulary <image>) reads row 0
     oov = gemma.embed({"weight": table}, np.array([[64, 1000]]), cfg.text_config)
-    np.testing.assert_array_equal(oov[0], np.stack([table[0], table[0]]) * np.float32(np.sqrt(20)))
+    np.testing.assert_allclose(oov[0], table[[0, 0]].astype(np.float64) * SQRT_20, rtol=2e-7)
 
 
 def test_embedding_of_bfloat16_table_is_float32():
@@ -280,7 +288,7 @@ def test_embedding_of_bfloat16_table_is_float32():
     table = np.random.default_rng(3).standard_normal((64, 20)).astype(ml_dtypes.bfloat16)
     x = gemma.embed({"weight": table}, np.array([[3, 4]]), cfg.text_config)
     assert x.dtype == np.float32
-    np.testing.assert_array_equal(x, table[[[3, 4]]].astype(F32) * np.float32(np.sqrt(20)))
+    np.testing.assert_allclose(x[0], table[[3, 4]].astype(np.float64) * SQRT_20, rtol=2e-7, atol=0)
 
 
 # --------------------------------------------------------------------------- vision
@@ -302,6 +310,23 @@ def test_encode_image_shapes_and_bidirectional_patches():
     feats2 = paligemma.encode_image(params, pix2, cfg)
     assert np.abs(feats2[0, 0] - feats[0, 0]).max() > 1e-4
     np.testing.assert_allclose(feats2[1], feats[1], atol=1e-6)
+
+
+def test_vision_embeddings_add_one_position_vector_per_patch():
+    """`SiglipVisionEmbeddings`: conv patches + position_embedding[p] for patch p (row-major)."""
+    cfg = make_config(_GEMMA1)
+    emb = random_params(cfg, seed=3)["vision_tower"]["embeddings"]
+    conv, table = emb["patch_embedding"], emb["position_embedding"]["weight"]
+    black = np.zeros((1, 3, 8, 8), F32)  # the conv then gives its bias alone
+    np.testing.assert_allclose(siglip.embeddings(black, **emb)[0],
+                               conv["bias"].astype(np.float64) + table, atol=1e-6)
+    # a pattern in patch 1 only (top-right 4x4 block) moves row 1 alone
+    pix = black.copy()
+    pix[0, :, :4, 4:] = 1.0
+    delta = siglip.embeddings(pix, **emb)[0] - siglip.embeddings(black, **emb)[0]
+    np.testing.assert_allclose(delta[1], conv["weight"].astype(np.float64).sum(axis=(1, 2, 3)),
+                               atol=1e-5)
+    np.testing.assert_array_equal(delta[[0, 2, 3]], 0.0)
 
 
 # --------------------------------------------------------------------------- naive float64 layers
@@ -433,11 +458,7 @@ def test_projector_is_linear_with_bias():
 def test_logits_depend_only_on_relative_positions():
     """RoPE is Gemma's only position signal: shifting every position by a constant is a no-op
     (up to float32 rounding), while a different spacing is not."""
-    cfg = make_config(_GEMMA2)
-    params = random_params(cfg, seed=15)
-    rng = np.random.default_rng(15)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[4, 2], n_suffix=2)
-    feats = paligemma.encode_image(params, random_pixels(rng, 2, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA2, 15, [4, 2], 2)
     masks = paligemma.attention_masks(cfg, valid, is_prefix, 0)
     pos = paligemma.rope_positions(valid)
 
@@ -468,13 +489,20 @@ def _batch(cfg, rng, n_texts, n_suffix):
     return ids, valid, is_prefix, s - n_suffix
 
 
+def _case(text: dict, seed: int, n_texts: list[int], n_suffix: int):
+    """A tiny model and a left-padded batch for it: (cfg, params, ids, valid, is_prefix,
+    n_prefix, image features), all from `seed`."""
+    cfg = make_config(text)
+    params = random_params(cfg, seed=seed)
+    rng = np.random.default_rng(seed)
+    ids, valid, is_prefix, n_prefix = _batch(cfg, rng, n_texts=n_texts, n_suffix=n_suffix)
+    feats = paligemma.encode_image(params, random_pixels(rng, len(n_texts), cfg), cfg)
+    return cfg, params, ids, valid, is_prefix, n_prefix, feats
+
+
 @pytest.mark.parametrize("text", [_GEMMA1, _GEMMA2], ids=["gemma1-mqa", "gemma2-gqa-window"])
 def test_cached_generation_equals_uncached(text):
-    cfg = make_config(text)
-    params = random_params(cfg, seed=5)
-    rng = np.random.default_rng(5)
-    ids, valid, is_prefix, n_prefix = _batch(cfg, rng, n_texts=[5, 3], n_suffix=4)
-    feats = paligemma.encode_image(params, random_pixels(rng, 2, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, n_prefix, feats = _case(text, 5, [5, 3], 4)
     full = full_forward(params, cfg, ids, valid, is_prefix, feats)
     cached = cached_forward(params, cfg, ids, valid, is_prefix, feats, n_prefix)
     assert full.dtype == np.float32 and full.shape == (2, ids.shape[1], 64)
@@ -484,11 +512,7 @@ def test_cached_generation_equals_uncached(text):
 
 def test_gemma2_window_and_softcaps_have_teeth():
     """The Gemma-2 case above is only meaningful if the window and the caps change the output."""
-    cfg = make_config(_GEMMA2)
-    params = random_params(cfg, seed=5)
-    rng = np.random.default_rng(5)
-    ids, valid, is_prefix, n_prefix = _batch(cfg, rng, n_texts=[5, 3], n_suffix=4)
-    feats = paligemma.encode_image(params, random_pixels(rng, 2, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, n_prefix, feats = _case(_GEMMA2, 5, [5, 3], 4)
     base = full_forward(params, cfg, ids, valid, is_prefix, feats)
 
     wide = dataclasses.replace(cfg, text_config=dataclasses.replace(cfg.text_config, sliding_window=100))
@@ -510,12 +534,8 @@ def test_gemma2_window_and_softcaps_have_teeth():
 
 @pytest.mark.parametrize("text", [_GEMMA1, _GEMMA2], ids=["gemma1", "gemma2"])
 def test_left_padded_rows_equal_rows_alone(text):
-    cfg = make_config(text)
-    params = random_params(cfg, seed=6)
-    rng = np.random.default_rng(6)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[2, 6, 4], n_suffix=3)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(text, 6, [2, 6, 4], 3)
     assert not valid.all()  # there is padding to ignore
-    feats = paligemma.encode_image(params, random_pixels(rng, 3, cfg), cfg)
     batch = full_forward(params, cfg, ids, valid, is_prefix, feats)
     assert np.all(np.isfinite(batch))  # pad queries included
     for b in range(3):
@@ -527,11 +547,7 @@ def test_left_padded_rows_equal_rows_alone(text):
 
 def test_pad_token_values_do_not_leak():
     """Whatever sits in a padded slot (id, and so its key/value) never reaches real tokens."""
-    cfg = make_config(_GEMMA2)
-    params = random_params(cfg, seed=7)
-    rng = np.random.default_rng(7)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[2, 6], n_suffix=2)
-    feats = paligemma.encode_image(params, random_pixels(rng, 2, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA2, 7, [2, 6], 2)
     a = full_forward(params, cfg, ids, valid, is_prefix, feats)
     ids2 = np.where(valid, ids, 17)
     b = full_forward(params, cfg, ids2, valid, is_prefix, feats)
@@ -542,11 +558,7 @@ def test_pad_token_values_do_not_leak():
 
 
 def test_final_softcap_bounds_logits_and_keeps_argmax():
-    cfg = make_config(_GEMMA2)
-    params = random_params(cfg, seed=8)
-    rng = np.random.default_rng(8)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[4], n_suffix=2)
-    feats = paligemma.encode_image(params, random_pixels(rng, 1, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA2, 8, [4], 2)
     capped = full_forward(params, cfg, ids, valid, is_prefix, feats)
     nocap = dataclasses.replace(cfg, text_config=dataclasses.replace(
         cfg.text_config, final_logit_softcapping=None))
@@ -559,11 +571,7 @@ def test_final_softcap_bounds_logits_and_keeps_argmax():
 
 
 def test_lm_head_is_tied_to_embeddings_unless_given():
-    cfg = make_config(_GEMMA1)
-    params = random_params(cfg, seed=9)
-    rng = np.random.default_rng(9)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[3], n_suffix=0)
-    feats = paligemma.encode_image(params, random_pixels(rng, 1, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA1, 9, [3], 0)
     hidden = []
     masks = paligemma.attention_masks(cfg, valid, is_prefix, 0)
     logits, _ = paligemma.forward(params, cfg, ids, paligemma.rope_positions(valid), masks,
@@ -577,11 +585,7 @@ def test_lm_head_is_tied_to_embeddings_unless_given():
 
 
 def test_last_only_returns_the_last_position():
-    cfg = make_config(_GEMMA2)
-    params = random_params(cfg, seed=10)
-    rng = np.random.default_rng(10)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[3, 1], n_suffix=0)
-    feats = paligemma.encode_image(params, random_pixels(rng, 2, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA2, 10, [3, 1], 0)
     full = full_forward(params, cfg, ids, valid, is_prefix, feats)
     masks = paligemma.attention_masks(cfg, valid, is_prefix, 0)
     last, _ = paligemma.forward(params, cfg, ids, paligemma.rope_positions(valid), masks,
@@ -603,11 +607,7 @@ def test_cache_shapes_follow_kv_heads():
 
 
 def test_kv_cache_overflow_raises():
-    cfg = make_config(_GEMMA1)
-    params = random_params(cfg, seed=11)
-    rng = np.random.default_rng(11)
-    ids, valid, is_prefix, _ = _batch(cfg, rng, n_texts=[2], n_suffix=0)  # 7 tokens
-    feats = paligemma.encode_image(params, random_pixels(rng, 1, cfg), cfg)
+    cfg, params, ids, valid, is_prefix, _, feats = _case(_GEMMA1, 11, [2], 0)  # 7 tokens
     masks = paligemma.attention_masks(cfg, valid, is_prefix, 0)
     positions = paligemma.rope_positions(valid)
     # the prompt alone does not fit

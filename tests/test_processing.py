@@ -62,6 +62,15 @@ def test_pixel_arithmetic_is_hf_order():
     assert np.abs(x[1] - (levels / 127.5 - 1)).max() < 1e-6
 
 
+def test_per_channel_mean_and_std():
+    p = Processor(build_tokenizer(), image_size=S, num_image_tokens=N,
+                  image_mean=(0.25, 0.5, 0.75), image_std=(0.5, 0.25, 0.125))
+    x = p.preprocess_image(solid((255, 0, 102)))
+    expect = (np.array([255, 0, 102]) / 255 - np.array([0.25, 0.5, 0.75])) / np.array([0.5, 0.25, 0.125])
+    np.testing.assert_allclose(x[:, 0, 0], expect, rtol=1e-6)  # [1.5, -2.0, -2.8]
+    assert np.all(x == x[:, :1, :1])
+
+
 def test_transparent_pixels_become_white(proc):
     clear = proc.preprocess_image(solid((0, 0, 0, 0), mode="RGBA"))
     assert np.all(clear == 1.0)
@@ -143,11 +152,15 @@ def test_input_ids_layout(proc):
 
 
 def test_full_vocabulary_ids(full_proc):
+    # The published ids of google/paligemma-3b-pt-224's tokenizer.json: <image> 257152,
+    # <loc0000> 256000, <seg127> 257151, "\n" 108, <bos> 2; 257153 tokens in all.
     ids = full_proc.encode_prompt("detect <loc0000><seg127>")
-    assert ids[:N].tolist() == [FULL_IMAGE_TOKEN_ID] * N and ids[N] == 2
+    assert ids[:N].tolist() == [257152] * N and ids[N] == 2
     assert ids[-3:].tolist() == [256000, 257151, 108]
-    assert FULL_VOCAB_SIZE == 257216 and TINY_VOCAB_SIZE % 64 == 0
-    assert TINY_VOCAB_SIZE > TINY_IMAGE_TOKEN_ID
+    assert full_proc.tokenizer.get_vocab_size(with_added_tokens=True) == 257153
+    # the embedding rows (config.json vocab_size) cover every id, in both layouts
+    assert FULL_VOCAB_SIZE >= 257153 and FULL_IMAGE_TOKEN_ID == 257152
+    assert TINY_VOCAB_SIZE > build_tokenizer().get_vocab_size(with_added_tokens=True) - 1
 
 
 def test_image_token_in_prompt_follows_hf(proc):

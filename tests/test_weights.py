@@ -214,12 +214,52 @@ def test_garbage_file(tmp_path):
     assert str(path) in _error(path.parent)
 
 
-@pytest.mark.parametrize("content", [b"abc", struct.pack("<Q", 2**62) + b"{}"])
-def test_absurd_or_short_header(tmp_path, content):
+@pytest.mark.parametrize("content, says", [
+    (b"abc", "3 bytes, too short"),
+    (struct.pack("<Q", 2**62) + b"{}", f"says {2**62} bytes but only 2 follow"),
+    (struct.pack("<Q", 12) + b"{}" * 3, "says 12 bytes but only 6 follow"),  # just past the end
+], ids=["short", "absurd", "past-the-end"])
+def test_absurd_or_short_header(tmp_path, content, says):
     path = _write(tmp_path) / "model.safetensors"
     path.write_bytes(content)
     msg = _error(path.parent)
-    assert str(path) in msg and ("too short" in msg or f"says {2**62} bytes" in msg)
+    assert str(path) in msg and says in msg
+
+
+def test_tensor_in_two_shards_is_a_duplicate(tmp_path):
+    folder = _write(tmp_path, num_shards=2)
+    first = load_file(str(folder / "model-00001-of-00002.safetensors"))
+    key = sorted(first)[0]
+    _edit(folder / "model-00002-of-00002.safetensors", lambda t: t.update({key: first[key]}))
+    msg = _error(folder)
+    assert (f"duplicate: {key} is in model-00001-of-00002.safetensors, "
+            "model-00002-of-00002.safetensors") in msg
+
+
+def test_single_file_wins_over_an_index(tmp_path):
+    # transformers reads model.safetensors when both exist; a stale index must not matter.
+    folder = _write(tmp_path)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"x.weight": "model-00001-of-00009.safetensors"}}))
+    assert flatten(_load(folder)).keys() == expected_shapes(load_config(folder)).keys()
+
+
+def test_unflatten_orders_layers_numerically():
+    flat = {f"m.layers.{i}.w": np.full(1, i) for i in (0, 10, 2, 11, 1, 3, 4, 5, 6, 7, 8, 9)}
+    layers = unflatten(flat)["m"]["layers"]
+    assert [int(layer["w"][0]) for layer in layers] == list(range(12))  # not 0, 1, 10, 11, 2, ...
+    with pytest.raises(WeightsError, match="not 0..1"):
+        unflatten({"m.layers.0.w": 0, "m.layers.2.w": 0})
+
+
+def test_long_reports_list_one_hundred_per_kind(tmp_path):
+    folder = _write(tmp_path)
+    extra = {f"language_model.model.extra{i:03d}.weight": np.zeros(1, np.float32) for i in range(103)}
+    _edit(folder / "model.safetensors", lambda t: t.update(extra))
+    lines = _error(folder).splitlines()
+    assert "103 unexpected" in lines[0]
+    assert sum(line.startswith("  unexpected: ") for line in lines) == 100
+    assert lines[-1] == "  ... and 3 more"
 
 
 def test_bad_header_json(tmp_path):

@@ -202,10 +202,10 @@ def torch_adapter(model_dir, image, prompt, *, device="cpu", dtype="float32", ma
     valid = np.ones(ids.shape, bool)
     states: list = []
     with torch.inference_mode():
-        feats = tpg.encode_image(pipe.params, tb._tensor(inputs.pixel_values[None], tb.dtype), cfg)
-        logits, _ = tpg.forward(pipe.params, cfg, tb._tensor(ids, torch.long),
-                                tb._tensor(rope_positions(valid), torch.long),
-                                {k: tb._tensor(m) for k, m in
+        feats = tpg.encode_image(pipe.params, tb.as_tensor(inputs.pixel_values[None], tb.dtype), cfg)
+        logits, _ = tpg.forward(pipe.params, cfg, tb.as_tensor(ids, torch.long),
+                                tb.as_tensor(rope_positions(valid), torch.long),
+                                {k: tb.as_tensor(m) for k, m in
                                  attention_masks(cfg, valid, valid, 0).items()},
                                 feats, hidden_states=states)
     steps: list = []

@@ -1,0 +1,34 @@
+"""Progress bars for long work (weight loading, benchmarks, training): tqdm on stderr, drawn
+only when stderr is a terminal and never with `quiet` — so logs, pipes and tests stay clean."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from tqdm import tqdm
+
+
+def bar(total: int | None = None, desc: str = "", *, unit: str = "it", quiet: bool = False,
+        file=None, **kwargs) -> tqdm:
+    """A tqdm bar with npgemma's defaults (stderr, erased when done, off unless a terminal)."""
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr if file is None else file,
+                disable=True if quiet else None, leave=False, dynamic_ncols=True, **kwargs)
+
+
+def weights_progress(desc: str = "loading weights", *, quiet: bool = False,
+                     file=None) -> Callable[[int, int, str], None]:
+    """A `npgemma.load(progress=...)` callback: `(done_bytes, total_bytes, key)` -> one bar in
+    bytes, opened on the first call and closed when `done_bytes` reaches `total_bytes`."""
+    state: dict[str, tqdm] = {}
+
+    def report(done: int, total: int, key: str) -> None:
+        if "bar" not in state:
+            state["bar"] = bar(total, desc, unit="B", unit_scale=True, unit_divisor=1024,
+                               quiet=quiet, file=file)
+        progress = state["bar"]
+        progress.update(done - progress.n)
+        if done >= total:
+            progress.close()
+
+    return report
