@@ -7,7 +7,6 @@ directly). A backend turns a NumPy weight tree into its own arrays once, then ru
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,21 +38,33 @@ class Backend(Protocol):
     def last_logits_to_numpy(self, logits) -> np.ndarray: ...  # float32[B, V], for sampling
 
 
-@dataclass
 class HostDecodeState:
-    """Decode state kept on the host: the slots filled so far (the NumPy backend's)."""
-    slots: Slots
+    """Decode state kept on the host (the NumPy backend's): the slots filled so far, in buffers
+    sized once for the whole generation, so a step appends in place."""
+
+    def __init__(self, valid: np.ndarray, is_prefix: np.ndarray, max_length: int):
+        b, self.length = valid.shape
+        self._valid = np.zeros((b, max_length), bool)
+        self._prefix = np.zeros((b, max_length), bool)
+        self._valid[:, :self.length], self._prefix[:, :self.length] = valid, is_prefix
+
+    @property
+    def slots(self) -> Slots:
+        return Slots(self._valid[:, :self.length], self._prefix[:, :self.length])
+
+    def append(self) -> None:
+        """One more real, causal (generated) slot in every row."""
+        self._valid[:, self.length] = True
+        self.length += 1
 
 
 def decode_on_host(forward, params, cfg, ids, state: HostDecodeState, cache):
     """One generated token per row: append a real causal slot, run `forward` over it."""
-    state.slots = state.slots.append()
-    q = state.slots.length - 1
+    state.append()
+    slots, q = state.slots, state.length - 1
     logits, _ = forward(params, cfg, np.asarray(ids, dtype=np.int64)[:, None],
-                        state.slots.positions(q), state.slots.masks(cfg, q), cache=cache,
-                        last_only=True)
+                        slots.positions(q), slots.masks(cfg, q), cache=cache, last_only=True)
     return logits
-    def decode_masks(self, vae, codes: np.ndarray) -> np.ndarray: ...
 
 
 class NumpyBackend:
@@ -94,7 +105,7 @@ class NumpyBackend:
         return paligemma.init_cache(cfg, batch, max_length)
 
     def start_decode(self, cfg, valid, is_prefix, cache):
-        return HostDecodeState(Slots(valid, is_prefix))
+        return HostDecodeState(valid, is_prefix, cache.max_length)
 
     def decode_step(self, params, cfg, ids, state, cache):
         return decode_on_host(self.forward, params, cfg, ids, state, cache)

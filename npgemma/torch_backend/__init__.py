@@ -76,8 +76,8 @@ class TorchBackend:
         return paligemma.init_cache(cfg, batch, max_length, dtype=self.dtype, device=self.device)
 
     def start_decode(self, cfg, valid, is_prefix, cache):
-        from ..backend import HostDecodeState, Slots
-        return HostDecodeState(Slots(valid, is_prefix))
+        from ..backend import HostDecodeState
+        return HostDecodeState(valid, is_prefix, cache.max_length)
 
     def decode_step(self, params, cfg, ids, state, cache):
         from ..backend import decode_on_host
