@@ -57,6 +57,13 @@ def active() -> "Capture | None":
     return _ACTIVE.get()
 
 
+def wants_attention() -> bool:
+    """Does the active capture keep an attention hook of the current scope? (A backend with a
+    fused kernel, which never forms the weights, then spells attention out.)"""
+    cap = _ACTIVE.get()
+    return cap is not None and any(cap.wants_here(n) for n in ATTENTION_HOOKS)
+
+
 @contextlib.contextmanager
 def capturing(cap: "Capture"):
     """Make `cap` the active capture in this context (thread / task) for the block."""

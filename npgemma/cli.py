@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--max-new-tokens", type=_non_negative_int, default=8,
                    help="greedy tokens compared between the backends")
+    from .inspect_cli import add_parser as _add_inspect  # `npgemma inspect`: its own module
+    _add_inspect(sub, _add_model_args, _non_negative_int)
     return parser
 
 
@@ -196,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "inspect":
+            from .inspect_cli import run as _run_inspect
+
+            return _run_inspect(args, _model_dir(args))
         from .parity_report import run_parity_cli
 
         args.model = _model_dir(args)

@@ -233,11 +233,12 @@ class _StepNamingBackend:
 
 
 def trace(pipe, image, prompt: str, names=None, layers=None, heads=None,
-          max_new_tokens: int = 32, model_dir=None) -> Trace:
+          max_new_tokens: int = 32, model_dir=None, on_token=None) -> Trace:
     """Greedy generation of `prompt` on `image` with the selected activations kept.
 
     names: fnmatch globs over hook names (None: all of them, after a memory check); layers /
     heads: indices to keep (None: all). The answer is `pipe.generate`'s, bit for bit.
+    `on_token(1)` is called as each token arrives (a progress bar's update).
     """
     if isinstance(names, str):
         names = [names]
@@ -263,6 +264,8 @@ def trace(pipe, image, prompt: str, names=None, layers=None, heads=None,
                 if token[0] == cfg.eos_token_id:
                     break
                 ids.append(int(token[0]))
+                if on_token is not None:
+                    on_token(1)
     finally:
         if saved_mode is not None:
             pipe.backend.decode_mode = saved_mode
