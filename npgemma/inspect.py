@@ -106,8 +106,10 @@ def stitch(name: str, steps: list[list[np.ndarray]]) -> np.ndarray:
         b, n = per_step[0].shape[:2]
         out = np.full((b, n, rows, rows), 0.0 if name.endswith("hook_pattern") else np.nan, np.float32)
         r = 0
-        for a in per_step:
-            cols = min(a.shape[3], rows)  # a device backend may attend over a padded cache
+        for i, a in enumerate(per_step):
+            # A decode step's keys after its own query are empty cache slots (a device backend
+            # attends over the whole fixed-size cache, masked): not part of the matrix.
+            cols = min(a.shape[3], rows if i == 0 else r + a.shape[2])
             out[:, :, r:r + a.shape[2], :cols] = a[..., :cols]
             r += a.shape[2]
         return out
