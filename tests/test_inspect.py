@@ -47,6 +47,9 @@ def full(pipe, image):
 def test_trace_answer_is_generates(pipe, image, full):
     out = pipe.generate(image, PROMPT, max_new_tokens=6)
     assert full.token_ids == out.token_ids and full.text == out.text
+    method = pipe.trace(image, PROMPT, names="unembed.*", max_new_tokens=6)
+    assert method.token_ids == out.token_ids and method.names == ["unembed.hook_logits"]
+    assert len(method.checkpoint_hash) == 64  # the loaded folder's
     assert full.tokens[:full.prompt_len] == [pipe.processor.tokenizer.id_to_token(i)
                                              for i in full.input_ids.tolist()]
     assert full.grid ** 2 == pipe.cfg.num_image_tokens
