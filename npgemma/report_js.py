@@ -59,6 +59,10 @@ el('tokens').innerHTML = D.tokens.map((s, k) =>
   `<span class="tok" data-k="${k}">${s.replace(/&/g, '&amp;').replace(/</g, '&lt;')}</span>`).join('');
 document.querySelectorAll('.tok').forEach(s => s.onclick = () => { el('token-slider').value = s.dataset.k; draw(); });
 ['token-slider', 'layer-slider', 'mode', 'head'].forEach(id => el(id).oninput = draw);
+// A link may pick the view: report.html#mode=pixel&token=0&layer=3
+const want = new URLSearchParams(location.hash.slice(1));
+for (const [k, id] of [['mode', 'mode'], ['token', 'token-slider'], ['layer', 'layer-slider'], ['head', 'head']])
+  if (want.get(k) !== null) el(id).value = want.get(k);
 img.onload = draw;
 img.src = D.image;
 """
