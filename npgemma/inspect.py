@@ -79,7 +79,7 @@ def mem_available() -> int | None:
     return None
 
 
-def check_fits(cap: capture.Capture, shapes: dict[str, tuple], heads_total: dict[str, int]) -> int:
+def check_fits(cap: capture.Capture, shapes: dict[str, tuple]) -> int:
     """Bytes the selection will keep (float32; stitching briefly holds a second copy); an
     InputError naming the total and the budget when that exceeds MemAvailable."""
     total = 0
@@ -252,7 +252,7 @@ def trace(pipe, image, prompt: str, names=None, layers=None, heads=None,
     if names is not None and not any(cap.wants(n) for n in shapes):
         raise InputError(f"trace: names {names} match no hook; names look like "
                          "'decoder.blocks.3.attn.hook_pattern' (see npgemma.inspect)")
-    check_fits(cap, shapes, {})
+    check_fits(cap, shapes)
     backend = _StepNamingBackend(pipe.backend, cap)
     saved_mode = getattr(pipe.backend, "decode_mode", None)
     if saved_mode == "graph":  # a replayed CUDA graph runs no Python: its hooks would not fire

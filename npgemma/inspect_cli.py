@@ -24,6 +24,20 @@ def add_parser(sub, add_model_args, non_negative_int) -> None:
                    help="occlusion map over an N x N grid of image cells (N*N extra prefills; 0: off)")
 
 
+def _fits(pipe, image, prompt, names, max_new_tokens) -> bool:
+    from . import capture
+    from .errors import InputError
+    from .inspect import check_fits, hook_shapes
+
+    cfg = pipe.cfg
+    cap = capture.Capture(names, None, None, {})
+    try:
+        check_fits(cap, hook_shapes(cfg, len(pipe.processor.encode_prompt(prompt)), max_new_tokens))
+    except InputError:
+        return False
+    return True
+
+
 def run(args, model_dir: str) -> int:
     from tqdm import tqdm
 
@@ -39,9 +53,15 @@ def run(args, model_dir: str) -> int:
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     pipe = load(model_dir, backend=args.backend, device=args.device, dtype=args.dtype)
     rgb = load_image(args.image)
+    names = REPORT_NAMES + list(args.names)
+    if not _fits(pipe, rgb, args.prompt, names, args.max_new_tokens):
+        # SigLIP's patterns are P² per head per layer (29 GB at 896 px): the report then shows
+        # the decoder's attention and rollout only.
+        names = [n for n in names if not n.startswith("vision.")]
+        say("inspect: SigLIP attention does not fit in memory: no rollout through the vision tower")
     with tqdm(total=args.max_new_tokens, desc="tracing", unit="tok", file=sys.stderr,
               disable=quiet) as bar:
-        t = trace(pipe, rgb, args.prompt, names=REPORT_NAMES + list(args.names),
+        t = trace(pipe, rgb, args.prompt, names=names,
                   max_new_tokens=args.max_new_tokens, model_dir=model_dir, on_token=bar.update)
     progress = None if quiet else (lambda cells: tqdm(cells, desc="occlusion", file=sys.stderr))
     out = write_html(pipe, t, rgb, args.out, occlusion_grid=args.occlusion, progress=progress)

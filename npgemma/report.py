@@ -102,7 +102,6 @@ def report_data(pipe, trace, rgb: np.ndarray, occlusion_grid: int = 0, progress=
         "heads": n if y * n * t * g * g <= HEAD_VALUES else 0,
         "mean": _u8(analysis.image_attention(trace)),
         "rollout": _u8(analysis.decoder_rollout(trace)),
-        "pixel": _u8(analysis.pixel_rollout(trace)),
         "lens": [[[[_token_text(pipe, i), round(float(p), 4)] for i, p in zip(ids[l, k], probs[l, k])]
                   for l in range(y)] for k in range(t)],
         "mass": analysis.attention_mass(trace).round(4).tolist(), "mass_groups": analysis.MASS_GROUPS,
@@ -111,6 +110,8 @@ def report_data(pipe, trace, rgb: np.ndarray, occlusion_grid: int = 0, progress=
         "masks": {"full": _png(mask_picture(cfg, trace.prompt_len, steps, False))},
         "checkpoint_hash": trace.checkpoint_hash,
     }
+    if "vision.blocks.0.attn.hook_pattern" in trace:
+        data["pixel"] = _u8(analysis.pixel_rollout(trace))
     if cfg.text_config.is_gemma2 and cfg.text_config.sliding_window is not None:
         data["masks"]["sliding"] = _png(mask_picture(cfg, trace.prompt_len, steps, True))
     if data["heads"]:
@@ -160,7 +161,7 @@ canvas{{border:1px solid #999}} table{{border-collapse:collapse;font-size:12px}}
 <div>layer <input type="range" id="layer-slider" min="0" max="{data['layers'] - 1}" value="{data['layers'] - 1}"> <span id="layer-label"></span></div>
 <div>show <select id="mode"><option value="mean">attention (mean of heads)</option>
 <option value="head">attention (one head)</option><option value="rollout">decoder rollout to layer</option>
-<option value="pixel">rollout through SigLIP (all layers)</option>{'<option value="occlusion">occlusion (first token)</option>' if 'occlusion' in data else ''}</select>
+{'<option value="pixel">rollout through SigLIP (all layers)</option>' if 'pixel' in data else ''}{'<option value="occlusion">occlusion (first token)</option>' if 'occlusion' in data else ''}</select>
 head <input type="number" id="head" min="0" max="{max(0, data['heads'] - 1)}" value="0" style="width:4em"></div>
 <div id="scale"></div></div>
 <div><h3>Logit lens <small id="lens-token"></small></h3><table id="lens"></table></div></div>
@@ -191,7 +192,9 @@ def write_pngs(pipe, trace, rgb, folder) -> list[Path]:
     except OSError as e:
         raise InputError(f"--png {folder}: cannot create the folder ({e.strerror})") from None
     view = np.asarray(Image.fromarray(rgb).resize((VIEW // 2, VIEW // 2), Image.BICUBIC))
-    pix, att = analysis.pixel_rollout(trace), analysis.image_attention(trace)
+    att = analysis.image_attention(trace)
+    pix = (analysis.pixel_rollout(trace) if "vision.blocks.0.attn.hook_pattern" in trace
+           else analysis.decoder_rollout(trace)[-1])  # without SigLIP's patterns: the decoder's
     steps = trace["decoder.blocks.0.attn.hook_pattern"].shape[-1] - trace.prompt_len
     written = []
     for t in range(len(trace.token_ids)):

@@ -9,7 +9,8 @@ SCRIPT = r"""
 const D = JSON.parse(document.getElementById('data').textContent);
 const bytes = s => Uint8Array.from(atob(s), c => c.charCodeAt(0));
 const G = D.grid, GG = G * G, T = D.tokens.length, Y = D.layers;
-const maps = {mean: bytes(D.mean), rollout: bytes(D.rollout), pixel: bytes(D.pixel)};
+const maps = {mean: bytes(D.mean), rollout: bytes(D.rollout)};
+if (D.pixel) maps.pixel = bytes(D.pixel);
 if (D.head_maps) maps.head = bytes(D.head_maps);
 const img = new Image();
 const cv = document.getElementById('heatmap'), ctx = cv.getContext('2d');

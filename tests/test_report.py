@@ -65,6 +65,20 @@ def test_report_is_self_contained(made):
     assert set(data["masks"]) == {"full", "sliding"} and np.shape(data["occlusion"]) == (2, 2)
 
 
+def test_without_room_for_siglip_patterns_the_report_drops_that_view(made, tmp_path, monkeypatch):
+    from npgemma import inspect_cli
+
+    monkeypatch.setattr(inspect_cli, "_fits", lambda *a: False)
+    root = made[0]
+    out = tmp_path / "r.html"
+    assert cli.main(["inspect", "--model", str(root / "ckpt"), "--image", str(root / "image.png"),
+                     "--prompt", "caption en", "--out", str(out), "--png", str(tmp_path / "png"),
+                     "--max-new-tokens", "2", "--occlusion", "0", "--quiet"]) == 0
+    page = out.read_text()
+    assert 'value="pixel"' not in page and 'value="rollout"' in page
+    assert 'value="pixel"' in made[1].read_text()
+
+
 def test_bad_image_is_one_line_error(tmp_path, capsys):
     model = write_checkpoint(tmp_path / "ckpt", tiny_config())
     rc = cli.main(["inspect", "--model", str(model), "--image", str(tmp_path / "nope.png"),
