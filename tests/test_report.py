@@ -79,6 +79,19 @@ def test_without_room_for_siglip_patterns_the_report_drops_that_view(made, tmp_p
     assert 'value="pixel"' in made[1].read_text()
 
 
+def test_torch_backend_writes_the_same_answer(made, tmp_path, capsys):
+    pytest.importorskip("torch")
+    root = made[0]
+    args = ["inspect", "--model", str(root / "ckpt"), "--image", str(root / "image.png"),
+            "--prompt", "caption en", "--max-new-tokens", "4", "--occlusion", "0", "--quiet", "--json"]
+    capsys.readouterr()
+    assert cli.main(args + ["--out", str(tmp_path / "n.html")]) == 0
+    numpy_answer = json.loads(capsys.readouterr().out)
+    assert cli.main(args + ["--out", str(tmp_path / "t.html"), "--backend", "torch"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == numpy_answer["token_ids"]
+    assert 'id="heatmap"' in (tmp_path / "t.html").read_text()
+
+
 def test_bad_image_is_one_line_error(tmp_path, capsys):
     model = write_checkpoint(tmp_path / "ckpt", tiny_config())
     rc = cli.main(["inspect", "--model", str(model), "--image", str(tmp_path / "nope.png"),
