@@ -119,10 +119,9 @@ class Capture:
         full = ".".join(self.prefix + [name])
         if not self.wants(full):
             return
-        if name in ATTENTION_HOOKS:
-            tower = full.split(".", 1)[0]
+        n = self.heads_per_tower.get(full.split(".", 1)[0])  # None outside a tower's scope
+        if name in ATTENTION_HOOKS and n is not None:
             b, k, gc, s = x.shape
-            n = self.heads_per_tower[tower]
             x = x.reshape(b, n, gc * k // n, s)  # [B, K, G*c, S] -> [B, N, c, S] (n = k*G + g)
         if self.heads is not None and (name in ATTENTION_HOOKS or name == "attn.hook_q"):
             x = x[:, [h for h in self.heads if h < x.shape[1]]]
