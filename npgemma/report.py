@@ -160,7 +160,7 @@ canvas{{border:1px solid #999}} table{{border-collapse:collapse;font-size:12px}}
 <div>token <input type="range" id="token-slider" min="0" max="{len(data['tokens']) - 1}" value="0"> <span id="token-label"></span></div>
 <div>layer <input type="range" id="layer-slider" min="0" max="{data['layers'] - 1}" value="{data['layers'] - 1}"> <span id="layer-label"></span></div>
 <div>show <select id="mode"><option value="mean">attention (mean of heads)</option>
-<option value="head">attention (one head)</option><option value="rollout">decoder rollout to layer</option>
+{'<option value="head">attention (one head)</option>' if data['heads'] else ''}<option value="rollout">decoder rollout to layer</option>
 {'<option value="pixel">rollout through SigLIP (all layers)</option>' if 'pixel' in data else ''}{'<option value="occlusion">occlusion (first token)</option>' if 'occlusion' in data else ''}</select>
 head <input type="number" id="head" min="0" max="{max(0, data['heads'] - 1)}" value="0" style="width:4em"></div>
 <div id="scale"></div></div>

@@ -17,13 +17,14 @@ const cv = document.getElementById('heatmap'), ctx = cv.getContext('2d');
 const el = id => document.getElementById(id);
 
 function current() {
-  const t = +el('token-slider').value, l = +el('layer-slider').value, mode = el('mode').value;
+  const t = +el('token-slider').value, l = +el('layer-slider').value;
+  const mode = (el('mode').value === 'head' && !maps.head) ? 'mean' : el('mode').value;  // too big to embed
   const h = Math.min(+el('head').value, Math.max(0, D.heads - 1));
   let off = 0, arr = maps.mean, vals = null;
   if (mode === 'mean') off = (l * T + t) * GG;
   else if (mode === 'rollout') { arr = maps.rollout; off = (l * T + t) * GG; }
   else if (mode === 'pixel') { arr = maps.pixel; off = t * GG; }
-  else if (mode === 'head' && maps.head) { arr = maps.head; off = ((l * D.heads + h) * T + t) * GG; }
+  else if (mode === 'head') { arr = maps.head; off = ((l * D.heads + h) * T + t) * GG; }
   else if (mode === 'occlusion') {
     const o = D.occlusion.flat(), top = Math.max(...o.map(Math.abs)) || 1;
     vals = {n: D.occlusion.length, v: o.map(x => Math.max(0, x) / top)};
