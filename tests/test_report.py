@@ -110,6 +110,11 @@ def test_report_renders_in_headless_chromium(made, tmp_path):
     assert '<canvas id="heatmap"' in dom and 'id="token-slider"' in dom
     assert re.search(r'<table id="lens"><tbody><tr><th>layer</th>', dom)  # built by the script
     assert dom.count('class="tok') >= 1
+    for view in ("mode=head&head=1&layer=0", "mode=pixel&token=1", "mode=occlusion"):
+        # The lens table is filled at the end of draw(): a script error in this view leaves it empty.
+        dom = subprocess.run(flags + ["--dump-dom", f"{url}#{view}"], capture_output=True,
+                             text=True, timeout=120).stdout
+        assert re.search(r'<table id="lens"><tbody><tr><th>layer</th>', dom), view
     shot = tmp_path / "shot.png"
     subprocess.run(flags + [f"--screenshot={shot}", url], capture_output=True, timeout=120)
     pixels = np.asarray(Image.open(shot).convert("RGB"))[:500, :400]  # the heatmap's corner
