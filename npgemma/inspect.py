@@ -124,9 +124,10 @@ def checkpoint_hash(model_dir) -> str | None:
         return None
     h = hashlib.sha256()
     folder = Path(model_dir)
-    for path in sorted([folder / "config.json", *folder.glob("*.safetensors")]):
-        if not path.is_file():
-            continue
+    paths = [p for p in sorted([folder / "config.json", *folder.glob("*.safetensors")]) if p.is_file()]
+    if not paths:
+        return None
+    for path in paths:
         size = path.stat().st_size
         h.update(f"{path.name}:{size}".encode())
         with open(path, "rb") as f:

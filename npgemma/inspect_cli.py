@@ -62,7 +62,8 @@ def run(args, model_dir: str) -> int:
     with tqdm(total=args.max_new_tokens, desc="tracing", unit="tok", file=sys.stderr,
               disable=quiet) as bar:
         t = trace(pipe, rgb, args.prompt, names=names,
-                  max_new_tokens=args.max_new_tokens, model_dir=model_dir, on_token=bar.update)
+                  max_new_tokens=args.max_new_tokens, on_token=bar.update,
+                  model_dir=getattr(pipe, "model_dir", model_dir))  # the resolved folder
     progress = None if quiet else (lambda cells: tqdm(cells, desc="occlusion", file=sys.stderr))
     out = write_html(pipe, t, rgb, args.out, occlusion_grid=args.occlusion, progress=progress)
     say(f"answer: {t.text!r}; report: {out}")
