@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "folders given): sizes, and the RAM each backend needs")
     m.add_argument("folders", nargs="*", metavar="MODEL", help="checkpoint folders or model ids")
     m.add_argument("--json", action="store_true", help="print one JSON object")
+    from .inspect_cli import add_parser as _add_inspect  # `npgemma inspect`: its own module
+    _add_inspect(sub, _add_model_args, _non_negative_int)
     return parser
 
 
@@ -241,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "generate":
             return _generate(args)
+        if args.command == "inspect":
+            from .inspect_cli import run as _run_inspect
+
+            return _run_inspect(args, _model_dir(args))
         if args.command == "demo":
             return _demo(args)
         if args.command == "models":

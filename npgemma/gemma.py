@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import kv_cache
+from .capture import hook, scope
 from .config import TextConfig
 from .layers import (apply_rope, as_f32, attention, gelu_tanh, linear, merge_heads, rms_norm,
                      rope_tables, softcap, split_heads)
@@ -32,7 +33,8 @@ def embed(embed_tokens, input_ids: np.ndarray, cfg: TextConfig) -> np.ndarray:
 
 def feed_forward(x, gate_proj, up_proj, down_proj) -> np.ndarray:
     """`GemmaMLP`: gated tanh-GELU. [B, L, D] -> [B, L, F] -> [B, L, D]."""
-    return linear(gelu_tanh(linear(x, **gate_proj)) * linear(x, **up_proj), **down_proj)
+    return linear(hook("mlp.hook_post", gelu_tanh(linear(x, **gate_proj)) * linear(x, **up_proj)),
+                  **down_proj)
 
 
 def self_attention(x, q_proj, k_proj, v_proj, o_proj, *, cos, sin, mask, cfg: TextConfig,
@@ -45,7 +47,7 @@ def self_attention(x, q_proj, k_proj, v_proj, o_proj, *, cos, sin, mask, cfg: Te
     q = split_heads(linear(x, **q_proj), cfg.num_attention_heads)  # [B, L, D] -> [B, N, L, H]
     k = split_heads(linear(x, **k_proj), cfg.num_key_value_heads)  # [B, L, D] -> [B, K, L, H]
     v = split_heads(linear(x, **v_proj), cfg.num_key_value_heads)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k = hook("attn.hook_q", apply_rope(q, cos, sin)), hook("attn.hook_k", apply_rope(k, cos, sin))
     if cache is not None:
         k, v = kv_cache.write(cache, layer_idx, k, v)  # [B, K, L, H] -> [B, K, S, H]
     out = attention(q, k, v, mask, scale=cfg.query_scale, logit_cap=cfg.attn_logit_softcapping)
@@ -55,17 +57,19 @@ def self_attention(x, q_proj, k_proj, v_proj, o_proj, *, cos, sin, mask, cfg: Te
 def decoder_layer(x, p: dict, *, cos, sin, mask, cfg: TextConfig, cache=None, layer_idx=0):
     """`GemmaDecoderLayer` (2 norms) or `Gemma2DecoderLayer` (4 norms)."""
     eps = cfg.rms_norm_eps
+    hook("hook_resid_pre", x)
     h = self_attention(rms_norm(x, **p["input_layernorm"], eps=eps), **p["self_attn"],
                        cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache, layer_idx=layer_idx)
     if cfg.is_gemma2:
         # Gemma-2 normalises the attention output before the residual add...
-        x = x + rms_norm(h, **p["post_attention_layernorm"], eps=eps)
+        x = hook("hook_resid_mid", x + rms_norm(h, **p["post_attention_layernorm"], eps=eps))
         h = feed_forward(rms_norm(x, **p["pre_feedforward_layernorm"], eps=eps), **p["mlp"])
         # ...and the MLP output too.
-        return x + rms_norm(h, **p["post_feedforward_layernorm"], eps=eps)
+        return hook("hook_resid_post", x + rms_norm(h, **p["post_feedforward_layernorm"], eps=eps))
     # Gemma-1: HF's `post_attention_layernorm` is really the pre-MLP norm.
-    x = x + h
-    return x + feed_forward(rms_norm(x, **p["post_attention_layernorm"], eps=eps), **p["mlp"])
+    x = hook("hook_resid_mid", x + h)
+    return hook("hook_resid_post",
+                x + feed_forward(rms_norm(x, **p["post_attention_layernorm"], eps=eps), **p["mlp"]))
 
 
 def decoder(params, embeds, positions, masks: dict, cfg: TextConfig, cache=None,
@@ -83,7 +87,8 @@ def decoder(params, embeds, positions, masks: dict, cfg: TextConfig, cache=None,
         hidden_states.append(x)
     for i, layer in enumerate(params["layers"]):
         mask = masks["sliding_attention" if cfg.layer_sliding_window(i) else "full_attention"]
-        x = decoder_layer(x, layer, cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache, layer_idx=i)
+        with scope(f"decoder.blocks.{i}"):
+            x = decoder_layer(x, layer, cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache, layer_idx=i)
         if hidden_states is not None:
             hidden_states.append(x)
     x = rms_norm(x, **params["norm"], eps=cfg.rms_norm_eps)
@@ -97,4 +102,4 @@ def lm_head(hidden: np.ndarray, weight: np.ndarray, cfg: TextConfig) -> np.ndarr
     tied), then Gemma-2's final soft cap. The cap is monotone, so greedy tokens do not depend on
     it — sampling does."""
     logits = linear(hidden, weight)  # [B, L, D] -> [B, L, V]
-    return softcap(logits, cfg.final_logit_softcapping)
+    return hook("unembed.hook_logits", softcap(logits, cfg.final_logit_softcapping))

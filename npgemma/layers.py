@@ -14,6 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .capture import hook
+
 F32 = np.float32
 _SQRT_2_OVER_PI = F32(np.sqrt(2.0 / np.pi))
 _GELU_CUBIC = F32(0.044715)
@@ -224,11 +226,13 @@ def attention_weights(qg, k, mask, scale: float, logit_cap: float | None) -> np.
     b, kv_heads, gl, _ = qg.shape
     scores = qg @ k.swapaxes(-1, -2)  # [B, K, G*L, H] @ [B, K, H, S] -> [B, K, G*L, S]
     scores *= F32(scale)
+    hook("attn.hook_scores", scores)
     if logit_cap is not None:  # Gemma-2: cap * tanh(x / cap), before the mask
         cap = F32(logit_cap)
         scores /= cap
         np.tanh(scores, out=scores)
         scores *= cap
+        hook("attn.hook_scores_capped", scores)
     if mask is not None:
         l = mask.shape[1]
         grouped = scores.reshape(b, kv_heads, gl // l, l, -1)  # [B, K, G*L, S] -> [B, K, G, L, S]
@@ -236,7 +240,7 @@ def attention_weights(qg, k, mask, scale: float, logit_cap: float | None) -> np.
     scores -= scores.max(axis=-1, keepdims=True)  # the stable softmax, in place
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
-    return scores
+    return hook("attn.hook_pattern", scores)
 
 
 def split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:

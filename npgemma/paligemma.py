@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import gemma, kv_cache, siglip
+from .capture import hook
 from .config import PaliGemmaConfig
 from .layers import linear
 
@@ -20,7 +21,7 @@ def project(image_features: np.ndarray, linear_params: dict) -> np.ndarray:
     transformers 5.x does not rescale image features (4.x divided them by sqrt(D) and then
     scaled the whole sequence by sqrt(D): the same numbers in float32).
     """
-    return linear(image_features, **linear_params)
+    return hook("projector.hook_out", linear(image_features, **linear_params))
 
 
 def encode_image(params, pixel_values: np.ndarray, cfg: PaliGemmaConfig,

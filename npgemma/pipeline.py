@@ -91,6 +91,15 @@ class Pipeline:
                                     top_p=top_p, seed=seed))
         return GenerateOutput(text=self.processor.decode(ids), token_ids=ids)
 
+    def trace(self, image, prompt: str, names=None, layers=None, heads=None,
+              max_new_tokens: int = 32):
+        """Greedy generation with named activations kept: a `npgemma.inspect.Trace` (hook names,
+        shapes and the selection rules are documented there)."""
+        from .inspect import trace
+
+        return trace(self, image, prompt, names=names, layers=layers, heads=heads,
+                     max_new_tokens=max_new_tokens, model_dir=getattr(self, "model_dir", None))
+
     def generate_batch(self, images, prompts, **generation) -> list[GenerateOutput]:
         """Several (image, prompt) pairs at once, left-padded; each row as if alone."""
         if len(images) != len(prompts):
@@ -141,4 +150,6 @@ def load(model: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
         from .vqvae import load_vae
 
         mask_vae = be.from_numpy(load_vae(vae))
-    return Pipeline(cfg, params, processor, be, mask_vae)
+    pipe = Pipeline(cfg, params, processor, be, mask_vae)
+    pipe.model_dir = model_dir  # for Trace's checkpoint hash
+    return pipe

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .capture import hook, scope
 from .config import VisionConfig
 from .layers import attention, gelu_tanh, layer_norm, linear, merge_heads, split_heads, as_f32
 
@@ -61,10 +62,11 @@ def vision_tower(params, pixel_values, cfg: VisionConfig, hidden_states: list | 
     (HF's `output_hidden_states` order), for layer-by-layer parity checks.
     """
     x = embeddings(pixel_values, **params["embeddings"])
-    for layer in params["encoder"]["layers"]:
+    for i, layer in enumerate(params["encoder"]["layers"]):
         if hidden_states is not None:
             hidden_states.append(x)
-        x = encoder_layer(x, **layer, cfg=cfg)
+        with scope(f"vision.blocks.{i}"):
+            x = hook("hook_resid_post", encoder_layer(x, **layer, cfg=cfg))
     if hidden_states is not None:
         hidden_states.append(x)
     return layer_norm(x, **params["post_layernorm"], eps=cfg.layer_norm_eps)

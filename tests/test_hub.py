@@ -167,10 +167,12 @@ def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_ne
         def get_tensor(self, key):
             raise AssertionError("npgemma models read tensor data")
 
-    real_open = weights.safe_open
-    monkeypatch.setattr(weights, "safe_open", HeadersOnly)
+    from npgemma.weights import read as weights_read  # where the headers and tensors are read
+
+    real_open = weights_read.safe_open
+    monkeypatch.setattr(weights_read, "safe_open", HeadersOnly)
     assert cli.main(["models", str(demo[0]), "--json"]) == 0
-    monkeypatch.setattr(weights, "safe_open", real_open)
+    monkeypatch.setattr(weights_read, "safe_open", real_open)
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["checkpoints"]}
     assert set(rows) == {"org/tiny-pali@main", "org/tiny-pali@v2", str(demo[0])}
     assert rows["org/tiny-pali@main"]["version"] == 1 and rows["org/tiny-pali@v2"]["version"] == 2

@@ -7,6 +7,7 @@ import math
 import torch
 
 from . import kv_cache
+from ..capture import hook, scope
 from ..config import TextConfig
 from .layers import (apply_rope, attention, gelu_tanh, linear, merge_heads, rms_norm, rope_tables,
                      softcap, split_heads)
@@ -22,7 +23,8 @@ def embed(embed_tokens, input_ids: torch.Tensor, cfg: TextConfig) -> torch.Tenso
 
 def feed_forward(x, gate_proj, up_proj, down_proj) -> torch.Tensor:
     """`GemmaMLP`: gated tanh-GELU."""
-    return linear(gelu_tanh(linear(x, **gate_proj)) * linear(x, **up_proj), **down_proj)
+    return linear(hook("mlp.hook_post", gelu_tanh(linear(x, **gate_proj)) * linear(x, **up_proj)),
+                  **down_proj)
 
 
 def self_attention(x, q_proj, k_proj, v_proj, o_proj, *, cos, sin, mask, cfg: TextConfig,
@@ -31,7 +33,7 @@ def self_attention(x, q_proj, k_proj, v_proj, o_proj, *, cos, sin, mask, cfg: Te
     q = split_heads(linear(x, **q_proj), cfg.num_attention_heads)  # [B, L, D] -> [B, N, L, H]
     k = split_heads(linear(x, **k_proj), cfg.num_key_value_heads)  # [B, L, D] -> [B, K, L, H]
     v = split_heads(linear(x, **v_proj), cfg.num_key_value_heads)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q, k = hook("attn.hook_q", apply_rope(q, cos, sin)), hook("attn.hook_k", apply_rope(k, cos, sin))
     if cache is not None:
         k, v = kv_cache.write(cache, layer_idx, k, v)  # [B, K, L, H] -> [B, K, S, H]
     out = attention(q, k, v, mask, scale=cfg.query_scale, logit_cap=cfg.attn_logit_softcapping)
@@ -41,14 +43,16 @@ def self_attention(x, q_proj, k_proj, v_proj, o_proj, *, cos, sin, mask, cfg: Te
 def decoder_layer(x, p: dict, *, cos, sin, mask, cfg: TextConfig, cache=None, layer_idx=0):
     """`GemmaDecoderLayer` (2 norms) or `Gemma2DecoderLayer` (4 norms)."""
     eps = cfg.rms_norm_eps
+    hook("hook_resid_pre", x)
     h = self_attention(rms_norm(x, **p["input_layernorm"], eps=eps), **p["self_attn"],
                        cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache, layer_idx=layer_idx)
     if cfg.is_gemma2:
-        x = x + rms_norm(h, **p["post_attention_layernorm"], eps=eps)
+        x = hook("hook_resid_mid", x + rms_norm(h, **p["post_attention_layernorm"], eps=eps))
         h = feed_forward(rms_norm(x, **p["pre_feedforward_layernorm"], eps=eps), **p["mlp"])
-        return x + rms_norm(h, **p["post_feedforward_layernorm"], eps=eps)
-    x = x + h
-    return x + feed_forward(rms_norm(x, **p["post_attention_layernorm"], eps=eps), **p["mlp"])
+        return hook("hook_resid_post", x + rms_norm(h, **p["post_feedforward_layernorm"], eps=eps))
+    x = hook("hook_resid_mid", x + h)
+    return hook("hook_resid_post",
+                x + feed_forward(rms_norm(x, **p["post_attention_layernorm"], eps=eps), **p["mlp"]))
 
 
 def decoder(params, embeds, positions, masks: dict, cfg: TextConfig, cache=None,
@@ -60,7 +64,8 @@ def decoder(params, embeds, positions, masks: dict, cfg: TextConfig, cache=None,
         hidden_states.append(x)
     for i, layer in enumerate(params["layers"]):
         mask = masks["sliding_attention" if cfg.layer_sliding_window(i) else "full_attention"]
-        x = decoder_layer(x, layer, cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache, layer_idx=i)
+        with scope(f"decoder.blocks.{i}"):
+            x = decoder_layer(x, layer, cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache, layer_idx=i)
         if hidden_states is not None:
             hidden_states.append(x)
     x = rms_norm(x, **params["norm"], eps=cfg.rms_norm_eps)
@@ -71,4 +76,4 @@ def decoder(params, embeds, positions, masks: dict, cfg: TextConfig, cache=None,
 
 def lm_head(hidden: torch.Tensor, weight: torch.Tensor, cfg: TextConfig) -> torch.Tensor:
     """Logits [B, L, V] (tied table unless untied), then Gemma-2's final soft cap."""
-    return softcap(linear(hidden, weight), cfg.final_logit_softcapping)
+    return hook("unembed.hook_logits", softcap(linear(hidden, weight), cfg.final_logit_softcapping))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..capture import hook, wants_attention
+
 F32 = torch.float32
 
 
@@ -97,6 +99,9 @@ def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> to
         # which spreads to real tokens through 0 * NaN. Such a row's output is never read: let it
         # see every key. (float32 keeps NumPy's exact behaviour: a uniform average.)
         mask = mask | ~mask.any(dim=-1, keepdim=True)
+    if wants_attention():  # a capture asks for the weights: the spelled-out path, which forms them
+        weights = attention_weights(q.reshape(b, kv_heads, n // kv_heads * l, h), k, mask, scale, logit_cap)
+        return (weights.to(v.dtype) @ v).reshape(b, n, l, h)  # [B, K, G*L, S] @ [B, K, S, H]
     if logit_cap is None:
         bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, mask_value(q.dtype))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None], scale=scale,
@@ -113,12 +118,16 @@ def attention_weights(qg, k, mask, scale: float, logit_cap: float | None) -> tor
     """softmax(cap(q·kᵀ × scale) masked) in float32: qg [B, K, G*L, H] (each kv head's G query
     heads stacked), k [B, K, S, H], mask bool[B, L, S] or None -> [B, K, G*L, S]."""
     b, kv_heads, gl, _ = qg.shape
-    scores = softcap((qg @ k.transpose(-1, -2)) * scale, logit_cap).float()  # -> [B, K, G*L, S]
+    scores = hook("attn.hook_scores", (qg @ k.transpose(-1, -2)) * scale)  # -> [B, K, G*L, S]
+    scores = softcap(scores, logit_cap)
+    if logit_cap is not None:
+        hook("attn.hook_scores_capped", scores)
+    scores = scores.float()
     if mask is not None:
         l = mask.shape[1]
         grouped = scores.view(b, kv_heads, gl // l, l, -1)  # [B, K, G*L, S] -> [B, K, G, L, S]
         scores = grouped.masked_fill(~mask[:, None, None], mask_value(F32)).view(b, kv_heads, gl, -1)
-    return softmax(scores)
+    return hook("attn.hook_pattern", softmax(scores))
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

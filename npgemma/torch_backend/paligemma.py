@@ -6,13 +6,14 @@ from __future__ import annotations
 import torch
 
 from . import gemma, kv_cache, siglip
+from ..capture import hook
 from ..config import PaliGemmaConfig
 from .layers import linear
 
 
 def project(image_features, linear_params) -> torch.Tensor:
     """`PaliGemmaMultiModalProjector`: one Linear with bias. [B, P, Dv] -> [B, P, D]."""
-    return linear(image_features, **linear_params)
+    return hook("projector.hook_out", linear(image_features, **linear_params))
 
 
 def encode_image(params, pixel_values, cfg: PaliGemmaConfig, hidden_states: list | None = None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..capture import hook, scope
 from ..config import VisionConfig
 from .layers import attention, gelu_tanh, layer_norm, linear, merge_heads, split_heads
 
@@ -49,10 +50,11 @@ def encoder_layer(x, layer_norm1, self_attn, layer_norm2, mlp, *, cfg: VisionCon
 def vision_tower(params, pixel_values, cfg: VisionConfig, hidden_states: list | None = None):
     """[B, 3, S, S] -> [B, P, D]; appends per-layer hidden states when given a list."""
     x = embeddings(pixel_values, **params["embeddings"])
-    for layer in params["encoder"]["layers"]:
+    for i, layer in enumerate(params["encoder"]["layers"]):
         if hidden_states is not None:
             hidden_states.append(x)
-        x = encoder_layer(x, **layer, cfg=cfg)
+        with scope(f"vision.blocks.{i}"):
+            x = hook("hook_resid_post", encoder_layer(x, **layer, cfg=cfg))
     if hidden_states is not None:
         hidden_states.append(x)
     return layer_norm(x, **params["post_layernorm"], eps=cfg.layer_norm_eps)
