@@ -15,12 +15,25 @@ from . import scenes
 SHOW_SCALE = 4  # the 64-pixel scene is drawn 4x larger in the picture
 
 
-def questions(scene: scenes.Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """(prompt, ground truth): a caption, a colour and a count question, and a detection."""
+def questions(scene: scenes.Scene, rng: np.random.Generator, segment: bool) -> list[tuple[str, str]]:
+    """(prompt, ground truth): a caption, a colour and a count question, a detection of every
+    shape, and (with a VQ-VAE) the segmentation of one."""
     asked = [o.shape for o in scene.objects]
-    return [scenes.make_task(scene, "caption", rng), scenes.make_task(scene, "color", rng),
-            scenes.make_task(scene, "count", rng),
-            ("detect " + " ; ".join(asked), scenes.detect_answer(scene, asked))]
+    out = [scenes.make_task(scene, "caption", rng), scenes.make_task(scene, "color", rng),
+           scenes.make_task(scene, "count", rng),
+           ("detect " + " ; ".join(asked), scenes.detect_answer(scene, asked))]
+    return out + [scenes.make_task(scene, "segment", rng)] if segment else out
+
+
+def _mask_verdict(pipe, scene: scenes.Scene, prompt: str, answer: str) -> str:
+    from .evaluate import mask_iou
+
+    label = prompt.removeprefix("segment ").strip()
+    truth = next(o for o in scene.objects if o.shape == label)
+    found = [o for o in pipe.objects(answer, scenes.IMAGE_SIZE, scenes.IMAGE_SIZE)
+             if o.label == label and o.mask is not None]
+    iou = mask_iou(found[0].mask, scenes.object_mask(truth)) if found else 0.0
+    return f"{'ok' if iou >= 0.5 else 'WRONG'} (mask IoU {iou:.2f})"
 
 
 def _verdict(prompt: str, answer: str, truth: str) -> str:
@@ -35,11 +48,24 @@ def _verdict(prompt: str, answer: str, truth: str) -> str:
         " (IoU " + ", ".join(f"{v:.2f}" for v in ious) + ")"
 
 
-def picture(scene: scenes.Scene, detection: str) -> Image.Image:
-    """The scene enlarged, with the predicted boxes and labels drawn."""
+def _short(answer: str) -> str:
+    """A segmentation answer with its 16 <seg> tokens elided."""
+    import re
+
+    return re.sub(r"((?:<seg\d{3}>){2})(?:<seg\d{3}>){12}((?:<seg\d{3}>){2})", r"\1…\2", answer)
+
+
+def picture(pipe, scene: scenes.Scene, answers: list[str]) -> Image.Image:
+    """The scene enlarged, with the predicted boxes and labels drawn; a segmented object is
+    drawn with its mask in place of its detection box."""
     big = Image.fromarray(scene.image).resize((scenes.IMAGE_SIZE * SHOW_SCALE,) * 2,
                                               Image.Resampling.NEAREST)
-    return draw_objects(big, parse_objects(detection, big.width, big.height), color=(255, 255, 255))
+    found = {}
+    for text in answers:  # the detection first, then the segmentation replaces its object
+        objs = (pipe.objects(text, big.width, big.height) if pipe.vae is not None
+                else parse_objects(text, big.width, big.height))
+        found |= {o.label: o for o in objs}
+    return draw_objects(big, list(found.values()), color=(255, 255, 255))
 
 
 def run(pipe, seed: int, out: str | None, print_fn=print) -> int:
@@ -47,15 +73,20 @@ def run(pipe, seed: int, out: str | None, print_fn=print) -> int:
     rng = np.random.default_rng([seed, 0x5EED])
     scene = scenes.draw_scene(rng)
     print_fn(f"scene (seed {seed}): {scenes.caption(scene)} on a {scene.background} background")
-    wrong, detection = 0, ""
-    for prompt, truth in questions(scene, rng):
+    wrong, drawn = 0, []
+    for prompt, truth in questions(scene, rng, segment=pipe.vae is not None):
         answer = pipe.generate(scene.image, prompt, max_new_tokens=48).text
-        verdict = _verdict(prompt, answer, truth)
+        shown = answer
+        if prompt.startswith("segment"):
+            verdict = _mask_verdict(pipe, scene, prompt, answer)
+            shown, truth = _short(answer), _short(truth)  # 4 <loc> + 16 <seg> tokens each
+        else:
+            verdict = _verdict(prompt, answer, truth)
         wrong += verdict.startswith("WRONG")
-        print_fn(f"  {prompt!r}\n      model: {answer!r}\n      truth: {truth!r}   {verdict}")
-        if prompt.startswith("detect"):
-            detection = answer
+        print_fn(f"  {prompt!r}\n      model: {shown!r}\n      truth: {truth!r}   {verdict}")
+        if prompt.startswith(("detect", "segment")):
+            drawn.append(answer)
     if out:
-        picture(scene, detection).save(out)
-        print_fn(f"wrote {out} (the scene with the model's boxes)")
+        picture(pipe, scene, drawn).save(out)
+        print_fn(f"wrote {out} (the scene with the model's boxes and mask)")
     return wrong
