@@ -293,14 +293,39 @@ def load_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=
     Tensors are converted one at a time, so peak memory is the final tree plus one tensor.
     `progress(done_bytes, total_bytes, key)` is called after each tensor (on-disk bytes).
     """
-    flat = dict(iter_weights(model_dir, cfg, dtype=dtype, progress=progress))
-    return unflatten(flat)  # canonical order
+    model_dir, target = Path(os.fspath(model_dir)), _as_dtype(dtype)
+    files, weight_map = _list_files(model_dir)
+    entries = _read_headers(files)
+    probs, layout, to_load = _problems(entries, cfg)
+    probs += _index_problems(entries, weight_map) if weight_map is not None else []
+    if probs:
+        raise WeightsError(_report(model_dir, layout, probs))
+    by_file: dict[Path, list[str]] = {}
+    for key in to_load:
+        by_file.setdefault(entries[key][0][0], []).append(key)
+    total = sum(int(np.prod(entries[k][0][2])) * np.dtype(_DISK_DTYPES[entries[k][0][1]]).itemsize
+                for k in to_load)
+    flat, done = {}, 0
+    for path, keys in by_file.items():
+        try:
+            with safe_open(str(path), framework="np") as f:
+                for key in keys:
+                    arr = f.get_tensor(key)
+                    flat[to_load[key]] = arr if arr.dtype == target else arr.astype(target)
+                    done += arr.nbytes
+                    del arr  # the on-disk-dtype copy goes before the next tensor is read
+                    if progress is not None:
+                        progress(done, total, to_load[key])
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"{path}: reading tensors failed ({e})") from None
+    return unflatten({key: flat[key] for key in to_load.values()})  # canonical order
 
 
 def iter_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=None):
     """Yield (canonical flat key, array cast to `dtype`) one tensor at a time, in canonical
-    order, after the whole checkpoint has been validated (every problem in one WeightsError).
-    A consumer that moves each array elsewhere (a GPU) holds one tensor at a time in RAM."""
+    order, once the whole checkpoint has been validated (every problem in one WeightsError,
+    as `load_weights`). A consumer that moves each array elsewhere (a GPU) and drops it holds
+    about one tensor at a time in host RAM. `progress` as in `load_weights`."""
     model_dir, target = Path(os.fspath(model_dir)), _as_dtype(dtype)
     files, weight_map = _list_files(model_dir)
     entries = _read_headers(files)
@@ -311,22 +336,18 @@ def iter_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=
     total = sum(int(np.prod(entries[k][0][2])) * np.dtype(_DISK_DTYPES[entries[k][0][1]]).itemsize
                 for k in to_load)
     done, handles = 0, {}
-    try:
-        for disk_key, key in to_load.items():  # canonical order (shards opened once each)
-            path = entries[disk_key][0][0]
-            try:
-                if path not in handles:
-                    handles[path] = safe_open(str(path), framework="np").__enter__()
-                arr = handles[path].get_tensor(disk_key)
-            except (SafetensorError, OSError) as e:
-                raise WeightsError(f"{path}: reading tensors failed ({e})") from None
-            done += arr.nbytes
-            out = arr if arr.dtype == target else arr.astype(target)
-            del arr  # the on-disk-dtype copy goes before the next tensor is read
-            if progress is not None:
-                progress(done, total, key)
-            yield key, out
-            del out
-    finally:
-        for h in handles.values():
-            h.__exit__(None, None, None)
+    for disk_key, key in to_load.items():  # canonical order; each shard opened once
+        path = entries[disk_key][0][0]
+        try:
+            if path not in handles:
+                handles[path] = safe_open(str(path), framework="np")
+            arr = handles[path].get_tensor(disk_key)
+        except (SafetensorError, OSError) as e:
+            raise WeightsError(f"{path}: reading tensors failed ({e})") from None
+        done += arr.nbytes
+        out = arr if arr.dtype == target else arr.astype(target)
+        del arr  # the on-disk-dtype copy goes before the next tensor is read
+        if progress is not None:
+            progress(done, total, key)
+        yield key, out
+        del out

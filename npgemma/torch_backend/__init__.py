@@ -103,13 +103,15 @@ class TorchBackend:
 
     @torch.inference_mode()
     def forward(self, params, cfg, input_ids, positions, masks, image_features=None, cache=None,
-                last_only=False):
+                last_only=False, logit_positions=None):
         # A mask that allows everything is no mask (checked on the host, where it already is):
         # the kernel skips the bias and may take its fastest path (flash on CUDA).
         masks = {k: None if m.all() else self._tensor(m) for k, m in masks.items()}
+        if logit_positions is not None:
+            logit_positions = self._tensor(np.asarray(logit_positions), torch.long)
         return paligemma.forward(params, cfg, self._tensor(input_ids, torch.long),
                                  self._tensor(positions, torch.long), masks, image_features,
-                                 cache=cache, last_only=last_only)
+                                 cache=cache, last_only=last_only, logit_positions=logit_positions)
 
     # ---- cache and decoding ------------------------------------------------------------------
 

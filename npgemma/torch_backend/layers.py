@@ -161,11 +161,22 @@ def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> to
     if logit_cap is None:
         out = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=scale)
     else:
-        scores = _softcap_scores(qf @ k.transpose(-1, -2), scale, logit_cap)  # -> [B, K, G*L, S]
-        if mask is not None:
-            scores = _add_bias(scores.float(), mask)
-        out = softmax(scores).to(v.dtype) @ v  # [B, K, G*L, S] -> [B, K, G*L, H]
+        out = attention_weights(qf, k, mask, scale, logit_cap).to(v.dtype) @ v  # -> [B, K, G*L, H]
     return out.view(b, n, l, h)  # [B, K, G*L, H] -> [B, N, L, H]
+
+
+def attention_weights(qg, k, mask, scale: float, logit_cap: float | None) -> torch.Tensor:
+    """softmax(cap(q·kᵀ × scale) + mask) in float32: qg [B, K, G*L, H] (each kv head's G query
+    heads stacked), k [B, K, S, H], mask bool[B, L, S], its float32 bias from
+    `_attention_bias`, or None -> [B, K, G*L, S]. In place where autograd allows."""
+    if mask is not None and mask.dtype == torch.bool:
+        mask = _attention_bias(mask, qg.shape[2] // mask.shape[1], F32, qg.dtype)
+    scores = qg @ k.transpose(-1, -2)  # [B, K, G*L, H] @ [B, K, H, S] -> [B, K, G*L, S]
+    scores = _softcap_scores(scores, scale, logit_cap) if logit_cap is not None else scores * scale
+    scores = scores.float()
+    if mask is not None:
+        scores = _add_bias(scores, mask)
+    return softmax(scores)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
