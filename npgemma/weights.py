@@ -321,11 +321,14 @@ def load_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=
     return unflatten({key: flat[key] for key in to_load.values()})  # canonical order
 
 
+
 def iter_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=None):
-    """Yield (canonical flat key, array cast to `dtype`) one tensor at a time, in canonical
-    order, once the whole checkpoint has been validated (every problem in one WeightsError,
-    as `load_weights`). A consumer that moves each array elsewhere (a GPU) and drops it holds
-    about one tensor at a time in host RAM. `progress` as in `load_weights`."""
+    """Yield (canonical flat key, array cast to `dtype`) one tensor at a time, shard by shard,
+    once the whole checkpoint has been validated (every problem in one WeightsError, as
+    `load_weights`). Each tensor is read with plain reads into its own buffer (no memory map,
+    whose touched pages would count against the process until unmapped), so a consumer that
+    moves each array elsewhere (a GPU) and drops it holds about one tensor in host RAM.
+    `progress` as in `load_weights`."""
     model_dir, target = Path(os.fspath(model_dir)), _as_dtype(dtype)
     files, weight_map = _list_files(model_dir)
     entries = _read_headers(files)
@@ -335,19 +338,29 @@ def iter_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=
         raise WeightsError(_report(model_dir, layout, probs))
     total = sum(int(np.prod(entries[k][0][2])) * np.dtype(_DISK_DTYPES[entries[k][0][1]]).itemsize
                 for k in to_load)
-    done, handles = 0, {}
-    for disk_key, key in to_load.items():  # canonical order; each shard opened once
-        path = entries[disk_key][0][0]
+    by_file: dict[Path, list[str]] = {}
+    for key in to_load:
+        by_file.setdefault(entries[key][0][0], []).append(key)
+    done = 0
+    for path, keys in by_file.items():
         try:
-            if path not in handles:
-                handles[path] = safe_open(str(path), framework="np")
-            arr = handles[path].get_tensor(disk_key)
-        except (SafetensorError, OSError) as e:
-            raise WeightsError(f"{path}: reading tensors failed ({e})") from None
-        done += arr.nbytes
-        out = arr if arr.dtype == target else arr.astype(target)
-        del arr  # the on-disk-dtype copy goes before the next tensor is read
-        if progress is not None:
-            progress(done, total, key)
-        yield key, out
-        del out
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n))
+                for key in keys:
+                    info = header[key]
+                    begin, end = info["data_offsets"]
+                    f.seek(8 + n + begin)
+                    raw = np.empty(end - begin, np.uint8)
+                    if f.readinto(memoryview(raw)) != raw.size:
+                        raise OSError(f"{key}: file ends inside the tensor's bytes")
+                    arr = raw.view(_DISK_DTYPES[info["dtype"]]).reshape(info["shape"])
+                    out = arr if arr.dtype == target else arr.astype(target)
+                    del raw, arr  # the on-disk-dtype copy goes before the next tensor is read
+                    done += end - begin
+                    if progress is not None:
+                        progress(done, total, to_load[key])
+                    yield to_load[key], out
+                    del out
+        except (OSError, ValueError, KeyError) as e:
+            raise WeightsError(f"{path}: reading tensors failed ({e!r})") from None

@@ -84,10 +84,11 @@ class TorchBackend:
         """The checkpoint's weight tree on the device, streamed: each tensor is read, moved and
         its host copy dropped before the next is read, so host RAM peaks at about one tensor
         above the process's baseline (on the CPU device the tensors are the tree itself)."""
-        from ..weights import iter_weights, unflatten
+        from ..weights import expected_shapes, iter_weights, unflatten
 
-        return unflatten({key: tensor_from_numpy(arr, self.device, self.dtype) for key, arr in
-                          iter_weights(model_dir, cfg, dtype=self.weight_dtype, progress=progress)})
+        flat = {key: tensor_from_numpy(arr, self.device, self.dtype) for key, arr in
+                iter_weights(model_dir, cfg, dtype=self.weight_dtype, progress=progress)}
+        return unflatten({key: flat[key] for key in expected_shapes(cfg)})  # canonical order
 
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().float().cpu().numpy()

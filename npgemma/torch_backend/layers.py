@@ -37,8 +37,13 @@ def as_f32(w: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`nn.Linear`, weight [out, in]. [..., in] -> [..., out]."""
-    return F.linear(x, weight, bias)
+    """`nn.Linear`, weight [out, in]. [..., in] -> [..., out].
+
+    As one 2-D product: a strided [B, 1, in] (the last position of a prefill) would otherwise
+    become a batched product against an expanded weight, a slower kernel on the CPU.
+    """
+    y = F.linear(x.reshape(-1, x.shape[-1]), weight, bias)  # [..., in] -> [M, in] -> [M, out]
+    return y.view(*x.shape[:-1], weight.shape[0])  # [M, out] -> [..., out]
 
 
 def layer_norm(x, weight, bias, eps: float) -> torch.Tensor:
