@@ -113,6 +113,7 @@ class GraphedStep:
             with torch.cuda.stream(side):
                 logits = step(self.params, self.cfg, self.state, self.cache)
             torch.cuda.current_stream().wait_stream(side)
+            logits.record_stream(torch.cuda.current_stream())  # made on `side`, used on this one
             self.warmed = True
             return logits
         if self.graph is None:
