@@ -175,5 +175,11 @@ class TorchBackend:
     def last_logits_to_numpy(self, logits) -> np.ndarray:
         return self.to_numpy(logits[:, -1])
 
+    @torch.inference_mode()
+    def decode_masks(self, vae, codes) -> np.ndarray:
+        from . import vqvae  # main's VQ-VAE twin (merged from the seg branch)
+
+        return self.to_numpy(vqvae.decode(vae, self._tensor(np.asarray(codes), torch.long)))
+
 
 __all__ = ["TorchBackend", "tensor_from_numpy"]
