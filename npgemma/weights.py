@@ -321,7 +321,6 @@ def load_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=
     return unflatten({key: flat[key] for key in to_load.values()})  # canonical order
 
 
-
 def iter_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=None):
     """Yield (canonical flat key, array cast to `dtype`) one tensor at a time, shard by shard,
     once the whole checkpoint has been validated (every problem in one WeightsError, as
