@@ -327,8 +327,9 @@ def iter_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=
     `load_weights`). Each tensor is read with plain reads into its own buffer (no memory map,
     whose touched pages would count against the process until unmapped), so a consumer that
     moves each array elsewhere (a GPU) and drops it holds about one tensor in host RAM.
-    `progress` as in `load_weights`."""
-    model_dir, target = Path(os.fspath(model_dir)), _as_dtype(dtype)
+    `progress` as in `load_weights`; dtype=None yields each tensor in its file dtype."""
+    model_dir = Path(os.fspath(model_dir))
+    target = None if dtype is None else _as_dtype(dtype)
     files, weight_map = _list_files(model_dir)
     entries = _read_headers(files)
     probs, layout, to_load = _problems(entries, cfg)
@@ -354,7 +355,7 @@ def iter_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=
                     if f.readinto(memoryview(raw)) != raw.size:
                         raise OSError(f"{key}: file ends inside the tensor's bytes")
                     arr = raw.view(_DISK_DTYPES[info["dtype"]]).reshape(info["shape"])
-                    out = arr if arr.dtype == target else arr.astype(target)
+                    out = arr if target is None or arr.dtype == target else arr.astype(target)
                     del raw, arr  # the on-disk-dtype copy goes before the next tensor is read
                     done += end - begin
                     if progress is not None:

@@ -47,3 +47,18 @@ def test_truncated_shard_is_a_weights_error(tmp_path):
     path.write_bytes(path.read_bytes()[:-64])  # the header still parses; the data is short
     with pytest.raises(WeightsError, match="model.safetensors"):
         TorchBackend().load_weights(folder, load_config(folder))
+
+
+def test_off_host_device_reads_as_stored_then_casts_there(tmp_path):
+    """The path a GPU takes (tensors read in their file dtype, cast on the device), on `meta`:
+    same keys, shapes and compute dtype as the CPU tree."""
+    folder = write_checkpoint(tmp_path / "ckpt", tiny_config(text="gemma2"), dtype="bfloat16",
+                              num_shards=2, tokenizer=False)
+    cfg = load_config(folder)
+    off = flatten(TorchBackend(device="meta", dtype="float32").load_weights(folder, cfg))
+    on = flatten(TorchBackend(device="cpu", dtype="float32").load_weights(folder, cfg))
+    assert list(off) == list(on)
+    assert all(off[k].device.type == "meta" and off[k].dtype == torch.float32
+               and off[k].shape == on[k].shape for k in on)
+    stored = dict(iter_weights(folder, cfg, dtype=None))
+    assert {a.dtype.name for a in stored.values()} == {"bfloat16"}

@@ -32,7 +32,7 @@ def tensor_from_numpy(a: np.ndarray, device, dtype: torch.dtype) -> torch.Tensor
         t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
     else:
         t = torch.from_numpy(np.ascontiguousarray(a))
-    return t.to(device=device, dtype=dtype)
+    return t.to(device=device).to(dtype)  # moved as stored, then cast where it lands
 
 
 class _Static:
@@ -81,13 +81,15 @@ class TorchBackend:
         return tensor_from_numpy(tree, self.device, self.dtype)
 
     def load_weights(self, model_dir, cfg, progress=None):
-        """The checkpoint's weight tree on the device, streamed: each tensor is read, moved and
-        its host copy dropped before the next is read, so host RAM peaks at about one tensor
-        above the process's baseline (on the CPU device the tensors are the tree itself)."""
+        """The checkpoint's weight tree on the device, streamed: each tensor is read in its file
+        dtype, moved, cast there and its host copy dropped before the next is read, so host RAM
+        peaks at about one stored tensor above the process's baseline (on the CPU device the
+        tensors are the tree itself, read straight into the compute dtype's width)."""
         from ..weights import expected_shapes, iter_weights, unflatten
 
+        read_as = self.weight_dtype if self.device.type == "cpu" else None
         flat = {key: tensor_from_numpy(arr, self.device, self.dtype) for key, arr in
-                iter_weights(model_dir, cfg, dtype=self.weight_dtype, progress=progress)}
+                iter_weights(model_dir, cfg, dtype=read_as, progress=progress)}
         return unflatten({key: flat[key] for key in expected_shapes(cfg)})  # canonical order
 
     def to_numpy(self, x) -> np.ndarray:
