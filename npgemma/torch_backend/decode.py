@@ -18,6 +18,7 @@ exemption from the window do not apply to it — it is windowed against prefix k
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,7 +98,7 @@ class GraphedStep:
     initialisation, cuBLAS workspaces) and is a real step; the second captures the step (which
     runs nothing) and replays it; later calls only replay. Inputs are the buffers themselves:
     callers write `state.ids` before a call. The logits returned are a copy (the graph's
-    output buffer is overwritten by the next replay).
+    output buffer is overwritten by the next replay). If capture fails, the step runs eagerly.
     """
 
     def __init__(self, params, cfg: PaliGemmaConfig, state: DecodeState, cache: KVCache):
@@ -105,6 +106,7 @@ class GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
         self.warmed = False
+        self.failed = False
 
     def __call__(self) -> torch.Tensor:
         if not self.warmed:
@@ -116,9 +118,18 @@ class GraphedStep:
             logits.record_stream(torch.cuda.current_stream())  # made on `side`, used on this one
             self.warmed = True
             return logits
+        if self.failed:
+            return step(self.params, self.cfg, self.state, self.cache)
         if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = step(self.params, self.cfg, self.state, self.cache)
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.logits = step(self.params, self.cfg, self.state, self.cache)
+                self.graph = graph
+            except RuntimeError as e:  # capture runs nothing: the eager step is still exact
+                warnings.warn(f"CUDA graph capture of the decode step failed ({e}); decoding "
+                              "eagerly (NPGEMMA_TORCH_DECODE=eager skips the attempt)")
+                self.failed = True
+                return step(self.params, self.cfg, self.state, self.cache)
         self.graph.replay()
         return self.logits.clone()
