@@ -95,25 +95,26 @@ class TorchBackend:
     def to_numpy(self, x) -> np.ndarray:
         return x.detach().float().cpu().numpy()
 
-    def _tensor(self, a: np.ndarray, dtype=None) -> torch.Tensor:
+    def as_tensor(self, a: np.ndarray, dtype=None) -> torch.Tensor:
+        """A NumPy array (pixels, ids, positions, masks) on this backend's device, as `dtype`."""
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dtype=dtype)
 
     # ---- forward (prefill, logits, parity) -------------------------------------------------
 
     @torch.inference_mode()
     def encode_image(self, params, pixel_values, cfg):
-        return paligemma.encode_image(params, self._tensor(pixel_values, self.dtype), cfg)
+        return paligemma.encode_image(params, self.as_tensor(pixel_values, self.dtype), cfg)
 
     @torch.inference_mode()
     def forward(self, params, cfg, input_ids, positions, masks, image_features=None, cache=None,
                 last_only=False, logit_positions=None):
         # A mask that allows everything is no mask (checked on the host, where it already is):
         # the kernel skips the bias and may take its fastest path (flash on CUDA).
-        masks = {k: None if m.all() else self._tensor(m) for k, m in masks.items()}
+        masks = {k: None if m.all() else self.as_tensor(m) for k, m in masks.items()}
         if logit_positions is not None:
-            logit_positions = self._tensor(np.asarray(logit_positions), torch.long)
-        return paligemma.forward(params, cfg, self._tensor(input_ids, torch.long),
-                                 self._tensor(positions, torch.long), masks, image_features,
+            logit_positions = self.as_tensor(np.asarray(logit_positions), torch.long)
+        return paligemma.forward(params, cfg, self.as_tensor(input_ids, torch.long),
+                                 self.as_tensor(positions, torch.long), masks, image_features,
                                  cache=cache, last_only=last_only, logit_positions=logit_positions)
 
     # ---- cache and decoding ------------------------------------------------------------------
@@ -181,7 +182,7 @@ class TorchBackend:
     def decode_masks(self, vae, codes) -> np.ndarray:
         from . import vqvae  # main's VQ-VAE twin (merged from the seg branch)
 
-        return self.to_numpy(vqvae.decode(vae, self._tensor(np.asarray(codes), torch.long)))
+        return self.to_numpy(vqvae.decode(vae, self.as_tensor(np.asarray(codes), torch.long)))
 
 
 __all__ = ["TorchBackend", "tensor_from_numpy"]
