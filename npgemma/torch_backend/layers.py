@@ -75,20 +75,24 @@ def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return torch.tanh(x / cap) * cap
 
 
-def _softcap_scores(scores: torch.Tensor, scale: float, cap: float) -> torch.Tensor:
-    """`softcap(scores * scale, cap)`, the same three roundings, in place on a fresh tensor
-    unless autograd has to see every step."""
-    if torch.is_grad_enabled() and scores.requires_grad:
-        return softcap(scores * scale, cap)
-    return scores.mul_(scale).div_(cap).tanh_().mul_(cap)
+def _in_place_ok(x: torch.Tensor) -> bool:
+    return not (torch.is_grad_enabled() and x.requires_grad)
+
+
+def _scaled(scores: torch.Tensor, scale: float) -> torch.Tensor:
+    """scores * scale, in place on a fresh tensor unless autograd has to see it."""
+    return scores.mul_(scale) if _in_place_ok(scores) else scores * scale
+
+
+def _softcap_scores(scores: torch.Tensor, cap: float) -> torch.Tensor:
+    """`softcap(scores, cap)`, the same roundings, in place unless autograd has to see them."""
+    return scores.div_(cap).tanh_().mul_(cap) if _in_place_ok(scores) else softcap(scores, cap)
 
 
 def _add_bias(scores: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """float32 scores + the float32 bias; in place unless autograd needs the scores.
     `score + finfo.min` rounds to finfo.min exactly: the same as NumPy's `where`."""
-    if torch.is_grad_enabled() and scores.requires_grad:
-        return scores + bias
-    return scores.add_(bias)
+    return scores.add_(bias) if _in_place_ok(scores) else scores + bias
 
 
 @functools.lru_cache(maxsize=None)
@@ -176,8 +180,9 @@ def attention_weights(qg, k, mask, scale: float, logit_cap: float | None) -> tor
     `_attention_bias`, or None -> [B, K, G*L, S]. In place where autograd allows."""
     if mask is not None and mask.dtype == torch.bool:
         mask = _attention_bias(mask, qg.shape[2] // mask.shape[1], F32, qg.dtype)
-    scores = qg @ k.transpose(-1, -2)  # [B, K, G*L, H] @ [B, K, H, S] -> [B, K, G*L, S]
-    scores = _softcap_scores(scores, scale, logit_cap) if logit_cap is not None else scores * scale
+    scores = _scaled(qg @ k.transpose(-1, -2), scale)  # [B, K, G*L, H] @ [B, K, H, S] -> [B, K, G*L, S]
+    if logit_cap is not None:
+        scores = _softcap_scores(scores, logit_cap)
     scores = scores.float()
     if mask is not None:
         scores = _add_bias(scores, mask)
