@@ -99,6 +99,8 @@ class TorchBackend:
         """A NumPy array (pixels, ids, positions, masks) on this backend's device, as `dtype`."""
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, dtype=dtype)
 
+    _tensor = as_tensor  # the name parity_report.py used before main made it public
+
     # ---- forward (prefill, logits, parity) -------------------------------------------------
 
     @torch.inference_mode()
