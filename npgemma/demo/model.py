@@ -45,7 +45,7 @@ def _vocab_layout() -> tuple[int, int]:
     return -(-(image_id + 1) // 64) * 64, image_id
 
 
-def demo_config(*, hidden_size: int = 128, layers: int = 4, vision_layers: int = 4) -> dict:
+def demo_config(*, hidden_size: int = 192, layers: int = 4, vision_layers: int = 4) -> dict:
     """config.json of the demo model (every transformers default spelled out)."""
     vocab, image_id = _vocab_layout()
     heads, head_dim = 4, hidden_size // 4

@@ -216,7 +216,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--hidden-size", type=int, default=192)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vision-layers", type=int, default=4)
     p.add_argument("--eval-every", type=int, default=1000)

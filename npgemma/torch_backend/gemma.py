@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -9,16 +10,22 @@ import torch
 from . import kv_cache
 from ..capture import hook, scope
 from ..config import TextConfig
-from .layers import (apply_rope, attention, gelu_tanh, linear, merge_heads, rms_norm, rope_tables,
-                     softcap, split_heads)
+from .layers import (F32, apply_rope, attention, _attention_bias, gelu_tanh, linear, merge_heads,
+                     rms_norm, rope_tables, softcap, split_heads)
+
+
+@functools.lru_cache(maxsize=None)
+def _embed_scale(hidden_size: int, dtype: torch.dtype) -> float:
+    """sqrt(D) rounded to the weight dtype (HF: `embed_scale.to(weight.dtype)`; 45.25 in bf16
+    for D=2048), as a Python number: a multiplier, never a per-call upload."""
+    return float(torch.tensor(math.sqrt(hidden_size), dtype=F32).to(dtype))
 
 
 def embed(embed_tokens, input_ids: torch.Tensor, cfg: TextConfig) -> torch.Tensor:
-    """Scaled embedding lookup; sqrt(D) rounded to the weight dtype (45.25 in bf16 for D=2048)."""
+    """Scaled embedding lookup; ids beyond the table read row 0 (the merge overwrites them)."""
     table = embed_tokens["weight"]
-    ids = torch.where(input_ids < table.shape[0], input_ids, torch.zeros_like(input_ids))
-    scale = torch.tensor(math.sqrt(cfg.hidden_size), dtype=torch.float32).to(table.dtype)
-    return table[ids] * scale.to(table.device)  # [B, L] -> [B, L, D]
+    ids = input_ids.masked_fill(input_ids >= table.shape[0], 0)
+    return table[ids] * _embed_scale(cfg.hidden_size, table.dtype)  # [B, L] -> [B, L, D]
 
 
 def feed_forward(x, gate_proj, up_proj, down_proj) -> torch.Tensor:
@@ -55,15 +62,26 @@ def decoder_layer(x, p: dict, *, cos, sin, mask, cfg: TextConfig, cache=None, la
                 x + feed_forward(rms_norm(x, **p["post_attention_layernorm"], eps=eps), **p["mlp"]))
 
 
+def _biases(masks: dict, cfg: TextConfig, dtype: torch.dtype) -> dict:
+    """Each layer type's bool mask as the additive bias its attention adds (see
+    `layers._attention_bias`), built once per forward; a bias or None passes through."""
+    groups = cfg.num_attention_heads // cfg.num_key_value_heads
+    score_dtype = dtype if cfg.attn_logit_softcapping is None else F32
+    return {name: _attention_bias(m, groups, score_dtype, dtype)
+            if m is not None and m.dtype == torch.bool else m for name, m in masks.items()}
+
+
 def decoder(params, embeds, positions, masks: dict, cfg: TextConfig, cache=None,
             hidden_states: list | None = None) -> torch.Tensor:
-    """Layers then the final norm: [B, L, D] -> [B, L, D]."""
+    """Layers then the final norm: [B, L, D] -> [B, L, D]. `masks` maps a layer type to a
+    bool[B, L, S], its bias, or None (no mask)."""
     cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, dtype=embeds.dtype)
+    biases = _biases(masks, cfg, embeds.dtype)
     x = embeds
     if hidden_states is not None:
         hidden_states.append(x)
     for i, layer in enumerate(params["layers"]):
-        mask = masks["sliding_attention" if cfg.layer_sliding_window(i) else "full_attention"]
+        mask = biases["sliding_attention" if cfg.layer_sliding_window(i) else "full_attention"]
         with scope(f"decoder.blocks.{i}"):
             x = decoder_layer(x, layer, cos=cos, sin=sin, mask=mask, cfg=cfg, cache=cache, layer_idx=i)
         if hidden_states is not None:

@@ -1,5 +1,6 @@
 """Torch twin of `npgemma/paligemma.py`. The masks and positions are built once in NumPy
-(`npgemma.paligemma.attention_masks` / `rope_positions`) and arrive here as tensors."""
+(`npgemma.paligemma.attention_masks` / `rope_positions`) and arrive here as tensors (a mask
+may also be None: no mask), except while decoding, where `decode.py` builds them on the device."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def merge(text_embeds, image_features, input_ids, image_token_index: int) -> tor
 def forward(params, cfg: PaliGemmaConfig, input_ids, positions, masks: dict, image_features=None,
             cache=None, last_only: bool = False, hidden_states: list | None = None,
             logit_positions=None):
-    """The decoder over L new tokens: [B, L] -> (logits [B, L or 1, V], cache)."""
+    """The decoder over L new tokens: [B, L] -> (logits [B, L or 1, V], cache); logits only
+    for the last position (last_only) or the query indices int[L'] `logit_positions`."""
     text = cfg.text_config
     lm = params["language_model"]
     x = gemma.embed(lm["embed_tokens"], input_ids, text)  # [B, L] -> [B, L, D]

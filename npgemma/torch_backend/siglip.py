@@ -30,8 +30,7 @@ def self_attention(x, q_proj, k_proj, v_proj, out_proj, *, num_heads: int) -> to
     q = split_heads(linear(x, **q_proj), num_heads)  # [B, P, D] -> [B, N, P, H]
     k = split_heads(linear(x, **k_proj), num_heads)
     v = split_heads(linear(x, **v_proj), num_heads)
-    everyone = torch.ones((b, p, p), dtype=torch.bool, device=x.device)
-    out = attention(q, k, v, everyone, scale=(d // num_heads) ** -0.5)
+    out = attention(q, k, v, None, scale=(d // num_heads) ** -0.5)  # no mask: all see all
     return linear(merge_heads(out), **out_proj)  # [B, N, P, H] -> [B, P, D]
 
 

@@ -18,7 +18,7 @@ from ..errors import WeightsError
 from .checks import DISK_DTYPES, index_problems, tensor_problems
 from .layout import (LAYOUTS, disk_name, disk_names, expected_shapes, flatten,  # noqa: F401
                      unflatten, vision_head_shapes)
-from .read import disk_bytes, list_files, memory_map, read_headers, read_tensors
+from .read import disk_bytes, list_files, memory_map, read_headers, read_tensors, stream_tensors
 from .report import report
 
 _SUPPORTED = ("float32", "bfloat16", "float16")
@@ -71,3 +71,27 @@ def load_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=
         keys = {d: c for d, c in to_load.items() if entries[d][0][0] == path}
         flat |= memory_map(path, keys) if mmap else read_tensors(path, keys, target, on_read)
     return unflatten({key: flat[key] for key in to_load.values()})  # canonical order
+
+
+def iter_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=None):
+    """Yield (canonical flat key, array cast to `dtype`; None: as stored) one tensor at a time,
+    file by file, once the whole checkpoint has been validated (every problem in one
+    `WeightsError`, as `load_weights`). For loaders that move each tensor elsewhere (a GPU):
+    host RAM then holds about one tensor. `progress` as in `load_weights`."""
+    model_dir = Path(os.fspath(model_dir))
+    target = None if dtype is None else _as_dtype(dtype)
+    files, weight_map = list_files(model_dir)
+    entries = read_headers(files)
+    probs, layout = tensor_problems(entries, cfg)
+    probs += index_problems(entries, weight_map) if weight_map is not None else []
+    if probs:
+        raise WeightsError(report(model_dir, layout, probs))
+    to_load = disk_names(expected_shapes(cfg), layout)  # {disk name: canonical key}
+    total, done = disk_bytes(entries, to_load), 0
+    for path in files:
+        keys = {d: c for d, c in to_load.items() if entries[d][0][0] == path}
+        for canonical, arr, nbytes in stream_tensors(path, keys, target):
+            done += nbytes
+            if progress is not None:
+                progress(done, total, canonical)
+            yield canonical, arr

@@ -112,3 +112,28 @@ def memory_map(path: Path, keys: dict[str, str]) -> dict:
         begin, end = info["data_offsets"]
         out[canonical] = data[begin:end].view(DISK_DTYPES[info["dtype"]]).reshape(info["shape"])
     return out
+
+
+def stream_tensors(path: Path, keys: dict[str, str], target: np.dtype | None):
+    """Yield (canonical key, array, on-disk bytes) for the on-disk `keys` ({disk: canonical})
+    of one file, one tensor at a time, cast to `target` (None: as stored). Plain reads into a
+    fresh buffer per tensor, no memory map (whose touched pages would count against the process
+    until unmapped): a consumer that moves each array away holds about one tensor in RAM."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            for disk, canonical in keys.items():
+                info = header[disk]
+                begin, end = info["data_offsets"]
+                f.seek(8 + n + begin)
+                raw = np.empty(end - begin, np.uint8)
+                if f.readinto(memoryview(raw)) != raw.size:
+                    raise OSError(f"{disk}: the file ends inside the tensor's bytes")
+                arr = raw.view(DISK_DTYPES[info["dtype"]]).reshape(info["shape"])
+                out = arr if target is None or arr.dtype == target else arr.astype(target)
+                del raw, arr  # the on-disk-dtype copy goes before the next tensor is read
+                yield canonical, out, end - begin
+                del out
+    except (OSError, ValueError, KeyError) as e:
+        raise WeightsError(f"{path}: reading tensors failed ({e!r})") from None
