@@ -129,16 +129,20 @@ def run_engine(spec: str, model: str, batches: list[int], new_tokens: int) -> li
 
 
 def bandwidth_gbs(gib: float = 2.0, threads: int | None = None, repeats: int = 5) -> float:
-    """Read bandwidth (GB/s, 10^9 bytes): the best of `repeats` summing passes, every core busy."""
+    """Read bandwidth (GB/s, 10^9 bytes) over a 2 GiB float32 array, every core busy (NumPy
+    releases the GIL in its reductions): the best of `repeats` passes of the fastest of three
+    read-only kernels (sum, max, and a dot product of the two halves of each core's share)."""
     threads = threads or os.cpu_count() or 1
     a = np.ones(int(gib * 2**30) // 4, np.float32)
     parts = np.array_split(a, threads)
-    with ThreadPoolExecutor(threads) as pool:  # NumPy releases the GIL inside the reduction
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            best = min(best, time.perf_counter() - t)
+    kernels = (np.sum, np.max, lambda p: np.dot(p[:len(p) // 2], p[len(p) // 2:]))
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for kernel in kernels:
+            for _ in range(repeats):
+                t = time.perf_counter()
+                list(pool.map(kernel, parts))
+                best = min(best, time.perf_counter() - t)
     return a.nbytes / best / 1e9
 
 

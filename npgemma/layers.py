@@ -80,6 +80,23 @@ def _widened_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return y
 
 
+_FEW_ROWS_SLAB = 512  # weight rows per product: 4 MB of a 2048-wide matrix, cache-resident
+
+
+def _few_rows_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x @ weight.T for 2..16 rows (a batched decode step), as slab @ xᵀ products.
+
+    The same numbers as `x @ weight.T`, but OpenBLAS runs a [M, in] @ [in, out] product with
+    a few rows M at a fraction of its matrix-vector speed (measured here: batch 8 costs 4.7x a
+    single row); taking the weight in cache-sized slabs of rows, each read once, cuts that to ~2.7x.
+    """
+    xt = np.ascontiguousarray(x.T)  # [M, in] -> [in, M]
+    yt = np.empty((weight.shape[0], x.shape[0]), np.float32)  # [out, M]
+    for i in range(0, weight.shape[0], _FEW_ROWS_SLAB):
+        np.dot(weight[i:i + _FEW_ROWS_SLAB], xt, out=yt[i:i + _FEW_ROWS_SLAB])
+    return yt.T  # [out, M] -> [M, out]
+
+
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """`nn.Linear`: weight is [out, in] as stored by torch. float32[..., in] -> float32[..., out].
 
@@ -87,7 +104,9 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     reads each weight once (a stacked [B, 1, in] product would run B matrix-vector products).
     """
     x2 = x.reshape(-1, x.shape[-1])  # [..., in] -> [M, in]
-    if weight.dtype == np.float32:
+    if weight.dtype == np.float32 and 1 < x2.shape[0] <= _SMALL_M:
+        y = _few_rows_matmul(x2, weight)
+    elif weight.dtype == np.float32:
         y = x2 @ weight.T  # [M, in] -> [M, out]
     else:
         y = _widened_matmul(x2, weight)

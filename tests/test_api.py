@@ -266,21 +266,28 @@ def test_sampled_row_is_the_same_in_any_batch(pipe, image):
     assert twice[0].token_ids != twice[1].token_ids
 
 
-def test_batched_linear_reads_each_weight_once():
-    """A decode step of B rows is one matrix product per weight, not B matrix-vector products."""
-    from npgemma.layers import linear
+@pytest.mark.parametrize("rows", [1, 8, 40])
+def test_batched_linear_reads_each_weight_once(rows):
+    """A decode step of B rows reads each weight row once (one matrix product, or one pass over
+    cache-sized slabs), not once per batch row."""
+    from npgemma import layers
 
     class Counting(np.ndarray):
-        reads = 0
+        read = 0  # weight rows handed to a matrix product
 
         @property
-        def T(self):  # noqa: N802  (every product in `linear` goes through weight.T)
-            Counting.reads += 1
+        def T(self):  # noqa: N802  (the one-product path: weight.T)
+            Counting.read += self.shape[0]
             return np.asarray(self).T
 
+        def __getitem__(self, item):  # the slab path: weight[i:i + n]
+            out = np.asarray(self)[item]
+            Counting.read += out.shape[0]
+            return out
+
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((6, 4)).astype(np.float32).view(Counting)
-    x = rng.standard_normal((8, 1, 4)).astype(np.float32)
-    y = linear(x, w)
-    assert Counting.reads == 1 and y.shape == (8, 1, 6)
-    np.testing.assert_allclose(y[:, 0], x[:, 0] @ np.asarray(w).T, rtol=1e-6)
+    w = rng.standard_normal((1100, 4)).astype(np.float32).view(Counting)
+    x = rng.standard_normal((rows, 1, 4)).astype(np.float32)
+    y = layers.linear(x, w)
+    assert Counting.read == 1100 and y.shape == (rows, 1, 1100)
+    np.testing.assert_allclose(y[:, 0], x[:, 0] @ np.asarray(w).T, rtol=1e-6, atol=1e-6)
