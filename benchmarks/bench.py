@@ -11,7 +11,7 @@ transformers' `generate` with a logits processor that stamps the time of each ne
 
 Per engine and batch size: load s, prefill s (vision + the whole prompt, until the first new
 token), decode ms/token (median over the steps after the first), tokens/s (batch / step time),
-peak RSS. In the same run: the machine's memory bandwidth (a STREAM-style read pass over 2 GiB on
+peak RSS. In the same run: the machine's memory bandwidth (a matrix-vector read over 2 GiB, BLAS on
 every core) and the decode bound it implies (weight bytes read per token / bandwidth). The
 table's ratios are against transformers float32 (or the first transformers engine) and against
 the bound. `--resolution 224,896` with `--make` writes and runs each resolution's checkpoint.
@@ -28,7 +28,6 @@ import resource
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -128,22 +127,19 @@ def run_engine(spec: str, model: str, batches: list[int], new_tokens: int) -> li
     return rows
 
 
-def bandwidth_gbs(gib: float = 2.0, threads: int | None = None, repeats: int = 5) -> float:
-    """Read bandwidth (GB/s, 10^9 bytes) over a 2 GiB float32 array, every core busy (NumPy
-    releases the GIL in its reductions): the best of `repeats` passes of the fastest of three
-    read-only kernels (sum, max, and a dot product of the two halves of each core's share)."""
-    threads = threads or os.cpu_count() or 1
-    a = np.ones(int(gib * 2**30) // 4, np.float32)
-    parts = np.array_split(a, threads)
-    kernels = (np.sum, np.max, lambda p: np.dot(p[:len(p) // 2], p[len(p) // 2:]))
+def bandwidth_gbs(gib: float = 2.0, repeats: int = 5) -> float:
+    """Read bandwidth (GB/s, 10^9 bytes) as a decode step meets it: the best of `repeats`
+    float32 matrix-vector products over a 2 GiB matrix (every byte read once, BLAS on every
+    core). Plain reductions (sum, max, dot) read slower here (~24 GB/s vs ~33), so the bound
+    below is what streaming the weights alone would cost, without the rest of the step."""
+    m = np.ones((int(gib * 2**30) // (4 * 4096), 4096), np.float32)
+    x = np.ones(4096, np.float32)
     best = float("inf")
-    with ThreadPoolExecutor(threads) as pool:
-        for kernel in kernels:
-            for _ in range(repeats):
-                t = time.perf_counter()
-                list(pool.map(kernel, parts))
-                best = min(best, time.perf_counter() - t)
-    return a.nbytes / best / 1e9
+    for _ in range(repeats):
+        t = time.perf_counter()
+        m @ x
+        best = min(best, time.perf_counter() - t)
+    return m.nbytes / best / 1e9
 
 
 def decode_weight_bytes(model: str, itemsize: int) -> int:

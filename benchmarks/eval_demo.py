@@ -26,18 +26,20 @@ def main(argv=None) -> int:
     import npgemma
     from npgemma.demo import scenes
     from npgemma.demo.evaluate import evaluate_pipeline
+    from npgemma.demo.masks import vae_path
     from npgemma.demo.model import model_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(model_dir()))
     ap.add_argument("--scenes", type=int, default=200, help="fresh scenes per task")
+    ap.add_argument("--vae", default=str(vae_path()), help="VQ-VAE for segment (default: the demo's)")
     ap.add_argument("--backends", default="numpy,torch")
     ap.add_argument("--json", help="also write the scores to this file")
     args = ap.parse_args(argv)
 
     results = {}
     for backend in args.backends.split(","):
-        pipe = npgemma.load(args.model, backend=backend)
+        pipe = npgemma.load(args.model, backend=backend, vae=args.vae)
         t0 = time.perf_counter()
         with tqdm(total=args.scenes * len(scenes.TASKS), desc=backend, unit="scene",
                   file=sys.stderr) as bar:
@@ -55,9 +57,9 @@ def main(argv=None) -> int:
         first = next(iter(answers.values()))
         same = all(a == first for a in answers.values())
         print(f"\ngreedy answers identical across backends: {same}")
-    if args.json:
+    if args.json:  # scores and every answer, so runs on different backends can be compared
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"scores": results, "answers": answers}, f, indent=1)
     return 0
 
 
