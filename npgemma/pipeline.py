@@ -17,7 +17,7 @@ from .slots import Slots
 from .processing import Processor
 from .hub import resolve
 from .streaming import stream_decode
-from .weights import header_summary, load_weights
+from .weights import header_summary
 
 
 @dataclass(frozen=True)
@@ -141,10 +141,7 @@ def load(model: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
                      disk_dtype=memory.stored_dtype(headers), text_tokens=text_tokens,
                      batch=batch)
     processor = Processor.from_pretrained(model_dir, cfg)
-    if hasattr(be, "load_weights"):
-        params = be.load_weights(model_dir, cfg, progress=progress)
-    else:
-        params = be.from_numpy(load_weights(model_dir, cfg, dtype=be.weight_dtype, progress=progress))
+    params = be.load_weights(model_dir, cfg, progress=progress)
     mask_vae = None
     if vae is not None:
         from .vqvae import load_vae

@@ -8,12 +8,11 @@ import importlib.util
 import math
 from pathlib import Path
 
-import ml_dtypes
-import numpy as np
 import pytest
 
 import npgemma
-from npgemma import cli, memory, paligemma, pipeline, weights
+from npgemma import backend as backend_module
+from npgemma import cli, memory, paligemma, weights
 from npgemma.config import config_from_dict, load_config
 from npgemma.errors import InputError
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
@@ -216,7 +215,7 @@ def test_gpu_memory_checked_for_torch_on_cuda(monkeypatch):
 def _never_read(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("weights were read before the memory check refused")
-    monkeypatch.setattr(pipeline, "load_weights", boom)
+    monkeypatch.setattr(backend_module, "load_weights", boom)  # what NumpyBackend reads with
 
 
 def test_load_refuses_before_reading_weights_and_force_loads(monkeypatch, demo):
@@ -239,7 +238,7 @@ def test_cli_refuses_in_one_line_and_force_runs(monkeypatch, demo, capsys):
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1
     assert err.startswith(f"npgemma: error: {demo[0]}: not enough memory for the numpy backend")
-    monkeypatch.setattr(pipeline, "load_weights", weights.load_weights)
+    monkeypatch.setattr(backend_module, "load_weights", weights.load_weights)
     assert cli.main(args + ["--force"]) == 0
 
 

@@ -42,6 +42,18 @@ def header_summary(model_dir) -> tuple[list[Path], dict[str, tuple[str, tuple[in
                    for key, places in read_headers(files).items()}
 
 
+def _validated(model_dir: Path, cfg: PaliGemmaConfig):
+    """(files, headers, {disk name: canonical key}) of a checkpoint that matches `cfg`; else one
+    `WeightsError` listing every problem (tensors against the config, the shard index)."""
+    files, weight_map = list_files(model_dir)
+    entries = read_headers(files)
+    probs, layout = tensor_problems(entries, cfg)
+    probs += index_problems(entries, weight_map) if weight_map is not None else []
+    if probs:
+        raise WeightsError(report(model_dir, layout, probs))
+    return files, entries, disk_names(expected_shapes(cfg), layout)
+
+
 def load_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=None,
                  mmap: bool = False) -> dict:
     """Read every tensor of a PaliGemma checkpoint into the canonical tree, cast to `dtype`.
@@ -52,13 +64,7 @@ def load_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=
     is near instant, and the pages are read (and can be dropped again) by the OS as used.
     """
     model_dir, target = Path(os.fspath(model_dir)), _as_dtype(dtype)
-    files, weight_map = list_files(model_dir)
-    entries = read_headers(files)
-    probs, layout = tensor_problems(entries, cfg)
-    probs += index_problems(entries, weight_map) if weight_map is not None else []
-    if probs:
-        raise WeightsError(report(model_dir, layout, probs))
-    to_load = disk_names(expected_shapes(cfg), layout)  # {disk name: canonical key}
+    files, entries, to_load = _validated(model_dir, cfg)
     total, done = disk_bytes(entries, to_load), [0]
 
     def on_read(nbytes: int, key: str) -> None:
@@ -80,13 +86,7 @@ def iter_weights(model_dir, cfg: PaliGemmaConfig, *, dtype=np.float32, progress=
     host RAM then holds about one tensor. `progress` as in `load_weights`."""
     model_dir = Path(os.fspath(model_dir))
     target = None if dtype is None else _as_dtype(dtype)
-    files, weight_map = list_files(model_dir)
-    entries = read_headers(files)
-    probs, layout = tensor_problems(entries, cfg)
-    probs += index_problems(entries, weight_map) if weight_map is not None else []
-    if probs:
-        raise WeightsError(report(model_dir, layout, probs))
-    to_load = disk_names(expected_shapes(cfg), layout)  # {disk name: canonical key}
+    files, entries, to_load = _validated(model_dir, cfg)
     total, done = disk_bytes(entries, to_load), 0
     for path in files:
         keys = {d: c for d, c in to_load.items() if entries[d][0][0] == path}
