@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     from npgemma.demo import scenes
     from npgemma.demo.evaluate import evaluate_pipeline
     from npgemma.demo.masks import vae_path
-    from npgemma.demo.model import model_dir
+    from npgemma.demo.bundle import model_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(model_dir()))

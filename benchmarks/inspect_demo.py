@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=10_000)
     args = ap.parse_args(argv)
     if args.model is None:
-        from npgemma.demo.model import model_dir
+        from npgemma.demo.bundle import model_dir
         args.model = str(model_dir())
     pipe = npgemma.load(args.model)
     hits = {"pixel_rollout": 0, "decoder_rollout": 0, "last_layer_attention": 0}

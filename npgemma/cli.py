@@ -141,7 +141,7 @@ def _batch_inputs(args) -> list[tuple[str, str]]:
 def _model_dir(args) -> str:
     if args.model is not None:
         return args.model
-    from .demo.model import model_dir
+    from .demo.bundle import model_dir
 
     return str(model_dir())
 

@@ -8,11 +8,13 @@ and silently diverge from the float32 reference (and from the torch mirror).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from .capture import hook
 
@@ -45,56 +47,68 @@ def _slab_buffer(elements: int) -> np.ndarray:
     return buf
 
 
-# Small-M products (decode steps) run one BLAS thread each: the slabs are then shared out
-# over the cores by threads of our own (NumPy releases the GIL while casting and multiplying).
-# Large-M products (prefill) are compute-bound and left to BLAS's own threads.
-_SMALL_M = 16
+# A decode step is matrix-vector work: each weight is read once, from memory, for a few rows of
+# activations. Where that work is more than BLAS's (the low-memory mode also widens every weight
+# on the way), the numpy backend runs its decode steps inside `on_our_threads()`: `linear` takes
+# each weight as cache-sized slabs of rows shared out over one thread of ours per core (NumPy
+# releases the GIL while it casts and multiplies), and BLAS is held to one thread for the whole
+# block, since its own threads, idle but spinning for the cores after any BLAS call, would
+# otherwise run beside ours. Measured on the 2-core CI machine, paligemma-3b low-memory decode:
+# 963 ms a step with BLAS's threads spinning, 640 ms on ours. In float32 a step is BLAS's
+# matrix-vector product (already at the memory bound) or, for 2..16 rows, slabs on BLAS's
+# threads: 8 rows on ours measured no faster (`benchmarks/kernels.py`).
+_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_FEW_ROWS = 16  # activation rows that still make a matrix-vector-like product
 _pool: ThreadPoolExecutor | None = None
+_blas: ThreadpoolController | None = None
+_our_threads = 0  # depth of on_our_threads() blocks
 
 
-def _widen_rows(x: np.ndarray, weight: np.ndarray, y: np.ndarray, first: int, stride: int,
-                rows: int) -> None:
-    """Slabs first, first + stride, ...: widen `rows` rows into this thread's buffer, multiply."""
-    in_features = weight.shape[1]
-    scratch = _slab_buffer(rows * in_features)
-    for i in range(first * rows, weight.shape[0], stride * rows):
-        slab = weight[i:i + rows]
-        wide = scratch[:slab.size].reshape(slab.shape)
-        np.copyto(wide, slab, casting="unsafe")  # exact widening; ml_dtypes' cast is the fastest
-        y[:, i:i + rows] = x @ wide.T  # [M, in] @ [in, rows] -> [M, rows]
+@contextlib.contextmanager
+def on_our_threads():
+    """A block whose few-row products run on npgemma's threads, BLAS single-threaded."""
+    global _pool, _blas, _our_threads
+    if _WORKERS > 1 and _pool is None:
+        _pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="npgemma-slabs")
+        _blas = ThreadpoolController()
+    _our_threads += 1
+    try:
+        with _blas.limit(limits=1, user_api="blas") if _blas else contextlib.nullcontext():
+            yield
+    finally:
+        _our_threads -= 1
 
 
-def _widened_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """x @ weight.T for a narrow-dtype weight [out, in], widening slab by slab. [M, in] -> [M, out]."""
-    global _pool
-    rows = max(1, _SLAB_BYTES // (4 * weight.shape[1]))
-    y = np.empty((x.shape[0], weight.shape[0]), np.float32)
-    workers = os.cpu_count() or 1
-    if x.shape[0] > _SMALL_M or workers == 1 or weight.shape[0] < 2 * rows:
-        _widen_rows(x, weight, y, 0, 1, rows)
-        return y
-    if _pool is None:
-        _pool = ThreadPoolExecutor(workers, thread_name_prefix="npgemma-widen")
-    for f in [_pool.submit(_widen_rows, x, weight, y, w, workers, rows) for w in range(workers)]:
-        f.result()
-    return y
+def _slab_matmul(x: np.ndarray, weight: np.ndarray, parallel: bool) -> np.ndarray:
+    """x @ weight.T a slab of weight rows at a time, each slab read once. [M, in] -> [M, out].
 
-
-_FEW_ROWS_SLAB = 512  # weight rows per product: 4 MB of a 2048-wide matrix, cache-resident
-
-
-def _few_rows_matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """x @ weight.T for 2..16 rows (a batched decode step), as slab @ xᵀ products.
-
-    The same numbers as `x @ weight.T`, but OpenBLAS runs a [M, in] @ [in, out] product with
-    a few rows M at a fraction of its matrix-vector speed (measured here: batch 8 costs 4.7x a
-    single row); taking the weight in cache-sized slabs of rows, each read once, cuts that to ~2.7x.
+    Each product is slab @ xᵀ, so the weight slab is BLAS's big operand and each output block is
+    contiguous. A narrow weight (bfloat16/float16) is widened slab by slab into a reused float32
+    buffer; with `parallel`, slab s goes to thread s mod workers.
     """
+    rows = max(1, _SLAB_BYTES // (4 * weight.shape[1]))
     xt = np.ascontiguousarray(x.T)  # [M, in] -> [in, M]
     yt = np.empty((weight.shape[0], x.shape[0]), np.float32)  # [out, M]
-    for i in range(0, weight.shape[0], _FEW_ROWS_SLAB):
-        np.dot(weight[i:i + _FEW_ROWS_SLAB], xt, out=yt[i:i + _FEW_ROWS_SLAB])
-    return yt.T  # [out, M] -> [M, out]
+
+    def work(first: int, stride: int) -> None:
+        scratch = _slab_buffer(rows * weight.shape[1])
+        for i in range(first * rows, weight.shape[0], stride * rows):
+            slab = weight[i:i + rows]
+            if slab.dtype != np.float32:
+                wide = scratch[:slab.size].reshape(slab.shape)
+                np.copyto(wide, slab, casting="unsafe")  # exact widening; ml_dtypes' cast is the fastest
+                slab = wide
+            np.dot(slab, xt, out=yt[i:i + rows])  # [rows, in] @ [in, M] -> [rows, M]
+
+    slabs = -(-weight.shape[0] // rows)
+    workers = min(_WORKERS, slabs) if parallel else 1
+    if workers == 1:
+        work(0, 1)
+    else:
+        for f in [_pool.submit(work, w, workers) for w in range(workers)]:
+            f.result()
+    # [out, M] -> [M, out]: a view for a decode step's few rows, row-major for a prefill's many
+    return yt.T if x.shape[0] <= _FEW_ROWS else np.ascontiguousarray(yt.T)
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
@@ -104,12 +118,16 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     reads each weight once (a stacked [B, 1, in] product would run B matrix-vector products).
     """
     x2 = x.reshape(-1, x.shape[-1])  # [..., in] -> [M, in]
-    if weight.dtype == np.float32 and 1 < x2.shape[0] <= _SMALL_M:
-        y = _few_rows_matmul(x2, weight)
-    elif weight.dtype == np.float32:
-        y = x2 @ weight.T  # [M, in] -> [M, out]
+    m = x2.shape[0]
+    if _our_threads and m <= _FEW_ROWS:
+        y = _slab_matmul(x2, weight, parallel=True)  # a decode step on our threads
+    elif weight.dtype == np.float32 and (m == 1 or m > _FEW_ROWS):
+        y = x2 @ weight.T  # [M, in] -> [M, out]: one BLAS call on BLAS's threads
     else:
-        y = _widened_matmul(x2, weight)
+        # Narrow weights, widened slab by slab; or 2..16 rows, where OpenBLAS runs one
+        # [M, in] @ [in, out] product far below its matrix-vector speed (8 rows: 3.5x one row)
+        # and slabs of the weight, each read once, cost ~2.3x.
+        y = _slab_matmul(x2, weight, parallel=False)
     if bias is not None:
         y += as_f32(bias)
     return y.reshape(*x.shape[:-1], weight.shape[0])  # [M, out] -> [..., out]

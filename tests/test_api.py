@@ -266,28 +266,68 @@ def test_sampled_row_is_the_same_in_any_batch(pipe, image):
     assert twice[0].token_ids != twice[1].token_ids
 
 
+@pytest.mark.parametrize("ours", [False, True], ids=["blas-threads", "our-threads"])
 @pytest.mark.parametrize("rows", [1, 8, 40])
-def test_batched_linear_reads_each_weight_once(rows):
+def test_batched_linear_reads_each_weight_once(rows, ours, monkeypatch):
     """A decode step of B rows reads each weight row once (one matrix product, or one pass over
-    cache-sized slabs), not once per batch row."""
+    cache-sized slabs shared out over our threads), not once per batch row."""
+    import contextlib
+    import threading
+
     from npgemma import layers
+
+    lock = threading.Lock()  # the slabs are read by one thread per core
 
     class Counting(np.ndarray):
         read = 0  # weight rows handed to a matrix product
 
         @property
         def T(self):  # noqa: N802  (the one-product path: weight.T)
-            Counting.read += self.shape[0]
+            with lock:
+                Counting.read += self.shape[0]
             return np.asarray(self).T
 
         def __getitem__(self, item):  # the slab path: weight[i:i + n]
             out = np.asarray(self)[item]
-            Counting.read += out.shape[0]
+            with lock:
+                Counting.read += out.shape[0]
             return out
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((1100, 4)).astype(np.float32).view(Counting)
     x = rng.standard_normal((rows, 1, 4)).astype(np.float32)
-    y = layers.linear(x, w)
+    monkeypatch.setattr(layers, "_SLAB_BYTES", 100 * 4 * 4)  # 11 slabs of 100 rows, several a thread
+    with layers.on_our_threads() if ours else contextlib.nullcontext():
+        y = layers.linear(x, w)
     assert Counting.read == 1100 and y.shape == (rows, 1, 1100)
     np.testing.assert_allclose(y[:, 0], x[:, 0] @ np.asarray(w).T, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_numpy_decode_steps_threads(ckpt, image, monkeypatch, dtype):
+    """Prefill products are one BLAS call on BLAS's threads; the low-memory mode's decode steps
+    (widening every weight) run inside `layers.on_our_threads()`, float32's do not."""
+    import dataclasses
+
+    from npgemma import layers
+    from npgemma.backend import NumpyBackend
+    from npgemma.generate import GenerationConfig, generate_tokens
+
+    seen = []
+    forward = NumpyBackend.forward
+
+    def spy(self, params, cfg, input_ids, *args, **kwargs):
+        seen.append((input_ids.shape[1], layers._our_threads))
+        return forward(self, params, cfg, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(NumpyBackend, "forward", spy)
+    pipe = npgemma.load(ckpt, dtype=dtype)
+    cfg = dataclasses.replace(pipe.cfg, eos_token_id=-1)  # never stops early
+    batch = pipe.processor.batch([image], [PROMPT])
+    tokens = list(generate_tokens(pipe.backend, pipe.params, cfg, batch.input_ids,
+                                  batch.pixel_values, GenerationConfig(max_new_tokens=4)))
+    assert len(tokens) == 4
+    prefill, *steps = seen
+    assert prefill[0] > 1 and prefill[1] == 0
+    assert steps == [(1, int(dtype != "float32"))] * 3
+    assert layers._our_threads == 0

@@ -15,7 +15,7 @@ import pytest
 import npgemma
 from npgemma.demo import scenes
 from npgemma.demo.evaluate import box_iou, held_out
-from npgemma.demo.model import model_dir
+from npgemma.demo.bundle import model_dir
 from npgemma.postprocess import parse_objects
 
 SHIPPED = (model_dir() / "model.safetensors").is_file()

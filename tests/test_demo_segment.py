@@ -78,7 +78,7 @@ def test_fine_tune_from_a_model_folder_lowers_the_segment_loss(tmp_path):
     torch = pytest.importorskip("torch")
     from npgemma.config import config_from_dict
     from npgemma.demo import train as T
-    from npgemma.demo.model import demo_config, write_model
+    from npgemma.demo.bundle import demo_config, write_model
 
     cfg_dict = demo_config(hidden_size=32, layers=1, vision_layers=1)
     start = T.init_weights(config_from_dict(cfg_dict), seed=5)

@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from npgemma.demo import scenes  # noqa: E402
-from npgemma.demo.model import demo_config  # noqa: E402
+from npgemma.demo.bundle import demo_config  # noqa: E402
 from npgemma.demo.train import Trainer, draw_examples, encode_batch, parse_args  # noqa: E402
 
 TINY = ["--hidden-size", "32", "--layers", "2", "--vision-layers", "1", "--batch", "8",

@@ -489,8 +489,12 @@ def test_patch_embed_channel_and_kernel_orientation():
     np.testing.assert_allclose(patch_embed(pix, w, np.zeros(1, F32)), [[[7.0]]])
 
 
-def test_linear_low_memory_slabs_equal_whole_matrix(monkeypatch):
-    """bfloat16 weights are widened a slab of rows at a time; the result must not depend on it."""
+@pytest.mark.parametrize("ours", [False, True], ids=["prefill", "decode-step"])
+def test_linear_low_memory_slabs_equal_whole_matrix(monkeypatch, ours):
+    """bfloat16 weights are widened a slab of rows at a time (in a decode step, on one thread of
+    ours per core); the result must not depend on it."""
+    import contextlib
+
     import ml_dtypes
 
     from npgemma import layers
@@ -501,6 +505,28 @@ def test_linear_low_memory_slabs_equal_whole_matrix(monkeypatch):
     b = rng.standard_normal(37).astype(ml_dtypes.bfloat16)
     whole = x @ w.astype(np.float32).T + b.astype(np.float32)
     monkeypatch.setattr(layers, "_SLAB_BYTES", 5 * 8 * 4)  # 5 rows a slab: 37 rows -> 8 slabs, the last one short
-    got = layers.linear(x, w, b)
+    with layers.on_our_threads() if ours else contextlib.nullcontext():
+        got = layers.linear(x, w, b)
     assert got.dtype == np.float32 and got.shape == (2, 3, 37)
     np.testing.assert_array_equal(got, whole)
+
+
+def test_on_our_threads_holds_blas_to_one_thread_and_restores_it(monkeypatch):
+    """Inside a decode-step block BLAS runs single-threaded (its idle threads would spin beside
+    ours); outside it BLAS has its threads back, and the block nests."""
+    from threadpoolctl import threadpool_info
+
+    from npgemma import layers
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    monkeypatch.setattr(layers, "_WORKERS", 2)  # as on a 2-core machine, whatever this one has
+    before = blas_threads()
+    with layers.on_our_threads():
+        with layers.on_our_threads():
+            inner = blas_threads()
+        assert layers._our_threads == 1
+        outer = blas_threads()
+    assert inner == outer == {1} and layers._our_threads == 0
+    assert blas_threads() == before

@@ -17,7 +17,7 @@ from npgemma.config import config_from_dict, load_config
 from npgemma.errors import InputError
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
 from npgemma.testing.demo import write_demo
-from npgemma.weights import flatten, load_weights
+from npgemma.weights import flatten
 
 REPO = Path(npgemma.__file__).resolve().parents[1]
 GiB = 2**30

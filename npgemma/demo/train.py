@@ -35,7 +35,7 @@ from ..processing import Processor
 from ..torch_backend import paligemma as tpg
 from ..weights import expected_shapes, flatten, unflatten
 from . import scenes
-from .model import demo_config, demo_tokenizer, write_model
+from .bundle import demo_config, demo_tokenizer, write_model
 
 TASK_WEIGHTS = {"caption": 0.25, "color": 0.15, "count": 0.1, "shape": 0.15, "detect": 0.35}
 
