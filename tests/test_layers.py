@@ -530,3 +530,24 @@ def test_on_our_threads_holds_blas_to_one_thread_and_restores_it(monkeypatch):
         outer = blas_threads()
     assert inner == outer == {1} and layers._our_threads == 0
     assert blas_threads() == before
+
+
+def test_attention_query_chunks_on_our_threads_equal_one_block(monkeypatch):
+    """Queries in chunks, shared out over two threads, give the one-block attention: GQA, a
+    mask with fully masked rows, and a softcap."""
+    from npgemma import layers
+
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((2, 4, 37, 8)).astype(np.float32)
+    k = rng.standard_normal((2, 2, 41, 8)).astype(np.float32)
+    v = rng.standard_normal((2, 2, 41, 8)).astype(np.float32)
+    mask = rng.random((2, 37, 41)) < 0.7
+    mask[0, 5] = False  # a padding query: a uniform average, never NaN
+    monkeypatch.setattr(layers, "_WORKERS", 1)
+    monkeypatch.setattr(layers, "SCORE_BLOCK_BYTES", 1 << 30)
+    whole = layers.attention(q, k, v, mask, 0.35, logit_cap=3.0)
+    monkeypatch.setattr(layers, "_WORKERS", 2)
+    monkeypatch.setattr(layers, "SCORE_BLOCK_BYTES", 2 * 2 * 4 * 4 * 41 * 3)  # 3 queries a chunk
+    chunked = layers.attention(q, k, v, mask, 0.35, logit_cap=3.0)
+    assert np.isfinite(chunked).all()
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
