@@ -78,3 +78,28 @@ def test_saved_folder_loads_and_generates(tmp_path):
     tpipe = npgemma.load(tmp_path / "model", backend="torch")
     np.testing.assert_allclose(tpipe.logits(scene.image, "caption en"), ours, rtol=1e-4, atol=1e-4)
     assert ours.shape[0] == int((ids != pipe.cfg.image_token_index).sum())
+
+
+def test_ship_writes_the_weights_in_bfloat16_with_the_step(tmp_path):
+    """`python -m npgemma.demo.ship`: the same weights rounded to bf16, the step kept, loadable."""
+    import ml_dtypes
+    from safetensors import safe_open
+
+    import npgemma
+    from npgemma.demo.ship import main as ship_main
+    from npgemma.weights import flatten
+
+    trainer = _trainer(tmp_path / "run")
+    trainer.train_step()
+    trainer.save(tmp_path / "run")
+    assert ship_main([str(tmp_path / "run" / "model"), "--to", str(tmp_path / "shipped")]) == 0
+    with safe_open(str(tmp_path / "shipped" / "model.safetensors"), "np") as f:
+        assert f.metadata()["npgemma_demo_step"] == "1"
+    full = flatten(npgemma.load(tmp_path / "run" / "model").params)
+    low = flatten(npgemma.load(tmp_path / "shipped", dtype="bfloat16").params)
+    assert full.keys() == low.keys()
+    for k in full:
+        np.testing.assert_array_equal(low[k].astype(np.float32),
+                                      full[k].astype(ml_dtypes.bfloat16).astype(np.float32))
+    with pytest.raises(SystemExit, match="does not exist"):
+        ship_main([str(tmp_path / "nowhere"), "--to", str(tmp_path / "x")])
