@@ -66,7 +66,8 @@ _our_threads = 0  # depth of on_our_threads() blocks
 
 @contextlib.contextmanager
 def on_our_threads():
-    """A block whose few-row products run on npgemma's threads, BLAS single-threaded."""
+    """A block with BLAS single-threaded, in which `linear` shares few-row products out over
+    npgemma's threads (a low-memory decode step). `attention` enters one for its query chunks."""
     global _pool, _blas, _our_threads
     if _WORKERS > 1 and _pool is None:
         _pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="npgemma-slabs")
