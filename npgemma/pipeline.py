@@ -117,12 +117,13 @@ class Pipeline:
         return [GenerateOutput(self.processor.decode(r), r) for r in rows]
 
 
-def load(model: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
+def load(model: str | os.PathLike | None = None, backend: str = "numpy", device: str = "cpu",
          dtype: str = "float32", progress: Callable[[int, int, str], None] | None = None, *,
          force: bool = False, text_tokens: int = memory.TEXT_TOKENS, batch: int = 1,
          vae: str | os.PathLike | None = None) -> Pipeline:
     """Load a Hugging Face PaliGemma checkpoint: a folder (config.json, *.safetensors,
-    tokenizer.json) or a model id `org/name[@revision]` in the local Hugging Face cache.
+    tokenizer.json) or a model id `org/name[@revision]` in the local Hugging Face cache; None
+    (the default) is the bundled demo model, `npgemma/demo/model/`, with its mask VQ-VAE.
 
     backend "numpy" (CPU, float32 compute; dtype "bfloat16" keeps the weights in bfloat16 to
     halve memory) or "torch" (device "cpu"/"cuda", dtype the compute dtype).
@@ -132,6 +133,11 @@ def load(model: str | os.PathLike, backend: str = "numpy", device: str = "cpu",
     raises InputError with the figures, unless `force`.
     `vae`: PaliGemma's mask VQ-VAE (`vae-oid.npz` layout), to turn `<seg>` codes into masks.
     """
+    if model is None:
+        from .demo.bundle import model_dir as demo_model
+        from .demo.masks import vae_path
+
+        model, vae = demo_model(), vae if vae is not None else vae_path()
     be = get_backend(backend, device=device, dtype=dtype)
     model_dir = resolve(model)
     cfg = load_config(model_dir)
