@@ -56,7 +56,8 @@ def _slab_buffer(elements: int) -> np.ndarray:
 # otherwise run beside ours. Measured on the 2-core CI machine, paligemma-3b low-memory decode:
 # 963 ms a step with BLAS's threads spinning, 640 ms on ours. In float32 a step is BLAS's
 # matrix-vector product (already at the memory bound) or, for 2..16 rows, slabs on BLAS's
-# threads: 8 rows on ours measured no faster (`benchmarks/kernels.py`).
+# threads: ours showed no clear gain there (an 8-row product on a [16384, 2048] weight: 11.8-13.3
+# ms on ours, 13.0-13.3 on BLAS's, across runs; `benchmarks/kernels.py` times ours).
 _WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _FEW_ROWS = 16  # activation rows that still make a matrix-vector-like product
 _pool: ThreadPoolExecutor | None = None
