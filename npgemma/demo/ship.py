@@ -17,10 +17,6 @@ from pathlib import Path
 
 from .bundle import model_dir
 
-FILES = ("config.json", "preprocessor_config.json", "special_tokens_map.json", "tokenizer.json",
-         "tokenizer_config.json")
-
-
 def ship(src: Path, dst: Path) -> int:
     """Write src's model as bfloat16 into dst; returns the training step it records."""
     import torch
@@ -35,8 +31,9 @@ def ship(src: Path, dst: Path) -> int:
     tensors = {k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}
     dst.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(dst / "model.safetensors"), metadata=metadata)
-    for name in FILES:
-        shutil.copyfile(src / name, dst / name)
+    for f in src.iterdir():  # configs and tokenizer, whatever the trainer wrote beside the weights
+        if f.is_file() and f.name != weights.name:
+            shutil.copyfile(f, dst / f.name)
     return int(metadata.get("npgemma_demo_step", -1))
 
 
