@@ -14,8 +14,8 @@ import numpy as np
 from . import kv_cache
 from .capture import hook, scope
 from .config import TextConfig
-from .layers import (apply_rope, as_f32, attention, gelu_tanh, linear, merge_heads, rms_norm,
-                     rope_tables, softcap, split_heads)
+from .layers import (apply_rope, as_f32, attention, by_row_blocks, gelu_tanh, linear, merge_heads,
+                     rms_norm, rope_tables, softcap, split_heads)
 
 
 def embed(embed_tokens, input_ids: np.ndarray, cfg: TextConfig) -> np.ndarray:
@@ -33,8 +33,9 @@ def embed(embed_tokens, input_ids: np.ndarray, cfg: TextConfig) -> np.ndarray:
 
 def feed_forward(x, gate_proj, up_proj, down_proj) -> np.ndarray:
     """`GemmaMLP`: gated tanh-GELU. [B, L, D] -> [B, L, F] -> [B, L, D]."""
-    return linear(hook("mlp.hook_post", gelu_tanh(linear(x, **gate_proj)) * linear(x, **up_proj)),
-                  **down_proj)
+    gate, up = linear(x, **gate_proj), linear(x, **up_proj)  # [B, L, D] -> [B, L, F]
+    h = by_row_blocks(lambda g, u: gelu_tanh(g) * u, gate, up)  # gelu(gate) · up, in cached blocks
+    return linear(hook("mlp.hook_post", h), **down_proj)
 
 
 def self_attention(x, q_proj, k_proj, v_proj, o_proj, *, cos, sin, mask, cfg: TextConfig,

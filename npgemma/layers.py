@@ -35,7 +35,10 @@ def as_f32(w: np.ndarray) -> np.ndarray:
 # it to float32 a slab of rows at a time into one reused buffer: the float32 copy of a big matrix
 # (the 257216-row lm_head: 2.1 GB) never exists, and each slab is still in cache when the matrix
 # product reads it. Widening bf16/fp16 to float32 is exact, so the product is the float32 one.
-_SLAB_BYTES = 1 << 20
+_SLAB_BYTES = 1 << 20  # a widened slab and its product stay in one core's 1 MiB L2
+# A float32 slab has nothing to widen: fewer, larger products measured faster (8 rows over every
+# decode-step weight of paligemma-3b on two threads: 1625 ms in 1 MiB slabs, 1436 ms in 4 MiB).
+_F32_SLAB_BYTES = 4 << 20
 _slab_buffers = threading.local()
 
 
@@ -48,16 +51,14 @@ def _slab_buffer(elements: int) -> np.ndarray:
 
 
 # A decode step is matrix-vector work: each weight is read once, from memory, for a few rows of
-# activations. Where that work is more than BLAS's (the low-memory mode also widens every weight
-# on the way), the numpy backend runs its decode steps inside `on_our_threads()`: `linear` takes
+# activations. The numpy backend runs its decode steps inside `on_our_threads()`: `linear` takes
 # each weight as cache-sized slabs of rows shared out over one thread of ours per core (NumPy
 # releases the GIL while it casts and multiplies), and BLAS is held to one thread for the whole
 # block, since its own threads, idle but spinning for the cores after any BLAS call, would
-# otherwise run beside ours. Measured on the 2-core CI machine, paligemma-3b low-memory decode:
-# 963 ms a step with BLAS's threads spinning, 640 ms on ours. In float32 a step is BLAS's
-# matrix-vector product (already at the memory bound) or, for 2..16 rows, slabs on BLAS's
-# threads: ours showed no clear gain there (an 8-row product on a [16384, 2048] weight: 11.8-13.3
-# ms on ours, 13.0-13.3 on BLAS's, across runs; `benchmarks/kernels.py` times ours).
+# otherwise run beside ours. Measured on the 2-core CI machine over every decode-step weight of
+# paligemma-3b (float32 unless said): one row 792 ms as one BLAS call a weight, 599-613 ms on
+# ours; 8 rows 3468 ms as one BLAS call, 3146-4921 ms in slabs on BLAS's threads, 1436 ms on
+# ours; the low-memory model's step 963 ms with BLAS's threads spinning, 640 ms on ours.
 _WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _FEW_ROWS = 16  # activation rows that still make a matrix-vector-like product
 _pool: ThreadPoolExecutor | None = None
@@ -101,7 +102,8 @@ def _slab_matmul(x: np.ndarray, weight: np.ndarray, parallel: bool) -> np.ndarra
     contiguous. A narrow weight (bfloat16/float16) is widened slab by slab into a reused float32
     buffer; with `parallel`, slab s goes to thread s mod workers.
     """
-    rows = max(1, _SLAB_BYTES // (4 * weight.shape[1]))
+    slab_bytes = _F32_SLAB_BYTES if weight.dtype == np.float32 else _SLAB_BYTES
+    rows = max(1, slab_bytes // (4 * weight.shape[1]))
     xt = np.ascontiguousarray(x.T)  # [M, in] -> [in, M]
     yt = np.empty((weight.shape[0], x.shape[0]), np.float32)  # [out, M]
 
@@ -184,6 +186,33 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     t *= x
     t *= F32(0.5)
     return t
+
+
+# Elementwise work on a prefill's [L, F] activations (896 px: 4352 x 16384, 285 MB) runs at
+# memory speed on one core if each step of a formula passes over the whole array. Taken a block
+# of rows at a time, the formula's temporaries stay in cache, and the blocks go to both cores.
+# Elementwise means the numbers are the same. Measured on the 2-core CI machine, Gemma's GELU at
+# 896 px: 0.75 s over the whole array, 0.37 s in 256 KiB blocks on two threads.
+_BLOCK_BYTES = 256 << 10
+
+
+def by_row_blocks(fn, *xs: np.ndarray) -> np.ndarray:
+    """fn(*xs) for an elementwise fn of same-shaped float32 arrays, a block of rows at a time,
+    the blocks shared out over our threads. float32[..., F] -> float32[..., F]."""
+    shape = xs[0].shape
+    rows = max(1, _BLOCK_BYTES // (4 * shape[-1]))
+    flat = [x.reshape(-1, shape[-1]) for x in xs]  # [..., F] -> [M, F]
+    if flat[0].shape[0] <= rows:
+        return fn(*xs)  # one block (a decode step)
+    out = np.empty(flat[0].shape, np.float32)
+    starts = range(0, out.shape[0], rows)
+
+    def work(first: int, stride: int) -> None:
+        for i in starts[first::stride]:
+            out[i:i + rows] = fn(*(x[i:i + rows] for x in flat))
+
+    _share_out(work, len(starts))
+    return out.reshape(shape)  # [M, F] -> [..., F]
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

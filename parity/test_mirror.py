@@ -33,9 +33,9 @@ NUMPY_ONLY = {
     # The VQ-VAE file is read and checked once in NumPy, then handed to the backend; the TF
     # "SAME" padding rule is plain integer arithmetic, imported by the twin.
     "vqvae": {"load_vae", "check_vae", "same_padding"},
-    # Where NumPy's decode-step products run (our threads, BLAS single-threaded): torch has its
-    # own intra-op threads.
-    "layers": {"on_our_threads"},
+    # Where NumPy's decode-step products and elementwise blocks run (our threads, BLAS
+    # single-threaded): torch has its own intra-op threads.
+    "layers": {"on_our_threads", "by_row_blocks"},
 }
 TORCH_ONLY = {
     # The twin of the NumPy constant MASK_VALUE: torch needs the finfo.min of the compute dtype.

@@ -551,3 +551,25 @@ def test_attention_query_chunks_on_our_threads_equal_one_block(monkeypatch):
     chunked = layers.attention(q, k, v, mask, 0.35, logit_cap=3.0)
     assert np.isfinite(chunked).all()
     np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_by_row_blocks_equals_the_whole_array_formula(monkeypatch):
+    """Gemma's gelu(gate) · up a block of rows at a time, shared over two threads, is bit for bit
+    the formula over the whole array (elementwise: no order of operations changes); a decode
+    step's few rows take the one-block path."""
+    from npgemma import layers
+
+    rng = np.random.default_rng(11)
+    gate = (3 * rng.standard_normal((2, 37, 24))).astype(np.float32)
+    up = rng.standard_normal((2, 37, 24)).astype(np.float32)
+
+    def gated(g, u):
+        return layers.gelu_tanh(g) * u
+
+    whole = gated(gate, up)
+    monkeypatch.setattr(layers, "_WORKERS", 2)
+    monkeypatch.setattr(layers, "_BLOCK_BYTES", 5 * 24 * 4)  # 5 rows a block: 74 rows -> 15 blocks
+    blocks = layers.by_row_blocks(gated, gate, up)
+    assert blocks.shape == (2, 37, 24) and blocks.dtype == np.float32
+    np.testing.assert_array_equal(blocks, whole)
+    np.testing.assert_array_equal(layers.by_row_blocks(gated, gate[:, :2], up[:, :2]), whole[:, :2])
