@@ -7,6 +7,7 @@ directly). A backend turns a NumPy weight tree into its own arrays once, then ru
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Protocol
 
 import numpy as np
@@ -109,8 +110,10 @@ class NumpyBackend:
         return HostDecodeState(valid, is_prefix, cache.max_length)
 
     def decode_step(self, params, cfg, ids, state, cache):
-        # Every dtype: weights in slabs on our threads, BLAS single-threaded (layers.py says why).
-        with layers.on_our_threads():
+        # float32: BLAS's matrix-vector products on BLAS's threads; the low-memory mode also
+        # widens every weight on the way, and that runs on our threads (layers.on_our_threads).
+        threads = contextlib.nullcontext() if self.dtype == "float32" else layers.on_our_threads()
+        with threads:
             return decode_on_host(self.forward, params, cfg, ids, state, cache)
 
     def greedy(self, logits):

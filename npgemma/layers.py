@@ -36,8 +36,9 @@ def as_f32(w: np.ndarray) -> np.ndarray:
 # (the 257216-row lm_head: 2.1 GB) never exists, and each slab is still in cache when the matrix
 # product reads it. Widening bf16/fp16 to float32 is exact, so the product is the float32 one.
 _SLAB_BYTES = 1 << 20  # a widened slab and its product stay in one core's 1 MiB L2
-# A float32 slab has nothing to widen: fewer, larger products measured faster (8 rows over every
-# decode-step weight of paligemma-3b on two threads: 1625 ms in 1 MiB slabs, 1436 ms in 4 MiB).
+# A float32 slab has nothing to widen: fewer, larger products measured a little faster (8 rows
+# over every decode-step weight of paligemma-3b on BLAS's threads: 1119/1126 ms in 1 MiB slabs,
+# 1070/1007 ms in 4 MiB, two runs).
 _F32_SLAB_BYTES = 4 << 20
 _slab_buffers = threading.local()
 
@@ -51,14 +52,17 @@ def _slab_buffer(elements: int) -> np.ndarray:
 
 
 # A decode step is matrix-vector work: each weight is read once, from memory, for a few rows of
-# activations. The numpy backend runs its decode steps inside `on_our_threads()`: `linear` takes
+# activations. Where that work is more than BLAS's (the low-memory mode also widens every weight
+# on the way), the numpy backend runs its decode steps inside `on_our_threads()`: `linear` takes
 # each weight as cache-sized slabs of rows shared out over one thread of ours per core (NumPy
 # releases the GIL while it casts and multiplies), and BLAS is held to one thread for the whole
 # block, since its own threads, idle but spinning for the cores after any BLAS call, would
-# otherwise run beside ours. Measured on the 2-core CI machine over every decode-step weight of
-# paligemma-3b (float32 unless said): one row 792 ms as one BLAS call a weight, 599-613 ms on
-# ours; 8 rows 3468 ms as one BLAS call, 3146-4921 ms in slabs on BLAS's threads, 1436 ms on
-# ours; the low-memory model's step 963 ms with BLAS's threads spinning, 640 ms on ours.
+# otherwise run beside ours. Measured on the 2-core CI machine, paligemma-3b low-memory decode:
+# 963 ms a step with BLAS's threads spinning, 640 ms on ours. In float32 a step is BLAS's
+# matrix-vector product (already at the memory bound) or, for 2..16 rows, slabs on BLAS's
+# threads. Ours gain nothing there: over every decode-step weight of paligemma-3b, quiet machine,
+# two runs: one row 379/426 ms as one BLAS call a weight, 444/548 ms on ours; 8 rows in 4 MiB
+# slabs 1070/1007 ms on BLAS's threads, 1065/1049 ms on ours.
 _WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _FEW_ROWS = 16  # activation rows that still make a matrix-vector-like product
 _pool: ThreadPoolExecutor | None = None
@@ -192,8 +196,11 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
 # memory speed on one core if each step of a formula passes over the whole array. Taken a block
 # of rows at a time, the formula's temporaries stay in cache, and the blocks go to both cores.
 # Elementwise means the numbers are the same. Measured on the 2-core CI machine, Gemma's GELU at
-# 896 px: 0.75 s over the whole array, 0.37 s in 256 KiB blocks on two threads.
+# 896 px: 0.75 s over the whole array, 0.37 s in 256 KiB blocks on two threads; the 896 px
+# prefill 249.4 -> 240.8 s (benchmarks/RESULTS.md runs 5 and 7). An array that fits in the
+# 32 MiB L3 (224 px: 17 MB) gained nothing measurable and keeps the one pass.
 _BLOCK_BYTES = 256 << 10
+_CACHED_BYTES = 32 << 20
 
 
 def by_row_blocks(fn, *xs: np.ndarray) -> np.ndarray:
@@ -202,8 +209,8 @@ def by_row_blocks(fn, *xs: np.ndarray) -> np.ndarray:
     shape = xs[0].shape
     rows = max(1, _BLOCK_BYTES // (4 * shape[-1]))
     flat = [x.reshape(-1, shape[-1]) for x in xs]  # [..., F] -> [M, F]
-    if flat[0].shape[0] <= rows:
-        return fn(*xs)  # one block (a decode step)
+    if flat[0].shape[0] <= rows or xs[0].size * 4 <= _CACHED_BYTES:
+        return fn(*xs)  # one block: a decode step, or an array that fits in cache
     out = np.empty(flat[0].shape, np.float32)
     starts = range(0, out.shape[0], rows)
 

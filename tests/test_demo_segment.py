@@ -31,9 +31,9 @@ def test_masks_are_where_the_shapes_are_drawn():
 
 def test_masks_use_no_randomness():
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
-    a, b = scenes.draw_scene(rng_a), scenes.draw_scene(rng_b)
-    _ = a.masks
-    assert rng_a.random() == rng_b.random()
+    a, _ = scenes.draw_scene(rng_a), scenes.draw_scene(rng_b)
+    _ = a.masks  # drawing the masks of one scene ...
+    assert rng_a.random() == rng_b.random()  # ... draws nothing from its generator
 
 
 def test_segment_answer_is_box_codes_label_and_decodes_to_the_mask():

@@ -142,7 +142,7 @@ def test_cli_generate_by_id_from_the_environment(cache, demo, where):
 
 def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_network,
                                                   monkeypatch):
-    from npgemma import memory, weights
+    from npgemma import memory
     from npgemma.config import load_config
 
     _, main, v2 = hf_cache

@@ -569,6 +569,7 @@ def test_by_row_blocks_equals_the_whole_array_formula(monkeypatch):
     whole = gated(gate, up)
     monkeypatch.setattr(layers, "_WORKERS", 2)
     monkeypatch.setattr(layers, "_BLOCK_BYTES", 5 * 24 * 4)  # 5 rows a block: 74 rows -> 15 blocks
+    monkeypatch.setattr(layers, "_CACHED_BYTES", 0)  # as if the arrays were larger than the cache
     blocks = layers.by_row_blocks(gated, gate, up)
     assert blocks.shape == (2, 37, 24) and blocks.dtype == np.float32
     np.testing.assert_array_equal(blocks, whole)

@@ -154,7 +154,7 @@ def _model_rows(theirs, ref, forced, dtype) -> list[Row]:
     if theirs.hidden_states is not None:
         n = len(theirs.hidden_states)
         for i, (a, b) in enumerate(zip(theirs.hidden_states, ref.hidden_states)):
-            name, comp = ((f"decoder input (merged)", "projector") if i == 0 else
+            name, comp = (("decoder input (merged)", "projector") if i == 0 else
                           ("final norm", "final_norm") if i == n - 1 else
                           (f"decoder layer {i - 1}", "decoder_layer"))
             if a.shape != b.shape:
