@@ -60,9 +60,10 @@ def _slab_buffer(elements: int) -> np.ndarray:
 # otherwise run beside ours. Measured on the 2-core CI machine, paligemma-3b low-memory decode:
 # 963 ms a step with BLAS's threads spinning, 640 ms on ours. In float32 a step is BLAS's
 # matrix-vector product (already at the memory bound) or, for 2..16 rows, slabs on BLAS's
-# threads. Ours gain nothing there: over every decode-step weight of paligemma-3b, quiet machine,
-# two runs: one row 379/426 ms as one BLAS call a weight, 444/548 ms on ours; 8 rows in 4 MiB
-# slabs 1070/1007 ms on BLAS's threads, 1065/1049 ms on ours.
+# threads. Ours are no better there: over every decode-step weight of paligemma-3b, quiet
+# machine, four runs (`benchmarks/kernels.py --step`, RESULTS.md): one row 379-473 ms as one BLAS
+# call a weight, 444-548 ms on ours; 8 rows in 4 MiB slabs 991-1070 ms on BLAS's threads,
+# 835-1065 ms on ours, within the runs' spread.
 _WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _FEW_ROWS = 16  # activation rows that still make a matrix-vector-like product
 _pool: ThreadPoolExecutor | None = None
