@@ -64,10 +64,10 @@ def test_the_shipped_folder_is_a_paligemma2_checkpoint(pipe):
     assert text.num_key_value_heads < text.num_attention_heads  # grouped-query attention
 
 
-# The share of fixed-scene answers that must be right: a regression floor just under what the
-# shipped model measures on these 30 (27 right after ~5800 CPU training steps in all; its full
-# figures, short of some targets, are in the README from benchmarks/eval_demo.py). Raise it as it trains.
-MIN_RIGHT = 0.85
+# The share of fixed-scene answers that must be right: a regression floor at what the shipped
+# model measures on these 30 (29 right after ~9100 CPU training steps in four stages; its full
+# figures are in the README from benchmarks/eval_demo.py).
+MIN_RIGHT = 0.95
 
 
 def test_answers_on_fixed_scenes_are_correct(fixed):
