@@ -146,15 +146,6 @@ def _model_dir(args) -> str:
     return str(model_dir())
 
 
-def _vae_path(args) -> str | None:
-    """--vae, or the demo model's own VQ-VAE when the model is the bundled demo."""
-    if getattr(args, "vae", None) or args.model is not None:
-        return getattr(args, "vae", None)
-    from .demo.masks import vae_path
-
-    return str(vae_path())
-
-
 def _generate(args) -> int:
     from .pipeline import load
     from .progress import weights_progress
@@ -162,10 +153,11 @@ def _generate(args) -> int:
     pairs = _batch_inputs(args)
     t0 = time.time()
     longest = max(pairs, key=lambda pair: len(pair[1].encode("utf-8")))[1]
-    pipe = load(_model_dir(args), backend=args.backend, device=args.device, dtype=args.dtype,
+    # No --model: load(None) is the bundled demo model with its own VQ-VAE (unless --vae).
+    pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                 progress=weights_progress(quiet=args.quiet), force=args.force,
                 text_tokens=text_tokens(longest, args.max_new_tokens), batch=len(pairs),
-                vae=_vae_path(args))
+                vae=args.vae)
     load_s = time.time() - t0
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -200,8 +192,8 @@ def _demo(args) -> int:
     from .demo.run import run
     from .pipeline import load
 
-    pipe = load(_model_dir(args), backend=args.backend, device=args.device, dtype=args.dtype,
-                vae=_vae_path(args))
+    pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+                vae=getattr(args, "vae", None))
     run(pipe, args.seed, args.out)
     return 0
 

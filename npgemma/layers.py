@@ -207,11 +207,11 @@ _CACHED_BYTES = 32 << 20
 def by_row_blocks(fn, *xs: np.ndarray) -> np.ndarray:
     """fn(*xs) for an elementwise fn of same-shaped float32 arrays, a block of rows at a time,
     the blocks shared out over our threads. float32[..., F] -> float32[..., F]."""
+    if xs[0].nbytes <= _CACHED_BYTES:
+        return fn(*xs)  # it fits in cache (a decode step, a 224 px prefill): one pass
     shape = xs[0].shape
     rows = max(1, _BLOCK_BYTES // (4 * shape[-1]))
     flat = [x.reshape(-1, shape[-1]) for x in xs]  # [..., F] -> [M, F]
-    if flat[0].shape[0] <= rows or xs[0].size * 4 <= _CACHED_BYTES:
-        return fn(*xs)  # one block: a decode step, or an array that fits in cache
     out = np.empty(flat[0].shape, np.float32)
     starts = range(0, out.shape[0], rows)
 

@@ -555,8 +555,8 @@ def test_attention_query_chunks_on_our_threads_equal_one_block(monkeypatch):
 
 def test_by_row_blocks_equals_the_whole_array_formula(monkeypatch):
     """Gemma's gelu(gate) · up a block of rows at a time, shared over two threads, is bit for bit
-    the formula over the whole array (elementwise: no order of operations changes); a decode
-    step's few rows take the one-block path."""
+    the formula over the whole array (elementwise: no order of operations changes); fewer rows
+    than a block make one short block."""
     from npgemma import layers
 
     rng = np.random.default_rng(11)

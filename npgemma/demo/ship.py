@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .bundle import model_dir
 
+
 def ship(src: Path, dst: Path) -> int:
     """Write src's model as bfloat16 into dst; returns the training step it records."""
     import torch
