@@ -49,7 +49,7 @@ def _rss_gib() -> float:
 
 def _npgemma_runs(model, backend, dtype, device, batches, new_tokens):
     import npgemma
-    from npgemma.generate import GenerationConfig, generate_tokens
+    from npgemma.generation.generate import GenerationConfig, generate_tokens
 
     t0 = time.perf_counter()
     pipe = npgemma.load(model, backend=backend, device=device, dtype=dtype)
@@ -70,8 +70,8 @@ def _transformers_runs(model, dtype, device, attn, batches, new_tokens):
     import torch
     from transformers import LogitsProcessor, PaliGemmaForConditionalGeneration
 
-    from npgemma.config import load_config
-    from npgemma.processing import Processor
+    from npgemma.checkpoint.config_json import load_config
+    from npgemma.generation.processing import Processor
 
     class Stamp(LogitsProcessor):
         def __init__(self):
@@ -145,8 +145,8 @@ def bandwidth_gbs(gib: float = 2.0, repeats: int = 5) -> float:
 def decode_weight_bytes(model: str, itemsize: int) -> int:
     """Bytes of weights one decode step reads: every decoder matrix, the norms and the output
     table (the tied embedding), not the vision tower (it runs once, in the prefill)."""
-    from npgemma.config import load_config
-    from npgemma.weights import expected_shapes
+    from npgemma.checkpoint.config_json import load_config
+    from npgemma.checkpoint.weights import expected_shapes
 
     shapes = expected_shapes(load_config(model))
     return itemsize * sum(int(np.prod(s)) for k, s in shapes.items()

@@ -24,10 +24,9 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     import npgemma
-    from npgemma.demo import scenes
+    from npgemma.checkpoint.bundled import model_dir, vae_path
+    from npgemma.demo import tasks
     from npgemma.demo.evaluate import evaluate_pipeline
-    from npgemma.demo.masks import vae_path
-    from npgemma.demo.bundle import model_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(model_dir()))
@@ -41,7 +40,7 @@ def main(argv=None) -> int:
     for backend in args.backends.split(","):
         pipe = npgemma.load(args.model, backend=backend, vae=args.vae)
         t0 = time.perf_counter()
-        with tqdm(total=args.scenes * len(scenes.TASKS), desc=backend, unit="scene",
+        with tqdm(total=args.scenes * len(tasks.TASKS), desc=backend, unit="scene",
                   file=sys.stderr) as bar:
             scores = evaluate_pipeline(pipe, args.scenes, progress=bar.update, keep_answers=True)
         scores["seconds"] = time.perf_counter() - t0

@@ -20,9 +20,9 @@ import sys
 import numpy as np
 
 import npgemma
-from npgemma import analysis
 from npgemma.demo import evaluate, scenes
-from npgemma.inspect import trace
+from npgemma.inspection import analysis
+from npgemma.inspection.trace import trace
 
 NAMES = ["vision.blocks.*.attn.hook_pattern", "decoder.blocks.*.attn.hook_pattern",
          "decoder.blocks.*.hook_resid_post"]
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=10_000)
     args = ap.parse_args(argv)
     if args.model is None:
-        from npgemma.demo.bundle import model_dir
+        from npgemma.checkpoint.bundled import model_dir
         args.model = str(model_dir())
     pipe = npgemma.load(args.model)
     hits = {"pixel_rollout": 0, "decoder_rollout": 0, "last_layer_attention": 0}

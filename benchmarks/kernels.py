@@ -8,7 +8,7 @@ float32 and in bfloat16 (the low-memory mode), multiplied by 1 and by B activati
 Rows (best of 7, ms; ratios against the one-row float32 product on BLAS's threads, same run):
 - float32, 1 row / B rows, `x @ W.T`: one BLAS call on BLAS's own threads (what a prefill-sized
   product does, and what a decode step did before).
-- float32 and bfloat16, 1 row / B rows, `layers.linear` inside `layers.on_our_threads()` (what
+- float32 and bfloat16, 1 row / B rows, `layers.linear` inside `_kernels.on_our_threads()` (what
   the numpy backend runs in a decode step): slabs of weight rows on one thread of ours per core,
   BLAS single-threaded; bfloat16 is the low-memory mode, widened to float32 slab by slab.
 
@@ -26,7 +26,7 @@ import time
 import ml_dtypes
 import numpy as np
 
-from npgemma import layers
+from npgemma import _kernels, layers
 
 
 def best_ms(fn, repeats: int = 7) -> float:
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     b = args.rows
 
     def ours(x, weight):
-        with layers.on_our_threads():
+        with _kernels.on_our_threads():
             return layers.linear(x, weight)
 
     cases = [
@@ -89,7 +89,7 @@ def whole_step(b: int) -> int:
     print(f"{len(weights)} weights, {sum(w.nbytes for w in weights) / 1e9:.1f} GB float32")
 
     def step(rows: int, ours: bool) -> None:
-        with layers.on_our_threads() if ours else contextlib.nullcontext():
+        with _kernels.on_our_threads() if ours else contextlib.nullcontext():
             for w in weights:
                 layers.linear(np.ones((rows, w.shape[1]), np.float32), w)
 
@@ -99,7 +99,7 @@ def whole_step(b: int) -> int:
             if rows == 1 and slab != 1 << 20:
                 continue  # one row: BLAS's path takes no slabs, ours is timed at 1 MiB only
             for ours in (False, True):
-                layers._F32_SLAB_BYTES = slab
+                _kernels.F32_SLAB_BYTES = slab
                 ms = [best_ms(lambda: step(rows, ours), repeats=2) for _ in range(2)]
                 print(f"| {rows} | {slab >> 20} MiB | {'ours' if ours else 'BLAS'} | "
                       f"{ms[0]:.0f} | {ms[1]:.0f} |", flush=True)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import kv_cache
-from .capture import hook, scope
+from ._kernels import by_row_blocks
 from .config import TextConfig
-from .layers import (apply_rope, as_f32, attention, by_row_blocks, gelu_tanh, linear, merge_heads,
-                     rms_norm, rope_tables, softcap, split_heads)
+from .hooks import hook, scope
+from .layers import (apply_rope, as_f32, attention, gelu_tanh, linear, merge_heads, rms_norm,
+                     rope_tables, softcap, split_heads)
 
 
 def embed(embed_tokens, input_ids: np.ndarray, cfg: TextConfig) -> np.ndarray:

@@ -8,15 +8,10 @@ and silently diverge from the float32 reference (and from the torch mirror).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-from .capture import active, hook
+from . import _kernels
+from .hooks import active, hook
 
 F32 = np.float32
 _SQRT_2_OVER_PI = F32(np.sqrt(2.0 / np.pi))
@@ -31,105 +26,6 @@ def as_f32(w: np.ndarray) -> np.ndarray:
     return w if w.dtype == np.float32 else w.astype(np.float32)
 
 
-# Low-memory mode keeps a matrix in its file dtype (bfloat16/float16, memory-mapped) and widens
-# it to float32 a slab of rows at a time into one reused buffer: the float32 copy of a big matrix
-# (the 257216-row lm_head: 2.1 GB) never exists, and each slab is still in cache when the matrix
-# product reads it. Widening bf16/fp16 to float32 is exact, so the product is the float32 one.
-_SLAB_BYTES = 1 << 20  # a widened slab and its product stay in one core's 1 MiB L2
-# A float32 slab has nothing to widen: fewer, larger products measured a little faster (8 rows
-# over every decode-step weight of paligemma-3b on BLAS's threads: 1119/1126 ms in 1 MiB slabs,
-# 1070/1007 ms in 4 MiB, two runs).
-_F32_SLAB_BYTES = 4 << 20
-_slab_buffers = threading.local()
-
-
-def _slab_buffer(elements: int) -> np.ndarray:
-    """This thread's reusable float32 scratch of at least `elements` entries."""
-    buf = getattr(_slab_buffers, "buf", None)
-    if buf is None or buf.size < elements:
-        buf = _slab_buffers.buf = np.empty(elements, np.float32)
-    return buf
-
-
-# A decode step is matrix-vector work: each weight is read once, from memory, for a few rows of
-# activations. Where that work is more than BLAS's (the low-memory mode also widens every weight
-# on the way), the numpy backend runs its decode steps inside `on_our_threads()`: `linear` takes
-# each weight as cache-sized slabs of rows shared out over one thread of ours per core (NumPy
-# releases the GIL while it casts and multiplies), and BLAS is held to one thread for the whole
-# block, since its own threads, idle but spinning for the cores after any BLAS call, would
-# otherwise run beside ours. Measured on the 2-core CI machine, paligemma-3b low-memory decode:
-# 963 ms a step with BLAS's threads spinning, 640 ms on ours. In float32 a step is BLAS's
-# matrix-vector product (already at the memory bound) or, for 2..16 rows, slabs on BLAS's
-# threads. Ours are no better there: over every decode-step weight of paligemma-3b, quiet
-# machine, four runs (`benchmarks/kernels.py --step`, RESULTS.md): one row 379-473 ms as one BLAS
-# call a weight, 444-548 ms on ours; 8 rows in 4 MiB slabs 991-1070 ms on BLAS's threads,
-# 835-1065 ms on ours, within the runs' spread.
-_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-_FEW_ROWS = 16  # activation rows that still make a matrix-vector-like product
-_pool: ThreadPoolExecutor | None = None
-_blas: ThreadpoolController | None = None
-_our_threads = 0  # depth of on_our_threads() blocks
-
-
-@contextlib.contextmanager
-def on_our_threads():
-    """A block with BLAS single-threaded, in which `linear` shares few-row products out over
-    npgemma's threads (a low-memory decode step). `attention` enters one for its query chunks."""
-    global _pool, _blas, _our_threads
-    if _WORKERS > 1 and _pool is None:
-        _pool = ThreadPoolExecutor(_WORKERS, thread_name_prefix="npgemma-slabs")
-        _blas = ThreadpoolController()
-    outermost = _our_threads == 0 and _blas is not None
-    _our_threads += 1
-    try:
-        with _blas.limit(limits=1, user_api="blas") if outermost else contextlib.nullcontext():
-            yield
-    finally:
-        _our_threads -= 1
-
-
-def _share_out(work, parts: int) -> None:
-    """work(first, stride) on one thread of ours per core (parts first, first + stride, ...),
-    BLAS single-threaded meanwhile; on the calling thread alone when there is one core or part."""
-    workers = min(_WORKERS, parts)
-    if workers <= 1:
-        work(0, 1)
-        return
-    with on_our_threads():
-        for f in [_pool.submit(work, w, workers) for w in range(workers)]:
-            f.result()
-
-
-def _slab_matmul(x: np.ndarray, weight: np.ndarray, parallel: bool) -> np.ndarray:
-    """x @ weight.T a slab of weight rows at a time, each slab read once. [M, in] -> [M, out].
-
-    Each product is slab @ xᵀ, so the weight slab is BLAS's big operand and each output block is
-    contiguous. A narrow weight (bfloat16/float16) is widened slab by slab into a reused float32
-    buffer; with `parallel`, slab s goes to thread s mod workers.
-    """
-    slab_bytes = _F32_SLAB_BYTES if weight.dtype == np.float32 else _SLAB_BYTES
-    rows = max(1, slab_bytes // (4 * weight.shape[1]))
-    xt = np.ascontiguousarray(x.T)  # [M, in] -> [in, M]
-    yt = np.empty((weight.shape[0], x.shape[0]), np.float32)  # [out, M]
-
-    def work(first: int, stride: int) -> None:
-        scratch = _slab_buffer(rows * weight.shape[1])
-        for i in range(first * rows, weight.shape[0], stride * rows):
-            slab = weight[i:i + rows]
-            if slab.dtype != np.float32:
-                wide = scratch[:slab.size].reshape(slab.shape)
-                np.copyto(wide, slab, casting="unsafe")  # exact widening; ml_dtypes' cast is the fastest
-                slab = wide
-            np.dot(slab, xt, out=yt[i:i + rows])  # [rows, in] @ [in, M] -> [rows, M]
-
-    if parallel:
-        _share_out(work, -(-weight.shape[0] // rows))
-    else:
-        work(0, 1)
-    # [out, M] -> [M, out]: a view for a decode step's few rows, row-major for a prefill's many
-    return yt.T if x.shape[0] <= _FEW_ROWS else np.ascontiguousarray(yt.T)
-
-
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """`nn.Linear`: weight is [out, in] as stored by torch. float32[..., in] -> float32[..., out].
 
@@ -137,16 +33,8 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
     reads each weight once (a stacked [B, 1, in] product would run B matrix-vector products).
     """
     x2 = x.reshape(-1, x.shape[-1])  # [..., in] -> [M, in]
-    m = x2.shape[0]
-    if _our_threads and m <= _FEW_ROWS:
-        y = _slab_matmul(x2, weight, parallel=True)  # a decode step on our threads
-    elif weight.dtype == np.float32 and (m == 1 or m > _FEW_ROWS):
-        y = x2 @ weight.T  # [M, in] -> [M, out]: one BLAS call on BLAS's threads
-    else:
-        # Narrow weights, widened slab by slab; or 2..16 rows, where OpenBLAS runs one
-        # [M, in] @ [in, out] product far below its matrix-vector speed (8 rows: 3.5x one row)
-        # and slabs of the weight, each read once, cost ~2.3x.
-        y = _slab_matmul(x2, weight, parallel=False)
+    # x2 @ as_f32(weight).T, without the float32 copy of a narrow weight: see _kernels.py
+    y = _kernels.matmul_t(x2, weight)  # [M, in] -> [M, out]
     if bias is not None:
         y += as_f32(bias)
     return y.reshape(*x.shape[:-1], weight.shape[0])  # [M, out] -> [..., out]
@@ -191,36 +79,6 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     t *= x
     t *= F32(0.5)
     return t
-
-
-# Elementwise work on a prefill's [L, F] activations (896 px: 4352 x 16384, 285 MB) runs at
-# memory speed on one core if each step of a formula passes over the whole array. Taken a block
-# of rows at a time, the formula's temporaries stay in cache, and the blocks go to both cores.
-# Elementwise means the numbers are the same. Measured on the 2-core CI machine, Gemma's GELU at
-# 896 px: 0.75 s over the whole array, 0.37 s in 256 KiB blocks on two threads; the 896 px
-# prefill 249.4 -> 240.8 s (benchmarks/RESULTS.md runs 5 and 7). An array that fits in the
-# 32 MiB L3 (224 px: 17 MB) gained nothing measurable and keeps the one pass.
-_BLOCK_BYTES = 256 << 10
-_CACHED_BYTES = 32 << 20
-
-
-def by_row_blocks(fn, *xs: np.ndarray) -> np.ndarray:
-    """fn(*xs) for an elementwise fn of same-shaped float32 arrays, a block of rows at a time,
-    the blocks shared out over our threads. float32[..., F] -> float32[..., F]."""
-    if xs[0].nbytes <= _CACHED_BYTES:
-        return fn(*xs)  # it fits in cache (a decode step, a 224 px prefill): one pass
-    shape = xs[0].shape
-    rows = max(1, _BLOCK_BYTES // (4 * shape[-1]))
-    flat = [x.reshape(-1, shape[-1]) for x in xs]  # [..., F] -> [M, F]
-    out = np.empty(flat[0].shape, np.float32)
-    starts = range(0, out.shape[0], rows)
-
-    def work(first: int, stride: int) -> None:
-        for i in starts[first::stride]:
-            out[i:i + rows] = fn(*(x[i:i + rows] for x in flat))
-
-    _share_out(work, len(starts))
-    return out.reshape(shape)  # [M, F] -> [..., F]
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -296,7 +154,8 @@ def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> np
     g = n // kv_heads
     qg = q.reshape(b, kv_heads, g, l, h)  # [B, N, L, H] -> [B, K, G, L, H]
     out = np.empty((b, kv_heads, g, l, h), np.float32)
-    chunk = max(1, min(SCORE_BLOCK_BYTES // (4 * b * n * s * _WORKERS), -(-l // _WORKERS)))
+    workers = _kernels.WORKERS
+    chunk = max(1, min(SCORE_BLOCK_BYTES // (4 * b * n * s * workers), -(-l // workers)))
     starts = range(0, l, chunk)
 
     def work(first: int, stride: int) -> None:
@@ -307,11 +166,11 @@ def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> np
                                         None if mask is None else mask[:, rows], scale, logit_cap)
             out[:, :, :, rows] = (weights @ v).reshape(b, kv_heads, g, c, h)  # [B, K, G*c, S] @ [B, K, S, H]
 
-    # A capture (npgemma.inspect) sees the hooks of its own thread, chunk after chunk, in order.
+    # A capture (npgemma.inspection) sees the hooks of its own thread, chunk after chunk, in order.
     if len(starts) == 1 or active() is not None:
         work(0, 1)
     else:
-        _share_out(work, len(starts))
+        _kernels.share_out(work, len(starts))
     return out.reshape(b, n, l, h)  # [B, K, G, L, H] -> [B, N, L, H]
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import gemma, kv_cache, siglip
-from .capture import hook
 from .config import PaliGemmaConfig
+from .hooks import hook
 from .layers import linear
 
 

@@ -8,16 +8,19 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import memory
-from .backend import get_backend
-from .config import PaliGemmaConfig, load_config
+from .checkpoint import bundled, memory
+from .checkpoint.config_json import load_config
+from .checkpoint.hub import resolve
+from .checkpoint.vae_file import load_vae
+from .checkpoint.weights import header_summary
+from .config import PaliGemmaConfig
 from .errors import InputError
-from .generate import GenerationConfig, check_length, generate_tokens
-from .slots import Slots
-from .processing import Processor
-from .hub import resolve
-from .streaming import stream_decode
-from .weights import header_summary
+from .generation.backend import Backend, get_backend
+from .generation.generate import GenerationConfig, check_length, generate_tokens
+from .generation.postprocess import parse_objects
+from .generation.processing import Processor
+from .generation.slots import Slots
+from .generation.streaming import stream_decode
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,11 @@ class GenerateOutput:
 class Pipeline:
     """A loaded checkpoint on one backend. Build it with `npgemma.load`."""
 
-    def __init__(self, cfg: PaliGemmaConfig, params, processor: Processor, backend, vae=None):
+    def __init__(self, cfg: PaliGemmaConfig, params, processor: Processor, backend: Backend,
+                 vae=None, model_dir: str | os.PathLike | None = None):
         self.cfg, self.params, self.processor, self.backend = cfg, params, processor, backend
         self.vae = vae  # the mask VQ-VAE's weights on this backend, or None
+        self.model_dir = model_dir  # the folder the weights came from (a trace hashes it), or None
 
     def decode_masks(self, codes) -> np.ndarray:
         """float32[B, 64, 64] mask maps (about [-1, 1], > 0 is the object) from int[B, 16]
@@ -43,8 +48,6 @@ class Pipeline:
 
     def objects(self, text: str, width: int, height: int, divisor: float = 1024.0):
         """`postprocess.parse_objects` of a generated answer, with masks when a VQ-VAE is loaded."""
-        from .postprocess import parse_objects
-
         return parse_objects(text, width, height, divisor,
                              decode_masks=None if self.vae is None else self.decode_masks)
 
@@ -79,7 +82,7 @@ class Pipeline:
 
     def stream(self, image, prompt: str, **generation) -> Iterator[str]:
         """Yield pieces of decoded text as tokens arrive (for printing while generating); they
-        join to exactly `generate(...).text` (see `npgemma.streaming`)."""
+        join to exactly `generate(...).text` (see `npgemma.generation.streaming`)."""
         yield from stream_decode(self.processor.tokenizer, self.iter_tokens(image, prompt, **generation))
 
     def generate(self, image, prompt: str, max_new_tokens: int = 32, do_sample: bool = False,
@@ -93,12 +96,12 @@ class Pipeline:
 
     def trace(self, image, prompt: str, names=None, layers=None, heads=None,
               max_new_tokens: int = 32):
-        """Greedy generation with named activations kept: a `npgemma.inspect.Trace` (hook names,
-        shapes and the selection rules are documented there)."""
-        from .inspect import trace
+        """Greedy generation with named activations kept: a `npgemma.inspection.trace.Trace`
+        (hook names, shapes and the selection rules are documented there)."""
+        from .inspection.trace import trace
 
         return trace(self, image, prompt, names=names, layers=layers, heads=heads,
-                     max_new_tokens=max_new_tokens, model_dir=getattr(self, "model_dir", None))
+                     max_new_tokens=max_new_tokens, model_dir=self.model_dir)
 
     def generate_batch(self, images, prompts, **generation) -> list[GenerateOutput]:
         """Several (image, prompt) pairs at once, left-padded; each row as if alone."""
@@ -123,7 +126,8 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
          vae: str | os.PathLike | None = None) -> Pipeline:
     """Load a Hugging Face PaliGemma checkpoint: a folder (config.json, *.safetensors,
     tokenizer.json) or a model id `org/name[@revision]` in the local Hugging Face cache; None
-    (the default) is the bundled demo model, `npgemma/demo/model/`, with its mask VQ-VAE.
+    (the default) is the bundled demo model, `npgemma/demo/model/`, with its mask VQ-VAE
+    (`npgemma.checkpoint.bundled`: the one place that says so; the CLI passes None too).
 
     backend "numpy" (CPU, float32 compute; dtype "bfloat16" keeps the weights in bfloat16 to
     halve memory) or "torch" (device "cpu"/"cuda", dtype the compute dtype).
@@ -134,10 +138,7 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
     `vae`: PaliGemma's mask VQ-VAE (`vae-oid.npz` layout), to turn `<seg>` codes into masks.
     """
     if model is None:
-        from .demo.bundle import model_dir as demo_model
-        from .demo.masks import vae_path
-
-        model, vae = demo_model(), vae if vae is not None else vae_path()
+        model, vae = bundled.model_dir(), vae if vae is not None else bundled.vae_path()
     be = get_backend(backend, device=device, dtype=dtype)
     model_dir = resolve(model)
     cfg = load_config(model_dir)
@@ -148,11 +149,5 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
                      batch=batch)
     processor = Processor.from_pretrained(model_dir, cfg)
     params = be.load_weights(model_dir, cfg, progress=progress)
-    mask_vae = None
-    if vae is not None:
-        from .vqvae import load_vae
-
-        mask_vae = be.from_numpy(load_vae(vae))
-    pipe = Pipeline(cfg, params, processor, be, mask_vae)
-    pipe.model_dir = model_dir  # for Trace's checkpoint hash
-    return pipe
+    mask_vae = None if vae is None else be.from_numpy(load_vae(vae))
+    return Pipeline(cfg, params, processor, be, mask_vae, model_dir=model_dir)

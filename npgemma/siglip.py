@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .capture import hook, scope
 from .config import VisionConfig
-from .layers import attention, gelu_tanh, layer_norm, linear, merge_heads, split_heads, as_f32
+from .hooks import hook, scope
+from .layers import as_f32, attention, gelu_tanh, layer_norm, linear, merge_heads, split_heads
 
 
 def patch_embed(pixel_values: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -83,8 +83,8 @@ def _write_with_npgemma(case: oc.Case, folder: Path, model) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from npgemma.checkpoint.weights import LAYOUTS, disk_name
     from npgemma.testing.checkpoint import write_checkpoint
-    from npgemma.weights import LAYOUTS, disk_name
 
     write_checkpoint(folder, oc.config_dict(case), layout=case.layout, dtype=case.dtype,
                      num_shards=3 if case.sharded else 1, seed=case.seed, tokenizer=False)

@@ -381,7 +381,7 @@ class Runner:
     def generate_with_logits(self, image, prompt: str, max_new_tokens: int = MAX_NEW_TOKENS):
         """Greedy tokens from `generate_tokens` (the loop Pipeline.generate runs) and the cached
         last-position logits each came from."""
-        from npgemma.generate import GenerationConfig, generate_tokens
+        from npgemma.generation.generate import GenerationConfig, generate_tokens
 
         recorded: list = []
         backend = _Recorder(self.pipe.backend, recorded)
@@ -491,7 +491,7 @@ def bf16_examples(folder):
     npgemma's greedy tokens, HF's greedy tokens)."""
     import torch
 
-    from npgemma.tolerances import compare
+    from npgemma.compare.tolerances import compare
 
     oracle = Oracle(folder, dtype="bfloat16")
     pipe = Runner(folder, "torch", dtype="bfloat16").pipe

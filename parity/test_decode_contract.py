@@ -22,13 +22,20 @@ torch = pytest.importorskip("torch")
 
 from npgemma import gemma as G  # noqa: E402
 from npgemma import paligemma as P  # noqa: E402
-from npgemma.backend import get_backend  # noqa: E402
-from npgemma.tolerances import assert_close  # noqa: E402
+from npgemma.compare.tolerances import assert_close  # noqa: E402
+from npgemma.generation.backend import get_backend  # noqa: E402
 from npgemma.torch_backend import TorchBackend  # noqa: E402
-
 from parity.strategies import (  # noqa: E402
-    ModelSpec, gemma1, gemma2, model_specs, normal, on_grid, paligemma_params, tiny_paligemma,
-    to_torch)
+    ModelSpec,
+    gemma1,
+    gemma2,
+    model_specs,
+    normal,
+    on_grid,
+    paligemma_params,
+    tiny_paligemma,
+    to_torch,
+)
 
 
 def _modes(device) -> list[str]:

@@ -14,10 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import npgemma  # noqa: E402
-from npgemma import inspect  # noqa: E402
+from npgemma.compare.tolerances import assert_close  # noqa: E402
+from npgemma.inspection import trace as inspect  # noqa: E402
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint  # noqa: E402
-from npgemma.testing.demo import example_image  # noqa: E402
-from npgemma.tolerances import assert_close  # noqa: E402
+from npgemma.testing.random_model import example_image  # noqa: E402
 
 PROMPT = "caption en"
 

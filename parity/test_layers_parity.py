@@ -20,20 +20,48 @@ from npgemma import kv_cache as np_kv_cache  # noqa: E402
 from npgemma import layers as np_layers  # noqa: E402
 from npgemma import paligemma as np_paligemma  # noqa: E402
 from npgemma import siglip as np_siglip  # noqa: E402
-from npgemma.tolerances import assert_close  # noqa: E402
+from npgemma.compare.tolerances import assert_close  # noqa: E402
+from npgemma.config import VisionConfig  # noqa: E402
 from npgemma.torch_backend import gemma as pt_gemma  # noqa: E402
 from npgemma.torch_backend import kv_cache as pt_kv_cache  # noqa: E402
 from npgemma.torch_backend import layers as pt_layers  # noqa: E402
 from npgemma.torch_backend import paligemma as pt_paligemma  # noqa: E402
 from npgemma.torch_backend import siglip as pt_siglip  # noqa: E402
-
 from parity.strategies import (  # noqa: E402
-    EPSILONS, HEAD_DIMS, SCALES, SEEDS, THETAS, WIDTHS, ArraySpec, AttentionSpec,
-    DecoderLayerSpec, MaskSpec, ModelSpec, VisionLayerSpec, array_specs, attention_specs,
-    decoder_layer_params, decoder_layer_specs, gemma1, gemma2, layer_norm_params, linear_params,
-    model_specs, normal, on_grid, paligemma_params, rms_norm_params, text_configs, tiny_paligemma,
-    to_numpy, to_torch, torch_dtype, vision_layer_params, vision_layer_specs, vision_tower_params)
-from npgemma.config import VisionConfig  # noqa: E402
+    EPSILONS,
+    HEAD_DIMS,
+    SCALES,
+    SEEDS,
+    THETAS,
+    WIDTHS,
+    ArraySpec,
+    AttentionSpec,
+    DecoderLayerSpec,
+    MaskSpec,
+    ModelSpec,
+    VisionLayerSpec,
+    array_specs,
+    attention_specs,
+    decoder_layer_params,
+    decoder_layer_specs,
+    gemma1,
+    gemma2,
+    layer_norm_params,
+    linear_params,
+    model_specs,
+    normal,
+    on_grid,
+    paligemma_params,
+    rms_norm_params,
+    text_configs,
+    tiny_paligemma,
+    to_numpy,
+    to_torch,
+    torch_dtype,
+    vision_layer_params,
+    vision_layer_specs,
+    vision_tower_params,
+)
 
 
 def check(actual, expected, component: str, dtype: str, what: str = ""):

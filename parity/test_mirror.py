@@ -28,14 +28,11 @@ TORCH_EXTRAS = ("dtype", "device")
 # Names deliberately on one side only.
 NUMPY_ONLY = {
     # Data-independent tensors are built once in NumPy and handed to the backend
-    # (npgemma/generate.py); the torch twin receives them as tensors.
+    # (npgemma/generation/slots.py); the torch twin receives them as tensors.
     "paligemma": {"prefix_lm_mask", "attention_masks", "rope_positions"},
-    # The VQ-VAE file is read and checked once in NumPy, then handed to the backend; the TF
-    # "SAME" padding rule is plain integer arithmetic, imported by the twin.
-    "vqvae": {"load_vae", "check_vae", "same_padding"},
-    # Where NumPy's decode-step products and elementwise blocks run (our threads, BLAS
-    # single-threaded): torch has its own intra-op threads.
-    "layers": {"on_our_threads", "by_row_blocks"},
+    # The TF "SAME" padding rule is plain integer arithmetic, imported by the twin. (The
+    # VQ-VAE file is read once, by npgemma/checkpoint/vae_file.py, and handed to a backend.)
+    "vqvae": {"same_padding"},
 }
 TORCH_ONLY = {
     # The twin of the NumPy constant MASK_VALUE: torch needs the finfo.min of the compute dtype.

@@ -18,14 +18,22 @@ from hypothesis import assume, example, given
 torch = pytest.importorskip("torch")
 
 from npgemma import paligemma as np_paligemma  # noqa: E402
-from npgemma.backend import get_backend  # noqa: E402
-from npgemma.generate import GenerationConfig, generate_tokens  # noqa: E402
-from npgemma.tolerances import TOLERANCES, assert_close, compare  # noqa: E402
+from npgemma.compare.tolerances import TOLERANCES, assert_close, compare  # noqa: E402
+from npgemma.generation.backend import get_backend  # noqa: E402
+from npgemma.generation.generate import GenerationConfig, generate_tokens  # noqa: E402
 from npgemma.torch_backend import paligemma as pt_paligemma  # noqa: E402
-
 from parity.strategies import (  # noqa: E402
-    ModelSpec, gemma1, gemma2, map_tree, model_specs, on_grid, paligemma_params,
-    tiny_paligemma, to_numpy, to_torch)
+    ModelSpec,
+    gemma1,
+    gemma2,
+    map_tree,
+    model_specs,
+    on_grid,
+    paligemma_params,
+    tiny_paligemma,
+    to_numpy,
+    to_torch,
+)
 
 # Relative size of one rounding in each low-precision dtype (a full ulp at 1: 2^-8, 2^-11).
 ROUNDING = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}

@@ -19,7 +19,7 @@ except ImportError:  # parity/ itself on sys.path (pytest's prepend import mode)
     import make_oracle_checkpoints as mk
     import oracle_cases as oc
 
-from npgemma.against import report  # noqa: E402
+from npgemma.compare import against as report  # noqa: E402
 
 pytestmark = [
     pytest.mark.oracle,

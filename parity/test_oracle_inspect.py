@@ -25,9 +25,9 @@ except ImportError:  # parity/ itself on sys.path (pytest's prepend import mode)
     import oracle_cases as oc
 
 import npgemma  # noqa: E402
-from npgemma import inspect  # noqa: E402
+from npgemma.compare.tolerances import assert_close  # noqa: E402
+from npgemma.inspection import trace as inspect  # noqa: E402
 from npgemma.layers import rms_norm  # noqa: E402
-from npgemma.tolerances import assert_close  # noqa: E402
 
 pytestmark = [
     pytest.mark.oracle,

@@ -29,9 +29,9 @@ except ImportError:  # parity/ itself on sys.path (pytest's prepend import mode)
     import make_oracle_checkpoints as mk
     import oracle_cases as oc
 
-from npgemma.config import config_from_dict, load_config  # noqa: E402
-from npgemma.tolerances import assert_close  # noqa: E402
-from npgemma.weights import LAYOUTS, disk_name, expected_shapes  # noqa: E402
+from npgemma.checkpoint.config_json import config_from_dict, load_config  # noqa: E402
+from npgemma.checkpoint.weights import LAYOUTS, disk_name, expected_shapes  # noqa: E402
+from npgemma.compare.tolerances import assert_close  # noqa: E402
 
 pytestmark = [
     pytest.mark.oracle,

@@ -13,7 +13,7 @@ from PIL import Image
 
 transformers = pytest.importorskip("transformers")
 
-from npgemma.processing import Processor  # noqa: E402
+from npgemma.generation.processing import Processor  # noqa: E402
 from npgemma.testing.tokenizer import write_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.oracle
@@ -83,7 +83,7 @@ def pair(request, tmp_path_factory):
 
 
 def _cfg(image_token_index):
-    from npgemma.config import config_from_dict
+    from npgemma.checkpoint.config_json import config_from_dict
     return config_from_dict({
         "model_type": "paligemma", "image_token_index": image_token_index, "projection_dim": 32,
         "vision_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,

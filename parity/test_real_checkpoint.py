@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from npgemma.tolerances import assert_close
+from npgemma.compare.tolerances import assert_close
 
 CKPT = os.environ.get("NPGEMMA_REAL_CHECKPOINT")
 pytestmark = [pytest.mark.real, pytest.mark.oracle,
@@ -30,7 +30,7 @@ def _image():
     path = os.environ.get("NPGEMMA_REAL_IMAGE")
     if path:
         return Image.open(path)
-    from npgemma.testing.demo import example_image
+    from npgemma.testing.random_model import example_image
 
     return Image.fromarray(example_image(300))
 

@@ -9,11 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from npgemma.config import load_config  # noqa: E402
+from npgemma.checkpoint.config_json import load_config  # noqa: E402
+from npgemma.checkpoint.weights import flatten, iter_weights, load_weights  # noqa: E402
 from npgemma.errors import WeightsError  # noqa: E402
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint  # noqa: E402
 from npgemma.torch_backend import TorchBackend  # noqa: E402
-from npgemma.weights import flatten, iter_weights, load_weights  # noqa: E402
 
 
 @pytest.mark.parametrize("disk,shards,text", [("bfloat16", 1, "gemma"), ("float32", 3, "gemma2"),

@@ -15,11 +15,10 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 from npgemma import vqvae as V  # noqa: E402
+from npgemma.compare.tolerances import assert_close  # noqa: E402
 from npgemma.testing.vae import random_vae  # noqa: E402
 from npgemma.torch_backend import vqvae as TV  # noqa: E402
-
 from parity.strategies import SEEDS, on_grid, to_numpy, to_torch  # noqa: E402
-from npgemma.tolerances import assert_close  # noqa: E402
 
 SIZES = st.fixed_dictionaries({"num_codes": st.sampled_from([16, 128]),
                                "code_dim": st.sampled_from([4, 12]),

@@ -19,11 +19,12 @@ from safetensors.numpy import load_file, save_file
 
 import npgemma
 from npgemma import cli, gemma, layers, paligemma, siglip
-from npgemma.against import adapters, report
-from npgemma.against.deviations import DEVIATIONS, deviated
-from npgemma.against.replacements import erf
-from npgemma.against.reference import teacher_forced
-from npgemma.against.swap import Swap, swapped
+from npgemma.compare import adapters
+from npgemma.compare import against as report
+from npgemma.compare.deviations import DEVIATIONS, deviated
+from npgemma.compare.reference import teacher_forced
+from npgemma.compare.replacements import erf
+from npgemma.compare.swap import Swap, swapped
 from npgemma.errors import InputError
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
 
@@ -36,8 +37,8 @@ PG2 = dict(text="gemma2", num_attention_heads=4, num_key_value_heads=2, image_si
 
 
 def tokenizer_size(folder) -> int:
-    from npgemma.config import load_config
-    from npgemma.processing import Processor
+    from npgemma.checkpoint.config_json import load_config
+    from npgemma.generation.processing import Processor
 
     return Processor.from_pretrained(folder, load_config(folder)).tokenizer.get_vocab_size()
 
@@ -106,8 +107,8 @@ def npgemma_adapter_source(deviation: str | None, dtype="float32") -> str:
 import contextlib
 import numpy as np
 import npgemma
-from npgemma.against.deviations import deviated
-from npgemma.against.reference import teacher_forced
+from npgemma.compare.deviations import deviated
+from npgemma.compare.reference import teacher_forced
 
 def run(model_dir, image, prompt, max_new_tokens=8):
     ctx = deviated({deviation!r}, {dtype!r}) if {deviation!r} else contextlib.nullcontext()
@@ -374,7 +375,7 @@ class _Server:
 def _served_logprobs(folder, image, deviation=None, max_new_tokens=4):
     """What a server running npgemma (under `deviation`) would answer: greedy tokens, and the
     top-5 logprobs of each step, token strings as servers write them (decoded text)."""
-    from npgemma.against.reference import greedy_tokens, log_softmax
+    from npgemma.compare.reference import greedy_tokens, log_softmax
 
     pipe = npgemma.load(folder)
     x = pipe.processor(image, PROMPT)
@@ -440,9 +441,9 @@ def test_openai_completions_adapter_diagnoses_the_server(pg1, image_path):
 
 
 def test_openai_token_strings_map_to_ids_and_urls_parse(pg1):
-    from npgemma.against.openai import endpoint, token_id
-    from npgemma.config import load_config
-    from npgemma.processing import Processor
+    from npgemma.checkpoint.config_json import load_config
+    from npgemma.compare.openai import endpoint, token_id
+    from npgemma.generation.processing import Processor
 
     tok = Processor.from_pretrained(pg1, load_config(pg1)).tokenizer
     cat = tok.token_to_id("\u2581cat")

@@ -15,7 +15,7 @@ from PIL import Image
 
 import npgemma
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.demo import example_image
+from npgemma.testing.random_model import example_image
 
 REPO = Path(npgemma.__file__).resolve().parents[1]
 PROMPT = "caption en"
@@ -274,7 +274,7 @@ def test_batched_linear_reads_each_weight_once(rows, ours, monkeypatch):
     import contextlib
     import threading
 
-    from npgemma import layers
+    from npgemma import _kernels, layers
 
     lock = threading.Lock()  # the slabs are read by one thread per core
 
@@ -296,8 +296,8 @@ def test_batched_linear_reads_each_weight_once(rows, ours, monkeypatch):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((1100, 4)).astype(np.float32).view(Counting)
     x = rng.standard_normal((rows, 1, 4)).astype(np.float32)
-    monkeypatch.setattr(layers, "_F32_SLAB_BYTES", 100 * 4 * 4)  # 11 slabs of 100 rows, several a thread
-    with layers.on_our_threads() if ours else contextlib.nullcontext():
+    monkeypatch.setattr(_kernels, "F32_SLAB_BYTES", 100 * 4 * 4)  # 11 slabs of 100 rows, several a thread
+    with _kernels.on_our_threads() if ours else contextlib.nullcontext():
         y = layers.linear(x, w)
     assert Counting.read == 1100 and y.shape == (rows, 1, 1100)
     np.testing.assert_allclose(y[:, 0], x[:, 0] @ np.asarray(w).T, rtol=1e-6, atol=1e-6)
@@ -306,18 +306,18 @@ def test_batched_linear_reads_each_weight_once(rows, ours, monkeypatch):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_numpy_decode_steps_threads(ckpt, image, monkeypatch, dtype):
     """Prefill products are one BLAS call on BLAS's threads; the low-memory mode's decode steps
-    (widening every weight) run inside `layers.on_our_threads()`, float32's do not."""
+    (widening every weight) run inside `_kernels.on_our_threads()`, float32's do not."""
     import dataclasses
 
-    from npgemma import layers
-    from npgemma.backend import NumpyBackend
-    from npgemma.generate import GenerationConfig, generate_tokens
+    from npgemma import _kernels
+    from npgemma.generation.generate import GenerationConfig, generate_tokens
+    from npgemma.generation.numpy_backend import NumpyBackend
 
     seen = []
     forward = NumpyBackend.forward
 
     def spy(self, params, cfg, input_ids, *args, **kwargs):
-        seen.append((input_ids.shape[1], layers._our_threads))
+        seen.append((input_ids.shape[1], _kernels._depth))
         return forward(self, params, cfg, input_ids, *args, **kwargs)
 
     monkeypatch.setattr(NumpyBackend, "forward", spy)
@@ -330,4 +330,4 @@ def test_numpy_decode_steps_threads(ckpt, image, monkeypatch, dtype):
     prefill, *steps = seen
     assert prefill[0] > 1 and prefill[1] == 0
     assert steps == [(1, int(dtype != "float32"))] * 3
-    assert layers._our_threads == 0
+    assert _kernels._depth == 0

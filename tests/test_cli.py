@@ -21,7 +21,7 @@ from safetensors.numpy import load_file, save_file
 import npgemma
 from npgemma import cli
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.demo import write_demo
+from npgemma.testing.random_model import write_demo
 
 REPO = Path(npgemma.__file__).resolve().parents[1]
 PROMPT = "caption en"
@@ -31,7 +31,7 @@ SAMPLING_SEED = 3  # a seed whose draw differs from the greedy tokens on the dem
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint folder, example.png), as `python -m npgemma.testing.demo` writes them."""
+    """(checkpoint folder, example.png), as `python -m npgemma.testing.random_model` writes them."""
     return write_demo(tmp_path_factory.mktemp("cli") / "demo")
 
 
@@ -305,7 +305,7 @@ def test_bad_command_line(capsys, argv, culprit):
 def test_internal_error_is_one_line_unless_debugging(capsys, demo, monkeypatch):
     def boom(*a, **kw):
         raise RuntimeError("kaboom")
-    monkeypatch.setattr("npgemma.pipeline.load", boom)
+    monkeypatch.setattr("npgemma.cli.generate.load", boom)
     monkeypatch.delenv("NPGEMMA_DEBUG", raising=False)
     rc, out, err = run_cli(capsys, *generate_args(*demo))
     assert rc == 1 and out == "" and "Traceback" not in err
@@ -370,7 +370,7 @@ def test_process_bad_input(demo, tmp_path, case):
 
 def test_demo_quick_start(tmp_path):
     """The README's quick start: write the demo, then run the command it prints."""
-    done = _run("-m", "npgemma.testing.demo", tmp_path / "demo")
+    done = _run("-m", "npgemma.testing.random_model", tmp_path / "demo")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "demo" / "example.png").is_file()
     command = next(line.strip() for line in done.stdout.splitlines()

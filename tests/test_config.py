@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from npgemma.config import config_from_dict
+from npgemma.checkpoint.config_json import config_from_dict
 from npgemma.errors import ConfigError
 
 _SIGLIP_SO400M = {"model_type": "siglip_vision_model", "hidden_size": 1152,

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import npgemma
+from npgemma.checkpoint.bundled import model_dir
 from npgemma.demo import scenes
 from npgemma.demo.evaluate import box_iou, held_out
-from npgemma.demo.bundle import model_dir
-from npgemma.postprocess import parse_objects
+from npgemma.generation.postprocess import parse_objects
 
 SHIPPED = (model_dir() / "model.safetensors").is_file()
 pytestmark = pytest.mark.skipif(not SHIPPED, reason="the demo model is not in this checkout")
@@ -89,7 +89,7 @@ def test_torch_gives_identical_greedy_answers(fixed):
                                        "window-on-prefix"])
 def test_a_broken_implementation_answers_wrongly(pipe, fixed, deviation):
     """The trap turns at least one right answer on the fixed scenes wrong."""
-    from npgemma.against.deviations import deviated
+    from npgemma.compare.deviations import deviated
 
     examples, answers = fixed
     with deviated(deviation):
@@ -102,7 +102,7 @@ def test_a_broken_implementation_answers_wrongly(pipe, fixed, deviation):
 def test_zero_based_positions_change_no_answer(pipe, fixed):
     """The one trap answers cannot show: RoPE is relative, so shifting every position by one
     (0-based instead of PaliGemma's 1-based) moves the logits by round-off only."""
-    from npgemma.against.deviations import deviated
+    from npgemma.compare.deviations import deviated
 
     examples, answers = fixed
     with deviated("zero-based-positions"):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from npgemma import vqvae
-from npgemma.demo import scenes
-from npgemma.postprocess import mask_in_image, parse_objects
+from npgemma.demo import scenes, tasks
+from npgemma.generation.postprocess import mask_in_image, parse_objects
 
 
 def _scene(seed):
@@ -41,11 +41,11 @@ def test_segment_answer_is_box_codes_label_and_decodes_to_the_mask():
     ious = []
     for _ in range(10):
         scene = scenes.draw_scene(rng)
-        prompt, answer = scenes.make_task(scene, "segment", rng)
+        prompt, answer = tasks.make_task(scene, "segment", rng)
         (obj,) = parse_objects(answer, 64, 64)
         truth = [o for o in scene.objects if o.shape == obj.label][0]
         assert prompt == f"segment {truth.shape}" and obj.box == truth.box
-        assert answer.startswith(scenes.loc_tokens(truth.box)) and len(obj.seg_codes) == 16
+        assert answer.startswith(tasks.loc_tokens(truth.box)) and len(obj.seg_codes) == 16
         from npgemma.demo.masks import demo_vae
 
         pred = mask_in_image(vqvae.decode(demo_vae(), [obj.seg_codes])[0], obj.box, 64, 64)
@@ -55,10 +55,11 @@ def test_segment_answer_is_box_codes_label_and_decodes_to_the_mask():
 
 
 def test_shipped_vae_is_small_and_in_the_vae_oid_layout():
-    from npgemma.demo.masks import vae_path
+    from npgemma.checkpoint.bundled import vae_path
+    from npgemma.checkpoint.vae_file import load_vae
     from npgemma.testing.vae import vae_shapes
 
-    vae = vqvae.load_vae(vae_path())
+    vae = load_vae(vae_path())
     assert vae_path().stat().st_size < 400_000 and vae["_vq_vae._embedding"].shape[0] == 128
     assert set(vae) == set(vae_shapes())
 
@@ -76,7 +77,7 @@ def test_fine_tune_from_a_model_folder_lowers_the_segment_loss(tmp_path):
     """--init-from loads the folder's weights (not fresh ones); a few steps on `segment` lower
     the loss on a fixed batch."""
     torch = pytest.importorskip("torch")
-    from npgemma.config import config_from_dict
+    from npgemma.checkpoint.config_json import config_from_dict
     from npgemma.demo import train as T
     from npgemma.demo.bundle import demo_config, write_model
 

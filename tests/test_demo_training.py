@@ -86,8 +86,8 @@ def test_ship_writes_the_weights_in_bfloat16_with_the_step(tmp_path):
     from safetensors import safe_open
 
     import npgemma
+    from npgemma.checkpoint.weights import flatten
     from npgemma.demo.ship import main as ship_main
-    from npgemma.weights import flatten
 
     trainer = _trainer(tmp_path / "run")
     trainer.train_step()

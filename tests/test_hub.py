@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 
 import npgemma
-from npgemma import cli, hub
+from npgemma import cli
+from npgemma.checkpoint import hub
 from npgemma.errors import InputError
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.demo import write_demo
 from npgemma.testing.hub_cache import cache_snapshot, repo_folder
+from npgemma.testing.random_model import write_demo
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 import huggingface_hub.constants  # noqa: E402  (a lazy submodule: load it to patch it)
+
 REPO = Path(npgemma.__file__).resolve().parents[1]
 OTHER_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -142,8 +144,8 @@ def test_cli_generate_by_id_from_the_environment(cache, demo, where):
 
 def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_network,
                                                   monkeypatch):
-    from npgemma import memory
-    from npgemma.config import load_config
+    from npgemma.checkpoint import memory
+    from npgemma.checkpoint.config_json import load_config
 
     _, main, v2 = hf_cache
 
@@ -167,7 +169,7 @@ def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_ne
         def get_tensor(self, key):
             raise AssertionError("npgemma models read tensor data")
 
-    from npgemma.weights import read as weights_read  # where the headers and tensors are read
+    from npgemma.checkpoint import read as weights_read  # where the headers and tensors are read
 
     real_open = weights_read.safe_open
     monkeypatch.setattr(weights_read, "safe_open", HeadersOnly)
@@ -181,14 +183,14 @@ def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_ne
     # bytes: the safetensors files (through the snapshot's symlinks), headers and data
     assert row["disk_bytes"] == (main / "model.safetensors").stat().st_size
     tree = npgemma.load(main).params
-    assert row["params"] == sum(a.size for a in npgemma.weights.flatten(tree).values())
+    assert row["params"] == sum(a.size for a in npgemma.checkpoint.flatten(tree).values())
     cfg = load_config(main)
     assert row["ram"]["numpy bf16"] == memory.estimate(cfg, "numpy", "bfloat16", "cpu",
                                                        "float32").ram_total
 
 
 def test_models_table_marks_what_does_not_fit(hf_cache, capsys, monkeypatch):
-    from npgemma import memory
+    from npgemma.checkpoint import memory
 
     monkeypatch.setattr(memory, "available_memory", lambda: memory.Available(10**9, "fake"))
     assert cli.main(["models"]) == 0

@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 
 import npgemma
-from npgemma import analysis, capture, gemma, inspect, layers, paligemma, siglip
+from npgemma import gemma, hooks, layers, paligemma, siglip
+from npgemma.checkpoint.memory import Available
 from npgemma.errors import InputError
-from npgemma.slots import Slots
+from npgemma.generation.slots import Slots
+from npgemma.inspection import analysis, capture
+from npgemma.inspection import trace as inspect
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.demo import example_image
+from npgemma.testing.random_model import example_image
 
 PROMPT = "caption en"
 
@@ -82,7 +85,7 @@ def _run(pipe, image):
 def test_hooks_change_no_bit_off_or_on(pipe, image, monkeypatch):
     off = _run(pipe, image)
     everything = capture.Capture(None, None, None, {"vision": 4, "decoder": 4})
-    with capture.capturing(everything):
+    with hooks.capturing(everything):
         on = _run(pipe, image)
     assert everything.pieces  # it did capture
     with monkeypatch.context() as m:
@@ -100,7 +103,7 @@ def test_stitched_steps_equal_one_uncached_run(pipe, image, full):
     slots = Slots.full(1, full.prompt_len).append(steps)  # prompt = prefix, answer causal
     cap = capture.Capture(["decoder.*"], None, None, {"vision": 4, "decoder": 4})
     inputs = pipe.processor(image, PROMPT)
-    with capture.capturing(cap):
+    with hooks.capturing(cap):
         feats = paligemma.encode_image(pipe.params, inputs.pixel_values[None], cfg)
         paligemma.forward(pipe.params, cfg, seq, slots.positions(), slots.masks(cfg),
                           image_features=feats)
@@ -143,8 +146,8 @@ def test_selection_keeps_only_what_was_asked(pipe, image, full):
 
 
 def test_capture_everything_checks_memory_first(pipe, image, monkeypatch):
-    monkeypatch.setattr(inspect, "mem_available", lambda: 1000)
-    with pytest.raises(InputError, match=r"GiB is available; select fewer"):
+    monkeypatch.setattr(inspect, "available_memory", lambda: Available(1000, "MemAvailable"))
+    with pytest.raises(InputError, match=r"GiB is available \(MemAvailable\); select fewer"):
         inspect.trace(pipe, image, PROMPT, max_new_tokens=2)
 
 

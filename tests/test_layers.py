@@ -497,15 +497,15 @@ def test_linear_low_memory_slabs_equal_whole_matrix(monkeypatch, ours):
 
     import ml_dtypes
 
-    from npgemma import layers
+    from npgemma import _kernels, layers
 
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 8)).astype(np.float32)
     w = rng.standard_normal((37, 8)).astype(ml_dtypes.bfloat16)
     b = rng.standard_normal(37).astype(ml_dtypes.bfloat16)
     whole = x @ w.astype(np.float32).T + b.astype(np.float32)
-    monkeypatch.setattr(layers, "_SLAB_BYTES", 5 * 8 * 4)  # 5 rows a slab: 37 rows -> 8 slabs, the last one short
-    with layers.on_our_threads() if ours else contextlib.nullcontext():
+    monkeypatch.setattr(_kernels, "SLAB_BYTES", 5 * 8 * 4)  # 5 rows a slab: 37 rows -> 8 slabs, the last one short
+    with _kernels.on_our_threads() if ours else contextlib.nullcontext():
         got = layers.linear(x, w, b)
     assert got.dtype == np.float32 and got.shape == (2, 3, 37)
     np.testing.assert_array_equal(got, whole)
@@ -516,26 +516,26 @@ def test_on_our_threads_holds_blas_to_one_thread_and_restores_it(monkeypatch):
     ours); outside it BLAS has its threads back, and the block nests."""
     from threadpoolctl import threadpool_info
 
-    from npgemma import layers
+    from npgemma import _kernels
 
     def blas_threads():
         return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
-    monkeypatch.setattr(layers, "_WORKERS", 2)  # as on a 2-core machine, whatever this one has
+    monkeypatch.setattr(_kernels, "WORKERS", 2)  # as on a 2-core machine, whatever this one has
     before = blas_threads()
-    with layers.on_our_threads():
-        with layers.on_our_threads():
+    with _kernels.on_our_threads():
+        with _kernels.on_our_threads():
             inner = blas_threads()
-        assert layers._our_threads == 1
+        assert _kernels._depth == 1
         outer = blas_threads()
-    assert inner == outer == {1} and layers._our_threads == 0
+    assert inner == outer == {1} and _kernels._depth == 0
     assert blas_threads() == before
 
 
 def test_attention_query_chunks_on_our_threads_equal_one_block(monkeypatch):
     """Queries in chunks, shared out over two threads, give the one-block attention: GQA, a
     mask with fully masked rows, and a softcap."""
-    from npgemma import layers
+    from npgemma import _kernels, layers
 
     rng = np.random.default_rng(3)
     q = rng.standard_normal((2, 4, 37, 8)).astype(np.float32)
@@ -543,10 +543,10 @@ def test_attention_query_chunks_on_our_threads_equal_one_block(monkeypatch):
     v = rng.standard_normal((2, 2, 41, 8)).astype(np.float32)
     mask = rng.random((2, 37, 41)) < 0.7
     mask[0, 5] = False  # a padding query: a uniform average, never NaN
-    monkeypatch.setattr(layers, "_WORKERS", 1)
+    monkeypatch.setattr(_kernels, "WORKERS", 1)
     monkeypatch.setattr(layers, "SCORE_BLOCK_BYTES", 1 << 30)
     whole = layers.attention(q, k, v, mask, 0.35, logit_cap=3.0)
-    monkeypatch.setattr(layers, "_WORKERS", 2)
+    monkeypatch.setattr(_kernels, "WORKERS", 2)
     monkeypatch.setattr(layers, "SCORE_BLOCK_BYTES", 2 * 2 * 4 * 4 * 41 * 3)  # 3 queries a chunk
     chunked = layers.attention(q, k, v, mask, 0.35, logit_cap=3.0)
     assert np.isfinite(chunked).all()
@@ -557,7 +557,7 @@ def test_by_row_blocks_equals_the_whole_array_formula(monkeypatch):
     """Gemma's gelu(gate) · up a block of rows at a time, shared over two threads, is bit for bit
     the formula over the whole array (elementwise: no order of operations changes); fewer rows
     than a block make one short block."""
-    from npgemma import layers
+    from npgemma import _kernels, layers
 
     rng = np.random.default_rng(11)
     gate = (3 * rng.standard_normal((2, 37, 24))).astype(np.float32)
@@ -567,10 +567,10 @@ def test_by_row_blocks_equals_the_whole_array_formula(monkeypatch):
         return layers.gelu_tanh(g) * u
 
     whole = gated(gate, up)
-    monkeypatch.setattr(layers, "_WORKERS", 2)
-    monkeypatch.setattr(layers, "_BLOCK_BYTES", 5 * 24 * 4)  # 5 rows a block: 74 rows -> 15 blocks
-    monkeypatch.setattr(layers, "_CACHED_BYTES", 0)  # as if the arrays were larger than the cache
-    blocks = layers.by_row_blocks(gated, gate, up)
+    monkeypatch.setattr(_kernels, "WORKERS", 2)
+    monkeypatch.setattr(_kernels, "BLOCK_BYTES", 5 * 24 * 4)  # 5 rows a block: 74 rows -> 15 blocks
+    monkeypatch.setattr(_kernels, "CACHED_BYTES", 0)  # as if the arrays were larger than the cache
+    blocks = _kernels.by_row_blocks(gated, gate, up)
     assert blocks.shape == (2, 37, 24) and blocks.dtype == np.float32
     np.testing.assert_array_equal(blocks, whole)
-    np.testing.assert_array_equal(layers.by_row_blocks(gated, gate[:, :2], up[:, :2]), whole[:, :2])
+    np.testing.assert_array_equal(_kernels.by_row_blocks(gated, gate[:, :2], up[:, :2]), whole[:, :2])

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import npgemma
-from npgemma.tolerances import assert_close
+from npgemma.checkpoint.weights import flatten
+from npgemma.compare.tolerances import assert_close
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.demo import example_image
-from npgemma.weights import flatten
+from npgemma.testing.random_model import example_image
 
 PROMPT = "caption en"
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 import npgemma
-from npgemma import backend as backend_module
-from npgemma import cli, memory, paligemma, weights
-from npgemma.config import config_from_dict, load_config
+from npgemma import cli, paligemma
+from npgemma.checkpoint import memory, weights
+from npgemma.checkpoint.config_json import config_from_dict, load_config
+from npgemma.checkpoint.weights import flatten
 from npgemma.errors import InputError
+from npgemma.generation import numpy_backend
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.demo import write_demo
-from npgemma.weights import flatten
+from npgemma.testing.random_model import write_demo
 
 REPO = Path(npgemma.__file__).resolve().parents[1]
 GiB = 2**30
@@ -47,7 +48,7 @@ def fake_available(monkeypatch, nbytes: int):
 @pytest.mark.parametrize("disk", ["float32", "bfloat16"])
 def test_weight_bytes_are_what_the_numpy_backend_loads(tmp_path, tied, dtype, disk):
     """float32 mode widens to 4 bytes; the low-memory mode memory-maps the file's own dtype."""
-    from npgemma.backend import get_backend
+    from npgemma.generation.backend import get_backend
 
     raw = tiny_config(text="gemma2", tie_word_embeddings=tied)
     raw["tie_word_embeddings"] = tied
@@ -68,7 +69,7 @@ def test_kv_cache_bytes_are_what_init_cache_allocates():
 
 def test_kv_cache_bytes_match_the_torch_cache():
     torch = pytest.importorskip("torch")
-    from npgemma.backend import get_backend
+    from npgemma.generation.backend import get_backend
 
     cfg = config_from_dict(tiny_config(num_key_value_heads=1))
     cache = get_backend("torch", dtype="bfloat16").init_cache(cfg, 2, 19)
@@ -215,7 +216,7 @@ def test_gpu_memory_checked_for_torch_on_cuda(monkeypatch):
 def _never_read(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("weights were read before the memory check refused")
-    monkeypatch.setattr(backend_module, "load_weights", boom)  # what NumpyBackend reads with
+    monkeypatch.setattr(numpy_backend, "load_weights", boom)  # what NumpyBackend reads with
 
 
 def test_load_refuses_before_reading_weights_and_force_loads(monkeypatch, demo):
@@ -238,7 +239,7 @@ def test_cli_refuses_in_one_line_and_force_runs(monkeypatch, demo, capsys):
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1
     assert err.startswith(f"npgemma: error: {demo[0]}: not enough memory for the numpy backend")
-    monkeypatch.setattr(backend_module, "load_weights", weights.load_weights)
+    monkeypatch.setattr(numpy_backend, "load_weights", weights.load_weights)
     assert cli.main(args + ["--force"]) == 0
 
 

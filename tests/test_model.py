@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from npgemma import gemma, kv_cache, paligemma, siglip
-from npgemma.config import config_from_dict
+from npgemma.checkpoint.config_json import config_from_dict
 from npgemma.layers import rope_tables
 
 F32 = np.float32

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npgemma.postprocess import DetectedObject, draw_objects, parse_objects
+from npgemma.generation.postprocess import DetectedObject, draw_objects, parse_objects
 
 
 def test_two_detections_golden_boxes():
@@ -50,7 +50,7 @@ def test_draw_marks_the_box_pixels():
 
 
 def test_cli_objects_are_in_original_image_pixels(tmp_path):
-    from npgemma.cli import _objects
+    from npgemma.cli.generate import _objects
 
     path = tmp_path / "wide.png"
     Image.fromarray(np.zeros((100, 300, 3), np.uint8)).save(path)  # H=100, W=300
@@ -64,7 +64,7 @@ def test_cli_json_has_objects_and_draw_writes_an_image(tmp_path, capsys):
     import json
 
     from npgemma.cli import main
-    from npgemma.testing.demo import write_demo
+    from npgemma.testing.random_model import write_demo
 
     model, image = write_demo(tmp_path / "demo")
     drawn = tmp_path / "out.png"
@@ -76,7 +76,7 @@ def test_cli_json_has_objects_and_draw_writes_an_image(tmp_path, capsys):
 
 # ---- masks -----------------------------------------------------------------------------------
 
-from npgemma.postprocess import mask_in_image, mask_to_rle  # noqa: E402
+from npgemma.generation.postprocess import mask_in_image, mask_to_rle  # noqa: E402
 
 
 def _rle_decode(rle):

@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npgemma.config import config_from_dict
+from npgemma.checkpoint.config_json import config_from_dict
 from npgemma.errors import ConfigError, InputError
-from npgemma.processing import Inputs, Processor, load_image
-from npgemma.testing.tokenizer import (
-    FULL_IMAGE_TOKEN_ID, FULL_VOCAB_SIZE, TINY_IMAGE_TOKEN_ID, TINY_NEWLINE_ID, TINY_VOCAB_SIZE,
-    build_tokenizer, write_tokenizer,
-)
+from npgemma.generation.processing import Inputs, Processor, load_image
+from npgemma.testing.tokenizer import (FULL_IMAGE_TOKEN_ID, FULL_VOCAB_SIZE, TINY_IMAGE_TOKEN_ID,
+                                       TINY_NEWLINE_ID, TINY_VOCAB_SIZE, build_tokenizer,
+                                       write_tokenizer)
 
 S, N = 28, 4  # image size, image tokens (patch 14)
 

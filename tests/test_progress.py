@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from npgemma.progress import weights_progress
+from npgemma.cli.progress import weights_progress
 
 
 class _Terminal(io.StringIO):

@@ -20,7 +20,7 @@ from PIL import Image
 
 from npgemma import cli
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.demo import example_image
+from npgemma.testing.random_model import example_image
 
 CHROMIUM = os.environ.get("NPGEMMA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -66,7 +66,7 @@ def test_report_is_self_contained(made):
 
 
 def test_without_room_for_siglip_patterns_the_report_drops_that_view(made, tmp_path, monkeypatch):
-    from npgemma import inspect_cli
+    from npgemma.cli import inspect as inspect_cli
 
     monkeypatch.setattr(inspect_cli, "_fits", lambda *a: False)
     root = made[0]

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pytest
 
-from npgemma.generate import GenerationConfig, filter_logits, sample
+from npgemma.generation.generate import GenerationConfig, filter_logits, sample
 
 F32 = np.float32
 

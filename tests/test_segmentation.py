@@ -9,10 +9,10 @@ import pytest
 
 import npgemma
 from npgemma.cli import main
+from npgemma.compare.tolerances import assert_close
 from npgemma.errors import InputError
-from npgemma.testing.demo import write_demo
+from npgemma.testing.random_model import write_demo
 from npgemma.testing.vae import FULL, write_vae
-from npgemma.tolerances import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_objects_get_masks_from_the_loaded_vae(demo):
     text = "<loc0100><loc0200><loc0900><loc0800>" + "".join(f"<seg{c:03d}>" for c in range(16)) + " x"
     (obj,) = pipe.objects(text, width=50, height=40)
     want = pipe.decode_masks(np.arange(16)[None])[0]
-    from npgemma.postprocess import mask_in_image
+    from npgemma.generation.postprocess import mask_in_image
 
     assert (obj.mask == mask_in_image(want, obj.box, 50, 40)).all()  # wiring: decode, then place
     assert not obj.mask[:, :9].any() and not obj.mask[36:].any()   # nothing outside the box

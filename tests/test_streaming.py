@@ -14,7 +14,7 @@ import random
 
 import pytest
 
-from npgemma.streaming import stream_decode
+from npgemma.generation.streaming import stream_decode
 from npgemma.testing.tokenizer import build_tokenizer
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from npgemma import vqvae as V
+from npgemma.checkpoint.vae_file import load_vae
+from npgemma.compare.tolerances import assert_close
 from npgemma.errors import InputError, WeightsError
 from npgemma.testing.vae import FULL, random_vae, vae_shapes, write_vae
-from npgemma.tolerances import assert_close
 
 SMALL = dict(num_codes=32, code_dim=8, width=16)
 
@@ -131,7 +132,7 @@ def test_encode_decode_shapes_and_code_range():
 def test_full_size_file_loads_and_decodes(tmp_path):
     path = tmp_path / "vae-oid.npz"
     write_vae(path, **FULL)
-    vae = V.load_vae(path)
+    vae = load_vae(path)
     assert vae["_vq_vae._embedding"].shape == (128, 512) and vae["decoder.10.weight"].shape == (32, 16, 4, 4)
     assert set(vae) == set(vae_shapes(**FULL))
     codes = np.random.default_rng(0).integers(0, 128, size=(2, 16))
@@ -144,13 +145,13 @@ def test_loader_names_the_missing_or_wrong_key(tmp_path):
     del missing["decoder.3.net.2.bias"]
     np.savez(tmp_path / "missing.npz", **missing)
     with pytest.raises(WeightsError, match=r"missing\.npz: missing key 'decoder\.3\.net\.2\.bias'"):
-        V.load_vae(tmp_path / "missing.npz")
+        load_vae(tmp_path / "missing.npz")
     wrong = dict(good, **{"decoder.6.weight": np.zeros((16, 8, 3, 3), np.float32)})
     np.savez(tmp_path / "wrong.npz", **wrong)
     with pytest.raises(WeightsError, match=r"'decoder\.6\.weight' has shape \[16, 8, 3, 3\], expected \[16, \*, 4, 4\]"):
-        V.load_vae(tmp_path / "wrong.npz")
+        load_vae(tmp_path / "wrong.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(WeightsError, match="junk.npz: not a readable .npz"):
-        V.load_vae(tmp_path / "junk.npz")
+        load_vae(tmp_path / "junk.npz")
     with pytest.raises(WeightsError, match="no such VQ-VAE file"):
-        V.load_vae(tmp_path / "absent.npz")
+        load_vae(tmp_path / "absent.npz")

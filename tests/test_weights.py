@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from npgemma.config import config_from_dict, load_config
+from npgemma.checkpoint.config_json import config_from_dict, load_config
+from npgemma.checkpoint.weights import LAYOUTS, expected_shapes, flatten, load_weights, unflatten
 from npgemma.errors import WeightsError
 from npgemma.testing.checkpoint import random_weights, tiny_config, write_checkpoint
-from npgemma.weights import LAYOUTS, expected_shapes, flatten, load_weights, unflatten
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 

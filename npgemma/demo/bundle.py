@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint.weights import disk_name
 from ..testing.checkpoint import tiny_config
 from ..testing.tokenizer import build_tokenizer, write_tokenizer
-from ..weights import disk_name
-from .scenes import IMAGE_SIZE, WORDS
+from .scenes import IMAGE_SIZE
+from .tasks import WORDS
 
 PATCH_SIZE = 16
 SLIDING_WINDOW = 8
-
-
-def model_dir() -> Path:
-    """The shipped demo checkpoint folder (inside the installed package)."""
-    return Path(str(resources.files("npgemma.demo") / "model"))
 
 
 def demo_tokenizer():

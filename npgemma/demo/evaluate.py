@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..postprocess import parse_objects
-from . import scenes
+from ..generation.postprocess import parse_objects
+from . import scenes, tasks
 
 
 def box_iou(a, b) -> float:
@@ -27,11 +27,11 @@ def box_iou(a, b) -> float:
 
 def held_out(task: str, count: int, seed: int):
     """`count` (scene, prompt, answer) for one task, from a seed the training never uses."""
-    rng = np.random.default_rng([seed, scenes.TASKS.index(task), 7919])
+    rng = np.random.default_rng([seed, tasks.TASKS.index(task), 7919])
     out = []
     for _ in range(count):
         scene = scenes.draw_scene(rng)
-        out.append((scene, *scenes.make_task(scene, task, rng)))
+        out.append((scene, *tasks.make_task(scene, task, rng)))
     return out
 
 
@@ -75,7 +75,7 @@ def evaluate_pipeline(pipe, per_task: int, seed: int = 10_000, batch: int = 50,
     (`tasks`: default every task, `segment` only when the pipeline has a VQ-VAE; with
     keep_answers, also every answer under "answers")."""
     if tasks is None:
-        tasks = [t for t in scenes.TASKS if t != "segment" or pipe.vae is not None]
+        tasks = [t for t in tasks.TASKS if t != "segment" or pipe.vae is not None]
     scores, kept = {}, []
     for task in tasks:
         examples = held_out(task, per_task, seed)
@@ -101,7 +101,7 @@ def evaluate(params, cfg, processor, backend: str, device: str, per_task: int, s
              tasks=None):
     """`evaluate_pipeline` over an in-memory weight tree (used during training), with the
     shipped demo VQ-VAE when `segment` is among the tasks."""
-    from ..backend import get_backend
+    from ..generation.backend import get_backend
     from ..pipeline import Pipeline
 
     be = get_backend(backend, device=device)
@@ -121,14 +121,14 @@ def main(argv=None) -> int:
 
     from tqdm import tqdm
 
+    from ..checkpoint.bundled import vae_path
     from ..pipeline import load
-    from .masks import vae_path
 
     p = argparse.ArgumentParser(prog="python -m npgemma.demo.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="demo-model folder (HF layout)")
     p.add_argument("--vae", default=str(vae_path()), help="VQ-VAE for segment (default: the shipped one)")
     p.add_argument("--per-task", type=int, default=200, help="fresh scenes per task")
-    p.add_argument("--tasks", default=",".join(scenes.TASKS), help="comma-separated tasks")
+    p.add_argument("--tasks", default=",".join(tasks.TASKS), help="comma-separated tasks")
     p.add_argument("--seed", type=int, default=10_000)
     p.add_argument("--backend", default="numpy", choices=["numpy", "torch"])
     args = p.parse_args(argv)

@@ -12,24 +12,19 @@ with half-pixel centres (the antialiasing only acts when shrinking).
 from __future__ import annotations
 
 import functools
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .. import vqvae
+from ..checkpoint.bundled import vae_path
+from ..checkpoint.vae_file import load_vae
 from .scenes import SceneObject, object_mask
-
-
-def vae_path() -> Path:
-    """The shipped demo VQ-VAE (inside the installed package)."""
-    return Path(str(resources.files("npgemma.demo") / "vae" / "demo-vae.npz"))
 
 
 @functools.cache
 def demo_vae() -> dict[str, np.ndarray]:
-    return vqvae.load_vae(vae_path())
+    return load_vae(vae_path())
 
 
 def box_crop(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..postprocess import draw_objects, parse_objects
-from . import scenes
+from ..generation.postprocess import draw_objects, parse_objects
+from . import scenes, tasks
 
 SHOW_SCALE = 4  # the 64-pixel scene is drawn 4x larger in the picture
 
@@ -19,10 +19,10 @@ def questions(scene: scenes.Scene, rng: np.random.Generator, segment: bool) -> l
     """(prompt, ground truth): a caption, a colour and a count question, a detection of every
     shape, and (with a VQ-VAE) the segmentation of one."""
     asked = [o.shape for o in scene.objects]
-    out = [scenes.make_task(scene, "caption", rng), scenes.make_task(scene, "color", rng),
-           scenes.make_task(scene, "count", rng),
-           ("detect " + " ; ".join(asked), scenes.detect_answer(scene, asked))]
-    return out + [scenes.make_task(scene, "segment", rng)] if segment else out
+    out = [tasks.make_task(scene, "caption", rng), tasks.make_task(scene, "color", rng),
+           tasks.make_task(scene, "count", rng),
+           ("detect " + " ; ".join(asked), tasks.detect_answer(scene, asked))]
+    return out + [tasks.make_task(scene, "segment", rng)] if segment else out
 
 
 def _mask_verdict(pipe, scene: scenes.Scene, prompt: str, answer: str) -> str:
@@ -72,7 +72,7 @@ def run(pipe, seed: int, out: str | None, print_fn=print) -> int:
     """Print each prompt, the model's answer and the ground truth; return the number wrong."""
     rng = np.random.default_rng([seed, 0x5EED])
     scene = scenes.draw_scene(rng)
-    print_fn(f"scene (seed {seed}): {scenes.caption(scene)} on a {scene.background} background")
+    print_fn(f"scene (seed {seed}): {tasks.caption(scene)} on a {scene.background} background")
     wrong, drawn = 0, []
     for prompt, truth in questions(scene, rng, segment=pipe.vae is not None):
         answer = pipe.generate(scene.image, prompt, max_new_tokens=48).text

@@ -1,21 +1,10 @@
-"""Procedurally drawn scenes with ground truth, and PaliGemma-style tasks over them.
+"""Procedurally drawn scenes with ground truth (the prompts and answers over them: `tasks.py`).
 
 A scene is 1-3 shapes (circle, square, triangle, star) in distinct colours and distinct kinds,
 on a plain, gradient or noise background. Shapes never overlap, so every object is whole, the
 boxes are exact and each question has one answer. Positions and sizes are whole pixels of the
 64-pixel image: the box of a shape is exactly where its pixels are, and its `<loc>` bins are
 exact multiples of 1024 / 64 = 16 (detection then has a learnable, unambiguous target).
-
-Tasks use PaliGemma's own prompt language (the answer is what the model is trained to write):
-
-    caption en                          a red circle and a blue square      (objects left to right)
-    answer en what color is the circle ?          red
-    answer en how many shapes are there ?         2
-    answer en what shape is the red object ?      circle
-    detect square ; circle              <loc..>x4 square ; <loc..>x4 circle   (in the asked order;
-                                                  a class not in the scene gives no entry)
-    segment star                        <loc..>x4<seg..>x16 star   (the codes: the demo VQ-VAE's
-                                                  encoding of the star's mask, `masks.py`)
 
 Each object's mask (`object_mask`, `Scene.masks`) is its drawn coverage > 1/2: the same
 supersampled drawing as the image, so mask and pixels agree. Masks use no randomness, so
@@ -36,12 +25,6 @@ COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 90, 230),
           "yellow": (240, 210, 30), "purple": (150, 60, 200), "orange": (250, 140, 20)}
 BACKGROUNDS = ("plain", "gradient", "noise")
 MIN_SIZE, MAX_SIZE = 14, 28         # box side in pixels
-NUMBERS = {1: "1", 2: "2", 3: "3"}  # PaliGemma's VQA answers counts as digits
-TASKS = ("caption", "color", "count", "shape", "detect", "segment")  # append only: seeds index it
-
-# Every word a prompt or an answer uses (the demo tokenizer learns each whole).
-WORDS = ("caption", "en", "answer", "detect", "segment", "what", "color", "is", "the", "how",
-         "many", "shapes", "are", "there", "shape", "object", "a", "an", "and", *SHAPES, *COLORS)
 
 
 @dataclass(frozen=True)
@@ -154,50 +137,3 @@ def draw_scene(rng: np.random.Generator, num_objects: int | None = None) -> Scen
 
 
 # ---- tasks ----------------------------------------------------------------------------------
-
-def loc_tokens(box: tuple[int, int, int, int], size: int = IMAGE_SIZE) -> str:
-    """PaliGemma's `<locY1><locX1><locY2><locX2>`: bins of 1024 along each axis, max 1023.
-
-    `npgemma.postprocess.parse_objects` maps bin b back to b / 1024 * size pixels, which gives
-    the whole-pixel box back exactly (x_max = size clips to bin 1023: 63.94 px for 64).
-    """
-    x1, y1, x2, y2 = box
-    bins = [min(1023, v * 1024 // size) for v in (y1, x1, y2, x2)]
-    return "".join(f"<loc{b:04d}>" for b in bins)
-
-
-def caption(scene: Scene) -> str:
-    """`a red circle`, `a red circle and a blue square`, `a red circle, a blue square and ...`."""
-    parts = [f"{'an' if o.color[0] in 'aeiou' else 'a'} {o.color} {o.shape}" for o in scene.objects]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def detect_answer(scene: Scene, classes: list[str]) -> str:
-    """One `<loc>x4 label` entry per asked class present, in the asked order, joined by ` ; `."""
-    by_shape = {o.shape: o for o in scene.objects}
-    return " ; ".join(f"{loc_tokens(by_shape[c].box)} {c}" for c in classes if c in by_shape)
-
-
-def make_task(scene: Scene, task: str, rng: np.random.Generator) -> tuple[str, str]:
-    """(prompt, answer) for one of `TASKS` on this scene."""
-    if task == "caption":
-        return "caption en", caption(scene)
-    if task == "count":
-        return "answer en how many shapes are there ?", NUMBERS[len(scene.objects)]
-    obj = scene.objects[int(rng.integers(len(scene.objects)))]
-    if task == "color":
-        return f"answer en what color is the {obj.shape} ?", obj.color
-    if task == "shape":
-        return f"answer en what shape is the {obj.color} object ?", obj.shape
-    if task == "detect":
-        present = [o.shape for o in scene.objects]
-        absent = [s for s in SHAPES if s not in present]
-        asked = list(rng.choice(present, size=int(rng.integers(1, len(present) + 1)), replace=False))
-        if absent and rng.random() < 0.2:  # sometimes ask for a shape that is not there
-            asked.insert(int(rng.integers(len(asked) + 1)), str(rng.choice(absent)))
-        return "detect " + " ; ".join(asked), detect_answer(scene, [str(a) for a in asked])
-    if task == "segment":
-        from .masks import seg_tokens
-
-        return f"segment {obj.shape}", f"{loc_tokens(obj.box)}{seg_tokens(obj)} {obj.shape}"
-    raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")

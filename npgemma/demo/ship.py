@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .bundle import model_dir
+from ..checkpoint.bundled import model_dir
 
 
 def ship(src: Path, dst: Path) -> int:

@@ -29,13 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import config_from_dict
+from ..checkpoint.config_json import config_from_dict
+from ..checkpoint.weights import expected_shapes, flatten, unflatten
+from ..generation.processing import Processor
 from ..paligemma import attention_masks, rope_positions
-from ..processing import Processor
 from ..torch_backend import paligemma as tpg
-from ..weights import expected_shapes, flatten, unflatten
 from . import scenes
 from .bundle import demo_config, demo_tokenizer, write_model
+from .tasks import TASKS, make_task
 
 TASK_WEIGHTS = {"caption": 0.25, "color": 0.15, "count": 0.1, "shape": 0.15, "detect": 0.35}
 
@@ -63,7 +64,7 @@ def draw_examples(rng: np.random.Generator, count: int, tasks=None, mix: dict | 
     out = []
     for task in rng.choice(names, size=count, p=weights / weights.sum()):
         scene = scenes.draw_scene(rng)
-        out.append((scene, *scenes.make_task(scene, str(task), rng)))
+        out.append((scene, *make_task(scene, str(task), rng)))
     return out
 
 
@@ -183,13 +184,13 @@ class Trainer:
 
 
 def parse_mix(text: str) -> dict[str, float]:
-    """`segment=0.5,detect=0.2,...` -> {task: weight}; every name one of `scenes.TASKS`."""
+    """`segment=0.5,detect=0.2,...` -> {task: weight}; every name one of `TASKS`."""
     mix = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, weight = part.partition("=")
-        if name not in scenes.TASKS or not sep:
+        if name not in TASKS or not sep:
             raise argparse.ArgumentTypeError(f"{part!r}: expected TASK=WEIGHT with TASK one of "
-                                             f"{', '.join(scenes.TASKS)}")
+                                             f"{', '.join(TASKS)}")
         mix[name] = float(weight)
     if not mix or min(mix.values()) < 0 or sum(mix.values()) <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: weights must be >= 0 and not all 0")
@@ -200,7 +201,7 @@ def init_from(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """(config dict, canonical flat float32 weights) of a trained HF-layout folder."""
     import json
 
-    from ..weights import load_weights
+    from ..checkpoint.weights import load_weights
 
     cfg_dict = json.loads((folder / "config.json").read_text())
     return cfg_dict, flatten(load_weights(folder, config_from_dict(cfg_dict)))

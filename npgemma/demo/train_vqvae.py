@@ -26,10 +26,12 @@ import numpy as np
 import torch
 
 from .. import vqvae
+from ..checkpoint.bundled import vae_path
+from ..checkpoint.vae_file import check_vae
 from ..testing.vae import random_vae
 from ..torch_backend import vqvae as tv
 from . import scenes
-from .masks import box_crop, vae_path
+from .masks import box_crop
 
 SIZES = dict(num_codes=128, code_dim=16, width=24, encoder_kernel=4)
 
@@ -68,7 +70,7 @@ def pixel_iou(vae: dict, count: int, seed: int) -> np.ndarray:
     """Per object of `count` fresh scenes: IoU in image pixels of its true codes, decoded and
     placed in its box (`postprocess.mask_in_image`), with its mask — the best a model that
     writes the right tokens can score."""
-    from ..postprocess import mask_in_image
+    from ..generation.postprocess import mask_in_image
     from .evaluate import mask_iou
     from .masks import seg_codes
 
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     weights = train(args)
-    vae = vqvae.check_vae(weights, "trained demo VQ-VAE")
+    vae = check_vae(weights, "trained demo VQ-VAE")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, **vae)
     family, fresh = reconstruction_iou(vae, mask_family()[0]), reconstruction_iou(vae, scene_masks(200, 1))

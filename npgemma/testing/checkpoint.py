@@ -14,14 +14,13 @@ import json
 import os
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
-from ..config import PaliGemmaConfig, config_from_dict
-from ..weights import LAYOUTS, disk_name, expected_shapes, vision_head_shapes
-
-_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+from ..checkpoint.checks import DTYPES
+from ..checkpoint.config_json import config_from_dict
+from ..checkpoint.layout import LAYOUTS, disk_name, expected_shapes, vision_head_shapes
+from ..config import PaliGemmaConfig
 
 # transformers 5.24.0's defaults, written out when minimal=False (as its save_pretrained does).
 _FULL_GEMMA = dict(attention_bias=False, attention_dropout=0.0, hidden_act="gelu_pytorch_tanh",
@@ -123,15 +122,15 @@ def write_checkpoint(folder: str | os.PathLike, config_dict: dict, *, layout: st
                      tokenizer: bool = True) -> Path:
     """Write config.json, random weights and (tokenizer=True) a tokenizer into `folder`.
 
-    layout: one of npgemma.weights.LAYOUTS ("hub", "v4.52", "v5", "v5-save").
+    layout: one of npgemma.checkpoint.LAYOUTS ("hub", "v4.52", "v5", "v5-save").
     write_lm_head: also store a tied lm_head (a copy of embed_tokens), as some converters do;
     an untied config always gets its own lm_head. write_vision_head: add SigLIP's unused
     pooling head and mark vision_use_head true in config.json, as transformers' save_pretrained
     does for a vision_config dict that leaves vision_use_head at its SigLIP default.
     """
-    if layout not in LAYOUTS or dtype not in _DTYPES:
+    if layout not in LAYOUTS or dtype not in DTYPES:
         raise ValueError(f"layout {layout!r} / dtype {dtype!r}: use one of "
-                         f"{list(LAYOUTS)} / {list(_DTYPES)}")
+                         f"{list(LAYOUTS)} / {list(DTYPES)}")
     if write_vision_head:  # the config transformers would have saved alongside the head
         config_dict = config_dict | {"vision_config": config_dict.get("vision_config", {})
                                      | {"vision_use_head": True}}
@@ -145,7 +144,7 @@ def write_checkpoint(folder: str | os.PathLike, config_dict: dict, *, layout: st
     if write_vision_head:
         rng = np.random.default_rng(seed + 1)
         flat |= {k: _init(k, s, rng) for k, s in vision_head_shapes(cfg).items()}
-    tensors = {disk_name(k, layout): v.astype(_DTYPES[dtype]) for k, v in flat.items()}
+    tensors = {disk_name(k, layout): v.astype(DTYPES[dtype]) for k, v in flat.items()}
     _write_safetensors(folder, tensors, num_shards)
     if tokenizer:
         from .tokenizer import FULL_IMAGE_TOKEN_ID, write_tokenizer

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import paligemma
-from .kv_cache import KVCache
 from ..config import PaliGemmaConfig
 from ..errors import InputError
+from . import paligemma
+from .kv_cache import KVCache
 
 
 @dataclass

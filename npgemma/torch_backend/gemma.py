@@ -7,10 +7,10 @@ import math
 
 import torch
 
-from . import kv_cache
-from ..capture import hook, scope
 from ..config import TextConfig
-from .layers import (F32, apply_rope, attention, _attention_bias, gelu_tanh, linear, merge_heads,
+from ..hooks import hook, scope
+from . import kv_cache
+from .layers import (F32, _attention_bias, apply_rope, attention, gelu_tanh, linear, merge_heads,
                      rms_norm, rope_tables, softcap, split_heads)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: the backend keys its kept buffers by cache
 class KVCache:
     keys: list[torch.Tensor]    # per layer [B, K, S_max, H]
     values: list[torch.Tensor]  # per layer [B, K, S_max, H]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import layers as numpy_layers
-from ..capture import hook, wants_attention
+from ..hooks import hook, wants_attention
 
 F32 = torch.float32
 

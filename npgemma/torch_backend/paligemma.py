@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from . import gemma, kv_cache, siglip
-from ..capture import hook
 from ..config import PaliGemmaConfig
+from ..hooks import hook
+from . import gemma, kv_cache, siglip
 from .layers import linear
 
 

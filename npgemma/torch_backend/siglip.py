@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..capture import hook, scope
 from ..config import VisionConfig
+from ..hooks import hook, scope
 from .layers import attention, gelu_tanh, layer_norm, linear, merge_heads, split_heads
 
 

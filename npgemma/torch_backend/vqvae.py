@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..vqvae import (DECODER_RES, DECODER_UP, EMBEDDING, ENCODER_DOWN, ENCODER_RES, GRID,
-                     MASK_SIZE, NUM_CODES, same_padding)
+from ..vqvae import (DECODER_RES, DECODER_UP, EMBEDDING, ENCODER_DOWN, ENCODER_RES, GRID, MASK_SIZE,
+                     NUM_CODES, same_padding)
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1) -> torch.Tensor:

@@ -1,0 +1,191 @@
+"""Another implementation vs npgemma's NumPy reference (`npgemma parity --against SPEC`).
+
+Stage by stage, where the adapter returned the stage: processor ids and pixels, the decoder's
+hidden states, the prompt logits, the logits (or top logprobs) behind each greedy token, the
+greedy tokens themselves and the first divergent token with both sides' top-5 — each judged
+by `npgemma.tolerances` at the other side's compute dtype. The model stages run the reference
+on the *other side's* ids and pixels when it returned them, so a processor difference shows
+once, at the processor rows, not again in every row after. Exit status 1 when anything is over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..checkpoint.config_json import load_config
+from ..checkpoint.hub import resolve
+from ..checkpoint.weights import load_weights
+from ..generation.processing import Processor, open_image
+from . import adapters
+from .diagnose import diagnose, explain
+from .reference import forced_tokens, greedy_tokens, log_softmax, teacher_forced
+from .tolerances import compare
+
+
+@dataclass
+class Row:
+    stage: str
+    ok: bool
+    max_abs: float | None = None
+    max_rel: float | None = None
+    limit: float | None = None
+    note: str = ""
+
+
+def _row(stage, theirs, mine, component, dtype, note="") -> Row:
+    c = compare(theirs, mine, component, dtype)
+    return Row(stage, c.ok, c.max_abs, c.max_rel, c.limit, note)
+
+
+def _ids_row(theirs, mine) -> Row:
+    if theirs.tolist() == mine.tolist():
+        return Row("input_ids", True, note=f"identical ({len(mine)} tokens)")
+    n = min(len(theirs), len(mine))
+    i = next((j for j in range(n) if theirs[j] != mine[j]), n)
+    return Row("input_ids", False, note=f"differ at {i} of {len(theirs)} (npgemma {len(mine)}): "
+               f"other {theirs[i:i + 3].tolist()} vs npgemma {mine[i:i + 3].tolist()}")
+
+
+def _with_eos(tokens, eos: int, stopped: bool = False) -> list[int]:
+    """Tokens up to and including the first EOS; `stopped`: the list excludes an EOS that ended
+    it (npgemma's lists do), put it back so an early stop counts as a divergent token."""
+    if eos in tokens:
+        return tokens[:tokens.index(eos) + 1]
+    return tokens + [eos] if stopped else tokens
+
+
+def _top5(logits_row, proc):
+    """[[id, text, value]] of the 5 largest logits (or logprobs of a {id: logprob} dict)."""
+    if isinstance(logits_row, dict):
+        items = sorted(logits_row.items(), key=lambda kv: -kv[1])[:5]
+    else:
+        order = np.argsort(-logits_row, kind="stable")[:5]
+        items = [(int(i), float(logits_row[i])) for i in order]
+    return [[i, proc.decode([i], skip_special_tokens=False), round(v, 5)] for i, v in items]
+
+
+def run(args) -> tuple[dict, int]:
+    """The report (a dict: stages, greedy tokens, diagnosis) of `args.against` against npgemma
+    on `args.model` (None: the bundled model), and the exit status (1 when anything is over)."""
+    model_dir = resolve(args.model)
+    cfg = load_config(model_dir)
+    proc = Processor.from_pretrained(model_dir, cfg)
+    image = open_image(args.image)
+    func = adapters.resolve(args.against, dtype=args.dtype, device=args.device, attn=args.attn,
+                            max_new_tokens=args.max_new_tokens)
+    theirs = adapters.call(args.against, func, str(model_dir), image, args.prompt,
+                           cfg.text_config.num_hidden_layers)
+    mine = proc(image, args.prompt)
+    rows: list[Row] = []
+    ids, pix = mine.input_ids, mine.pixel_values
+    if theirs.input_ids is not None:
+        rows.append(_ids_row(theirs.input_ids, mine.input_ids))
+        if np.count_nonzero(theirs.input_ids == cfg.image_token_index) == cfg.num_image_tokens:
+            ids = theirs.input_ids
+    if theirs.pixel_values is not None:
+        if theirs.pixel_values.shape == mine.pixel_values.shape:
+            rows.append(_row("pixel_values", theirs.pixel_values, mine.pixel_values,
+                             "pixel_values", args.dtype))
+            pix = theirs.pixel_values
+        else:
+            rows.append(Row("pixel_values", False, note=f"shape {list(theirs.pixel_values.shape)} "
+                            f"vs npgemma {list(mine.pixel_values.shape)}"))
+    params = load_weights(model_dir, cfg, dtype=np.float32)
+    eos = cfg.eos_token_id
+    own = greedy_tokens(params, cfg, ids, pix, args.max_new_tokens)
+    other = None if theirs.token_ids is None else _with_eos(theirs.token_ids, eos)
+    forced = forced_tokens(cfg, other if other is not None else own)
+    ref = teacher_forced(params, cfg, ids, pix, forced, hidden=theirs.hidden_states is not None)
+    rows += _model_rows(theirs, ref, forced, args.dtype)
+
+    report = {"against": args.against, "model": str(model_dir), "dtype": args.dtype,
+              "stages": None, "greedy_tokens": None, "diagnosis": None}
+    if other is not None:
+        stopped = len(own) < args.max_new_tokens
+        report["greedy_tokens"] = _tokens(_with_eos(own, eos, stopped), other, eos, ref, theirs,
+                                          proc)
+        t = report["greedy_tokens"]
+        rows.append(Row("greedy tokens", t["agree"], note=f"{t['compared']} compared, " + (
+            "agree" if t["agree"] else f"first differ at {t['first_divergence']['index']}")))
+    report["stages"] = [asdict(r) for r in rows]
+    report["ok"] = all(r.ok for r in rows)
+    if args.diagnose:
+        d = diagnose(params, cfg, ids, pix, theirs, forced, ref, args.dtype)
+        report["diagnosis"] = {
+            "verdict": d.verdict, "npgemma": asdict(d.plain),
+            "candidates": [asdict(f) | {"explain": explain(f.name)} for f in d.fits],
+            "no_effect": [{"name": n, "needs": _needs(n)} for n in d.no_effect]}
+    return report, 0 if report["ok"] else 1
+
+
+def _tokens(ours, other, eos, ref, theirs, proc) -> dict:
+    """Both greedy continuations (EOS kept where it ended one) and the first divergence, with
+    each side's top-5 there (npgemma's from the shared history: they agree before it)."""
+    n = min(len(ours), len(other))
+    k = next((i for i in range(n) if ours[i] != other[i]), None)
+    out = {"npgemma": [t for t in ours if t != eos], "other": [t for t in other if t != eos],
+           "agree": k is None, "compared": n, "first_divergence": None}
+    if k is not None:
+        out["first_divergence"] = {
+            "index": k, "npgemma": ours[k], "other": other[k],
+            "npgemma_top5": _top5(ref.step_logits[k], proc) if k < len(ref.step_logits) else None,
+            "other_top5": _other_top5(theirs, k, proc)}
+    return out
+
+
+def _needs(name: str) -> str:
+    from .deviations import DEVIATIONS
+    return DEVIATIONS[name].needs
+
+
+def _other_top5(theirs, k, proc):
+    if theirs.step_logits is not None and k < len(theirs.step_logits):
+        return _top5(theirs.step_logits[k], proc)
+    if theirs.top_logprobs is not None and k < len(theirs.top_logprobs):
+        return _top5(theirs.top_logprobs[k], proc)
+    if k == 0 and theirs.logits is not None:
+        return _top5(theirs.logits[-1], proc)
+    return None
+
+
+def _model_rows(theirs, ref, forced, dtype) -> list[Row]:
+    """Hidden states, prompt logits, logits / top logprobs behind the forced tokens."""
+    rows = []
+    if theirs.hidden_states is not None:
+        n = len(theirs.hidden_states)
+        for i, (a, b) in enumerate(zip(theirs.hidden_states, ref.hidden_states)):
+            name, comp = (("decoder input (merged)", "projector") if i == 0 else
+                          ("final norm", "final_norm") if i == n - 1 else
+                          (f"decoder layer {i - 1}", "decoder_layer"))
+            if a.shape != b.shape:
+                rows.append(Row(name, False, note=f"shape {list(a.shape)} vs npgemma {list(b.shape)}"))
+            else:
+                rows.append(_row(name, a, b, comp, dtype))
+    if theirs.logits is not None:
+        mine = ref.logits[-1:] if theirs.last_only else ref.logits
+        name = "logits (last position)" if theirs.last_only else "logits"
+        v, vm = theirs.logits.shape[1], mine.shape[1]
+        note = "" if v == vm else f"compared on the first {min(v, vm)} of V: other {v}, npgemma {vm}"
+        if theirs.logits.shape[0] != mine.shape[0]:
+            rows.append(Row(name, False, note=f"{theirs.logits.shape[0]} positions vs npgemma "
+                            f"{mine.shape[0]}"))
+        else:
+            w = min(v, vm)
+            rows.append(_row(name, theirs.logits[:, :w], mine[:, :w], "logits", dtype, note))
+    t = len(forced)
+    if theirs.step_logits is not None and t:
+        n = min(t, len(theirs.step_logits))
+        w = min(theirs.step_logits.shape[1], ref.step_logits.shape[1])
+        rows.append(_row(f"logits behind tokens 0..{n - 1}", theirs.step_logits[:n, :w],
+                         ref.step_logits[:n, :w], "logits", dtype, "npgemma teacher-forced"))
+    if theirs.top_logprobs:
+        lp = log_softmax(ref.step_logits)
+        pairs = [(v, lp[i, tok]) for i, step in enumerate(theirs.top_logprobs[:len(lp)])
+                 for tok, v in step.items() if 0 <= tok < lp.shape[1]]
+        if pairs:
+            a, b = np.array(pairs, np.float64).T
+            rows.append(_row(f"top logprobs ({len(pairs)})", a, b, "logits", dtype,
+                             "npgemma teacher-forced"))
+    return rows

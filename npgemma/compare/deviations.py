@@ -1,0 +1,127 @@
+"""The known ways to get PaliGemma almost right, as swaps of npgemma's public functions.
+
+Each `Deviation` is one trap of the README's numerics notes (the `note` number), written as a
+replacement of a named function of the NumPy reference — wrapping the original with the one
+thing changed, or re-implementing it where wrapping cannot express the change. Nothing here
+edits the reference: `deviated(name)` swaps the functions in (see `swap.py`) for a `with`
+block, so the reference computes what an implementation that fell into that trap computes.
+
+`dtype` is the other implementation's compute dtype: the traps about rounding a scale to the
+compute dtype depend on it (in float32 they are no-ops, which the diagnosis reports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .replacements import (GEMMA, LAYERS, PG, SIGLIP, apply_rope_interleaved,
+                           attention_head_dim_scale, attention_mask_then_cap, attention_neg_inf,
+                           attention_without_cap, causal_prefix, compute_in, embed_scale_unrounded,
+                           gelu_erf, image_scale_4x, layer_norm_eps, lm_head_uncapped, no_window,
+                           positions_from_zero, rms_norm_w, rope_tables_bf16, round_to,
+                           scale_output, window_on_prefix)
+from .swap import Swap, swapped
+
+# ---- the catalogue ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Deviation:
+    name: str
+    note: int                  # the README numerics note it breaks
+    explain: str               # "the other implementation ...; <what to do>"
+    swaps: Callable[[str], list[Swap]]   # compute dtype -> the swaps
+    needs: str = ""            # what an input must have for the trap to show (if not always)
+    judged_at: str | None = None   # a match is judged by this dtype's tolerances (not the run's)
+
+
+_DECODER = (GEMMA,)
+_NARROW = "bf16/fp16 compute, and even then it is below their tolerances"
+DEVIATIONS: dict[str, Deviation] = {d.name: d for d in (
+    Deviation("causal-prefix", 7, "the other implementation runs a causal prefix; pass "
+              "token_type_ids (all 0 for the prompt) so the image and prompt attend both ways",
+              lambda dt: [Swap(PG, "prefix_lm_mask", causal_prefix)]),
+    Deviation("no-one-plus-w", 1, "the other implementation's RMSNorm scales by w, not (1 + w); "
+              "Gemma stores the scale as an offset from 1",
+              lambda dt: [Swap(LAYERS, "rms_norm", rms_norm_w)]),
+    Deviation("erf-gelu", 2, "the other implementation uses the erf GELU; Gemma and SigLIP use "
+              "the tanh approximation (gelu_pytorch_tanh), also for hidden_act 'gelu'",
+              lambda dt: [Swap(LAYERS, "gelu_tanh", gelu_erf)]),
+    Deviation("interleaved-rope", 3, "the other implementation rotates interleaved pairs (2i, 2i+1); "
+              "Gemma's RoPE is split-half (rotate_half: i and i + H/2)",
+              lambda dt: [Swap(LAYERS, "apply_rope", apply_rope_interleaved)]),
+    Deviation("rope-in-bf16", 3, "the other implementation builds the RoPE angles in bfloat16; "
+              "compute positions × inv_freq and cos/sin in float32",
+              lambda dt: [Swap(LAYERS, "rope_tables", rope_tables_bf16)]),
+    Deviation("zero-based-positions", 6, "the other implementation counts positions from 0; "
+              "PaliGemma's first token is at position 1",
+              lambda dt: [Swap(PG, "rope_positions", positions_from_zero)],
+              needs="positions mixing both; RoPE is relative, a shift of all of them cancels"),
+    Deviation("image-scale-4x", 4, "the other implementation divides the image features by sqrt(D) "
+              "and multiplies the whole sequence by sqrt(D) rounded to its dtype "
+              "(transformers 4.x); leave image features unscaled",
+              lambda dt: [Swap(PG, "project", image_scale_4x(dt))], needs=_NARROW),
+    Deviation("scaled-image-features", 4, "the other implementation multiplies the image features "
+              "by sqrt(D) too; only text embeddings are scaled",
+              lambda dt: [Swap(PG, "project", scale_output(np.sqrt))]),
+    Deviation("unscaled-text-embeddings", 4, "the other implementation does not multiply the text "
+              "embeddings by sqrt(D)",
+              lambda dt: [Swap(GEMMA, "embed", scale_output(lambda d: 1 / np.float32(np.sqrt(d))))]),
+    Deviation("embed-scale-unrounded", 4, "the other implementation multiplies the text embeddings "
+              "by sqrt(D) in full precision; round the scale to the compute dtype first",
+              lambda dt: [Swap(GEMMA, "embed", embed_scale_unrounded(dt))], needs=_NARROW),
+    Deviation("embed-scale-bf16", 4, "the other implementation rounds sqrt(D) to bfloat16 (e.g. to "
+              "the stored weight dtype) while computing in a wider dtype",
+              lambda dt: [Swap(GEMMA, "embed", scale_output(
+                  lambda d: round_to(np.float32(np.sqrt(d)), "bfloat16") / np.float32(np.sqrt(d))))]),
+    Deviation("no-attn-softcap", 5, "the other implementation drops Gemma-2's attention soft cap "
+              "(attn_logit_softcapping)", lambda dt: [Swap(LAYERS, "attention",
+                                                           attention_without_cap, _DECODER)],
+              needs="a Gemma-2 checkpoint"),
+    Deviation("mask-before-softcap", 5, "the other implementation masks before the attention soft "
+              "cap (a masked score becomes -cap); cap first, then mask",
+              lambda dt: [Swap(LAYERS, "attention", attention_mask_then_cap, _DECODER)],
+              needs="a Gemma-2 checkpoint"),
+    Deviation("head-dim-query-scale", 5, "the other implementation scales Gemma-2 queries by "
+              "head_dim^-0.5; use query_pre_attn_scalar^-0.5",
+              lambda dt: [Swap(LAYERS, "attention", attention_head_dim_scale, _DECODER)],
+              needs="a Gemma-2 checkpoint with query_pre_attn_scalar != head_dim"),
+    Deviation("window-on-prefix", 8, "the other implementation applies the sliding window inside "
+              "the prefix; prefix tokens see the whole prefix (transformers 5.24)",
+              lambda dt: [Swap(PG, "prefix_lm_mask", window_on_prefix)],
+              needs="a Gemma-2 prefix longer than the window"),
+    Deviation("no-sliding-window", 8, "the other implementation never applies Gemma-2's sliding "
+              "window (even layers window generated tokens)",
+              lambda dt: [Swap(PG, "prefix_lm_mask", no_window)],
+              needs="a Gemma-2 sequence longer than the window"),
+    Deviation("siglip-eps-1e-5", 9, "the other implementation's SigLIP LayerNorm uses eps 1e-5 "
+              "(torch's default); SigLIP's is 1e-6",
+              lambda dt: [Swap(LAYERS, "layer_norm", layer_norm_eps(1e-5), (SIGLIP,))],
+              needs="LayerNorm inputs of small variance; elsewhere it moves logits ~1e-4, "
+              "near float32's tolerance"),
+    Deviation("no-final-softcap", 10, "the other implementation drops Gemma-2's final logit soft cap "
+              "(final_logit_softcapping); greedy tokens are unchanged, sampling is not",
+              lambda dt: [Swap(GEMMA, "lm_head", lm_head_uncapped)],
+              needs="a Gemma-2 checkpoint"),
+    Deviation("neg-inf-mask", 11, "the other implementation masks with -inf: a fully masked "
+              "(padding) query row becomes NaN and spreads; use a large finite negative",
+              lambda dt: [Swap(LAYERS, "attention", attention_neg_inf)],
+              needs="a left-padded batch"),
+    Deviation("bf16-compute", 0, "the other implementation computes in bfloat16; compare it with "
+              "--dtype bfloat16 (bf16 tolerances), or run it in float32",
+              lambda dt: compute_in("bfloat16"), judged_at="bfloat16"),
+)}
+
+
+@contextlib.contextmanager
+def deviated(name: str, dtype: str = "float32") -> Iterator[None]:
+    """Run npgemma's NumPy reference as an implementation with deviation `name` would."""
+    if name not in DEVIATIONS:
+        from npgemma.errors import InputError
+
+        raise InputError(f"unknown deviation {name!r}; known: {', '.join(DEVIATIONS)}")
+    with swapped(DEVIATIONS[name].swaps(dtype)):
+        yield

@@ -1,0 +1,59 @@
+"""`--against transformers`: the installed transformers' PaliGemma through the adapter contract.
+
+Only imported when asked for (transformers is not a dependency of npgemma). It runs the way
+transformers documents: `PaliGemmaProcessor` (the PIL image backend, the one npgemma mirrors),
+`PaliGemmaForConditionalGeneration` in `dtype` with `attn` ("eager" or "sdpa"), token_type_ids
+passed (without them transformers 5.x silently runs a causal prefix), greedy `generate`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def transformers_adapter(model_dir, image, prompt, *, dtype="float32", attn="eager", device="cpu",
+                         max_new_tokens=8, token_type_ids=True):
+    try:
+        import torch
+        import transformers
+        from transformers import (AutoImageProcessor, AutoTokenizer,
+                                  PaliGemmaForConditionalGeneration, PaliGemmaProcessor)
+    except ImportError:
+        raise InputError("--against transformers needs transformers and torch: "
+                         "pip install 'npgemma[torch,oracle]'") from None
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the "add <image> tokens" notice, load reports
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        processor = PaliGemmaProcessor(
+            image_processor=AutoImageProcessor.from_pretrained(model_dir, backend="pil"),
+            tokenizer=AutoTokenizer.from_pretrained(model_dir))
+        model = PaliGemmaForConditionalGeneration.from_pretrained(
+            model_dir, dtype=getattr(torch, dtype), attn_implementation=attn).to(device).eval()
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+    finally:
+        transformers.utils.logging.enable_progress_bar()
+        transformers.logging.set_verbosity(verbosity)
+    pixels = inputs["pixel_values"][0].numpy().copy()
+    if not token_type_ids:
+        del inputs["token_type_ids"]
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    cfg = model.config
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        gen = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
+                             return_dict_in_generate=True, output_logits=True)
+    new = gen.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    steps = [_np(x[0]) for x in gen.logits]
+    return {"logits": _np(out.logits[0]), "input_ids": inputs["input_ids"][0].cpu().numpy(),
+            "pixel_values": pixels, "token_ids": new,
+            "hidden_states": [_np(h[0]) for h in out.hidden_states],
+            "step_logits": np.stack(steps) if steps else None}

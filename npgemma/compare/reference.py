@@ -1,0 +1,86 @@
+"""npgemma's side of `npgemma parity --against`: the NumPy reference, float32, on one example.
+
+Everything is computed through module attributes (`paligemma.forward`, ...), so a deviation
+swapped in by `deviations.deviated` applies here too. The other implementation's greedy
+tokens are *teacher-forced*: the reference prefills the prompt (logits at every prompt
+position), then decodes *their* tokens one by one, giving the distribution behind each of
+their tokens from the same history — every step compares like with like, even after a
+divergence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import paligemma
+from ..generation import generate
+from ..generation.numpy_backend import NumpyBackend
+
+
+@dataclass
+class Forward:
+    logits: np.ndarray          # float32[L, V] at the prompt positions
+    step_logits: np.ndarray     # float32[T + 1, V]: behind each forced token, and the next one
+    hidden_states: list | None  # decoder, transformers' order: L + 1 entries of float32[L, D]
+
+
+def forced_tokens(cfg, tokens) -> list[int]:
+    """The tokens that can be teacher-forced: up to (not including) the first EOS, or the first
+    `<image>` / out-of-vocabulary id (which no forward accepts as text)."""
+    out = []
+    for t in tokens:
+        if t == cfg.eos_token_id or t == cfg.image_token_index or not 0 <= t < cfg.text_config.vocab_size:
+            break
+        out.append(int(t))
+    return out
+
+
+def teacher_forced(params, cfg, input_ids: np.ndarray, pixel_values: np.ndarray, tokens,
+                   hidden: bool = False) -> Forward:
+    """Prefill input_ids int[L] (the bidirectional prefix), then decode `tokens` one at a time
+    through the KV-cache, as generation does — so a deviation that lets a query see a later
+    key (a mask applied before the soft cap) acts as it does in a real decode loop."""
+    n = len(input_ids)
+    ids = np.asarray(input_ids, np.int64)[None]  # [1, L]
+    valid = np.ones(ids.shape, bool)
+    is_prefix = valid.copy()
+    states: list | None = [] if hidden else None
+    cache = paligemma.init_cache(cfg, 1, n + len(tokens))
+    feats = paligemma.encode_image(params, pixel_values[None].astype(np.float32), cfg)
+    logits, cache = paligemma.forward(params, cfg, ids, paligemma.rope_positions(valid),
+                                      paligemma.attention_masks(cfg, valid, is_prefix, 0),
+                                      image_features=feats, cache=cache, hidden_states=states)
+    steps = [logits[0, -1]]
+    for t in tokens:  # each forced token is a real, causal (suffix) slot
+        valid = np.concatenate([valid, np.ones((1, 1), bool)], axis=1)
+        is_prefix = np.concatenate([is_prefix, np.zeros((1, 1), bool)], axis=1)
+        q = valid.shape[1] - 1
+        step, cache = paligemma.forward(params, cfg, np.array([[t]], np.int64),
+                                        paligemma.rope_positions(valid)[:, q:],
+                                        paligemma.attention_masks(cfg, valid, is_prefix, q),
+                                        cache=cache, last_only=True)
+        steps.append(step[0, -1])
+    if states is not None:  # npgemma's L + 2 (input, each layer, final norm) -> HF's L + 1
+        states = [h[0] for i, h in enumerate(states) if i != len(states) - 2]
+    return Forward(logits[0], np.stack(steps), states)
+
+
+def greedy_tokens(params, cfg, input_ids: np.ndarray, pixel_values: np.ndarray,
+                  max_new_tokens: int) -> list[int]:
+    """npgemma's own greedy continuation (the cached decode loop), EOS excluded."""
+    gen = generate.GenerationConfig(max_new_tokens=max_new_tokens)
+    out = []
+    for t in generate.generate_tokens(NumpyBackend(), params, cfg, input_ids[None],
+                                      pixel_values[None].astype(np.float32), gen):
+        if t[0] == cfg.eos_token_id:
+            break
+        out.append(int(t[0]))
+    return out
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
