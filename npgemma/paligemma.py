@@ -56,6 +56,16 @@ def prefix_lm_mask(valid: np.ndarray, is_prefix: np.ndarray, q_start: int,
     is a real token and either j is not in the future (j <= i, and within the window on
     sliding layers: i - j < window), or i and j are both prefix tokens. As transformers 5.24,
     the prefix is never windowed; generated tokens are. Padding rows stay finite (see layers).
+
+    One row, a pad slot (x), 3 prefix slots (image + prompt, p), 2 generated (g); 1 = may attend:
+
+        key j ->  x p p p g g
+        query x   0 0 0 0 0 0     (a pad query sees nothing: its row is never read)
+              p   0 1 1 1 0 0     the prefix sees all of the prefix, both ways
+              p   0 1 1 1 0 0
+              p   0 1 1 1 0 0
+              g   0 1 1 1 1 0     a generated token sees the prefix and what came before it
+              g   0 1 1 1 1 1
     """
     s = valid.shape[1]
     q = np.arange(q_start, s)[:, None]  # [L, 1]

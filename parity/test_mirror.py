@@ -36,7 +36,9 @@ NUMPY_ONLY = {
 }
 TORCH_ONLY = {
     # The twin of the NumPy constant MASK_VALUE: torch needs the finfo.min of the compute dtype.
-    "layers": {"mask_value"},
+    # attention_bias: a bool mask as the additive bias torch's fused kernel takes (NumPy masks
+    # the scores in place).
+    "layers": {"mask_value", "attention_bias"},
 }
 
 

@@ -638,3 +638,15 @@ def test_kv_cache_write_returns_filled_slots():
     kv_cache.advance(cache, 1)
     with pytest.raises(ValueError):
         kv_cache.write(cache, 0, np.zeros((1, 1, 2, 2), F32), np.zeros((1, 1, 2, 2), F32))
+
+
+def test_prefix_lm_mask_is_the_docstring_grid():
+    """The worked example in `prefix_lm_mask`'s docstring, as the function computes it."""
+    from npgemma.paligemma import prefix_lm_mask
+
+    valid = np.array([[0, 1, 1, 1, 1, 1]], bool)
+    prefix = np.array([[0, 1, 1, 1, 0, 0]], bool)
+    grid = ["000000", "011100", "011100", "011100", "011110", "011111"]
+    want = np.array([[c == "1" for c in row] for row in grid])
+    np.testing.assert_array_equal(prefix_lm_mask(valid, prefix, 0)[0], want)
+    np.testing.assert_array_equal(prefix_lm_mask(valid, prefix, 4)[0], want[4:])  # decode rows

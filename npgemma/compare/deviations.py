@@ -120,7 +120,7 @@ DEVIATIONS: dict[str, Deviation] = {d.name: d for d in (
 def deviated(name: str, dtype: str = "float32") -> Iterator[None]:
     """Run npgemma's NumPy reference as an implementation with deviation `name` would."""
     if name not in DEVIATIONS:
-        from npgemma.errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"unknown deviation {name!r}; known: {', '.join(DEVIATIONS)}")
     with swapped(DEVIATIONS[name].swaps(dtype)):

@@ -76,7 +76,7 @@ def apply_rope_interleaved(_original):
 
 def rope_tables_bf16(original):
     def rope_tables_bf16(positions, head_dim, theta):
-        from npgemma.layers import rope_inv_freq
+        from ..layers import rope_inv_freq
 
         pos = round_to(positions.astype(np.float32), "bfloat16")
         freqs = round_to(pos[..., None] * round_to(rope_inv_freq(head_dim, theta), "bfloat16"),
@@ -130,7 +130,7 @@ def attention_mask_then_cap(_original):
     def attention(q, k, v, mask, scale, logit_cap=None):
         """The reference's attention with the mask applied *before* the soft cap (so a masked
         score becomes -cap, not a large negative)."""
-        from npgemma.layers import softcap, softmax
+        from ..layers import softcap, softmax
 
         b, n, l, h = q.shape
         kv = k.shape[1]
@@ -156,7 +156,7 @@ def attention_neg_inf(original):
 
 def lm_head_uncapped(_original):
     def lm_head(hidden, weight, cfg):
-        from npgemma.layers import linear
+        from ..layers import linear
 
         return linear(hidden, weight)  # [B, L, D] -> [B, L, V], no final soft cap
     return lm_head

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..checkpoint.config_json import config_from_dict
 from ..checkpoint.weights import expected_shapes, flatten, unflatten
 from ..generation.processing import Processor
-from ..paligemma import attention_masks, rope_positions
+from ..generation.slots import Slots
 from ..torch_backend import paligemma as tpg
 from . import scenes
 from .bundle import demo_config, demo_tokenizer, write_model
@@ -84,11 +84,11 @@ def encode_batch(processor: Processor, cfg, examples, device) -> Batch:
         ids[i, :len(row)] = row
         valid[i, :len(row)] = True
         targets[i, p - 1:len(row) - 1] = row[p:]  # position t predicts token t + 1 of the answer
-    is_prefix = valid & (np.arange(s)[None] < np.array(prefix_lens)[:, None])
-    masks = attention_masks(cfg, valid, is_prefix, 0)
+    # Right-padded rows: the prompt is the prefix, the answer causal (teacher forcing).
+    slots = Slots(valid, valid & (np.arange(s)[None] < np.array(prefix_lens)[:, None]))
     pixels = np.stack([processor.preprocess_image(scene.image) for scene, _, _ in examples])
     as_t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    return Batch(as_t(ids), as_t(rope_positions(valid)), {k: as_t(m) for k, m in masks.items()},
+    return Batch(as_t(ids), as_t(slots.positions()), {k: as_t(m) for k, m in slots.masks(cfg).items()},
                  as_t(pixels), as_t(targets))
 
 

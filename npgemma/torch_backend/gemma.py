@@ -10,7 +10,7 @@ import torch
 from ..config import TextConfig
 from ..hooks import hook, scope
 from . import kv_cache
-from .layers import (F32, _attention_bias, apply_rope, attention, gelu_tanh, linear, merge_heads,
+from .layers import (F32, apply_rope, attention_bias, attention, gelu_tanh, linear, merge_heads,
                      rms_norm, rope_tables, softcap, split_heads)
 
 
@@ -64,10 +64,10 @@ def decoder_layer(x, p: dict, *, cos, sin, mask, cfg: TextConfig, cache=None, la
 
 def _biases(masks: dict, cfg: TextConfig, dtype: torch.dtype) -> dict:
     """Each layer type's bool mask as the additive bias its attention adds (see
-    `layers._attention_bias`), built once per forward; a bias or None passes through."""
+    `layers.attention_bias`), built once per forward; a bias or None passes through."""
     groups = cfg.num_attention_heads // cfg.num_key_value_heads
     score_dtype = dtype if cfg.attn_logit_softcapping is None else F32
-    return {name: _attention_bias(m, groups, score_dtype, dtype)
+    return {name: attention_bias(m, groups, score_dtype, dtype)
             if m is not None and m.dtype == torch.bool else m for name, m in masks.items()}
 
 

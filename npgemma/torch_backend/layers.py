@@ -4,7 +4,7 @@ Activations run in the backend's dtype (float32, bfloat16 or float16) as HF does
 HF upcasts — RMSNorm, softmax, the RoPE tables — upcast here too, at the same points.
 
 Masks, as the kernels want them. The NumPy side hands every attention a bool[B, L, S]; here
-`_attention_bias` turns one into the additive float bias the kernel adds to its scores, once
+`attention_bias` turns one into the additive float bias the kernel adds to its scores, once
 per forward per layer type (`gemma.decoder` does it), with grouped-query heads folded into the
 query axis: q [B, N, L, H] is viewed as [B, K, G*L, H] (G = N / K query heads per kv head), so
 every kernel sees plain multi-head attention over the K kv heads and K/V are never repeated;
@@ -131,7 +131,7 @@ def apply_rope(x, cos, sin) -> torch.Tensor:
     return x * cos + rotate_half(x) * sin
 
 
-def _attention_bias(mask: torch.Tensor | None, groups: int, dtype: torch.dtype,
+def attention_bias(mask: torch.Tensor | None, groups: int, dtype: torch.dtype,
                    compute_dtype: torch.dtype | None = None) -> torch.Tensor | None:
     """bool[B, L, S] (True = may attend) -> additive bias [B, 1, G*L, S] of `dtype` (0 or the
     mask value), repeated for the G query heads folded onto each kv head; None stays None.
@@ -159,7 +159,7 @@ def _attention_bias(mask: torch.Tensor | None, groups: int, dtype: torch.dtype,
 def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> torch.Tensor:
     """Grouped-query attention: q [B, N, L, H], k/v [B, K, S, H] -> [B, N, L, H].
 
-    `mask` is a bool[B, L, S], the bias `_attention_bias` made of one, or None (no mask).
+    `mask` is a bool[B, L, S], the bias `attention_bias` made of one, or None (no mask).
     Without a soft cap this is one fused `scaled_dot_product_attention` call (float32 softmax
     inside); Gemma-2's cap sits between the scores and the softmax, so that case is spelled
     out like HF's eager path: q·kᵀ, × scale, softcap, + mask, float32 softmax, × v.
@@ -168,7 +168,7 @@ def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> to
     kv_heads = k.shape[1]
     groups = n // kv_heads
     if mask is not None and mask.dtype == torch.bool:
-        mask = _attention_bias(mask, groups, q.dtype if logit_cap is None else F32, q.dtype)
+        mask = attention_bias(mask, groups, q.dtype if logit_cap is None else F32, q.dtype)
     qf = q.reshape(b, kv_heads, groups * l, h)  # [B, N, L, H] -> [B, K, G*L, H]
     if logit_cap is None and not wants_attention():  # a capture wanting the weights: spelled out
         out = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, scale=scale)
@@ -180,9 +180,9 @@ def attention(q, k, v, mask, scale: float, logit_cap: float | None = None) -> to
 def attention_weights(qg, k, mask, scale: float, logit_cap: float | None) -> torch.Tensor:
     """softmax(cap(q·kᵀ × scale) + mask) in float32: qg [B, K, G*L, H] (each kv head's G query
     heads stacked), k [B, K, S, H], mask bool[B, L, S], its float32 bias from
-    `_attention_bias`, or None -> [B, K, G*L, S]. In place where autograd allows."""
+    `attention_bias`, or None -> [B, K, G*L, S]. In place where autograd allows."""
     if mask is not None and mask.dtype == torch.bool:
-        mask = _attention_bias(mask, qg.shape[2] // mask.shape[1], F32, qg.dtype)
+        mask = attention_bias(mask, qg.shape[2] // mask.shape[1], F32, qg.dtype)
     scores = hook("attn.hook_scores", _scaled(qg @ k.transpose(-1, -2), scale))  # -> [B, K, G*L, S]
     if logit_cap is not None:
         scores = hook("attn.hook_scores_capped", _softcap_scores(scores, logit_cap))

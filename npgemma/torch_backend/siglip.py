@@ -57,5 +57,3 @@ def vision_tower(params, pixel_values, cfg: VisionConfig, hidden_states: list | 
     if hidden_states is not None:
         hidden_states.append(x)
     return layer_norm(x, **params["post_layernorm"], eps=cfg.layer_norm_eps)
-
-
