@@ -53,6 +53,17 @@ def test_outputs_written(made):
     assert "mask_full.png" in pngs and "token00_rollout.png" in pngs and "boxes.png" in pngs
 
 
+def test_plots_have_axes_and_the_heatmap_a_colour_scale(made):
+    page = made[1].read_text()
+    plots = re.findall(r'<svg .*?</svg>', page, re.S)
+    assert len(plots) == 2
+    for svg, y_label in zip(plots, ("share of attention", "mean L2 norm")):
+        assert ">layer</text>" in svg and f">{y_label}</text>" in svg
+        assert svg.count("<line ") >= 2 + 3 + 2  # two axes, three y ticks, x ticks at ends
+        assert re.search(r'text-anchor="end">0</text>', svg)  # the y axis starts at 0
+    assert 'id="scale-bar"' in page and 'id="scale-label"' in page
+
+
 def test_report_is_self_contained(made):
     page = made[1].read_text()
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", page)  # only inlined data
@@ -100,14 +111,18 @@ def test_bad_image_is_one_line_error(tmp_path, capsys):
     assert rc == 2 and err.startswith("npgemma: error: ") and err.count("\n") == 1
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("NPGEMMA_REQUIRE_BROWSER"),
+                    reason="chromium not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(made, tmp_path):
+    """CI sets NPGEMMA_REQUIRE_BROWSER=1: there a missing chromium fails instead of skipping."""
+    assert CHROMIUM is not None, "NPGEMMA_REQUIRE_BROWSER is set but chromium is not installed"
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,900"]
     url = made[1].as_uri()
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     assert '<canvas id="heatmap"' in dom and 'id="token-slider"' in dom
+    assert '<span id="scale-label">attention weight on the patch</span>' in dom  # drawn by the script
     assert re.search(r'<table id="lens"><tbody><tr><th>layer</th>', dom)  # built by the script
     assert dom.count('class="tok') >= 1
     for view in ("mode=head&head=1&layer=0", "mode=pixel&token=1", "mode=occlusion"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from ..generation.slots import Slots
 from ..layers import rms_norm, softcap, softmax
 
 F64 = np.float64
@@ -140,8 +141,6 @@ def occlusion(pipe, pixel_values: np.ndarray, input_ids: np.ndarray, token_id: i
     """float32[grid, grid]: logit of `token_id` (the answer's first token) at the last prompt
     position, minus the same logit with one cell of a grid x grid partition of the image set to
     0 (mid-grey after normalisation). Positive = the cell mattered for that answer."""
-    from ..generation.slots import Slots
-
     size = pixel_values.shape[-1]
     edges = np.linspace(0, size, grid + 1).round().astype(int)
     ids = np.asarray(input_ids)[None]

@@ -124,27 +124,45 @@ def report_data(pipe, trace, rgb: np.ndarray, occlusion_grid: int = 0, progress=
     return data
 
 
-def _svg_lines(series: list[list[float]], labels, title: str, width=300, height=140) -> str:
-    """A small inline SVG line plot: one line per column of `series` [Y][C], x = layer."""
+def _svg_lines(series: list[list[float]], labels, title: str, y_label: str, width=320,
+               height=150) -> str:
+    """A small inline SVG line plot, one line per column of `series` [Y][C], with axes: x the
+    layer (ticks at the first, middle and last), y from 0 to the largest value (`y_label`)."""
     a = np.asarray(series, np.float64)
     top = a.max() if a.size and a.max() > 0 else 1.0
     colors = ["#e4572e", "#17becf", "#76b041", "#9467bd"]
-    sx = (width - 40) / max(1, a.shape[0] - 1)
-    parts = [f'<svg width="{width}" height="{height + 30}" class="plot">',
-             f'<text x="4" y="12" font-size="12">{html.escape(title)} (max {top:.3g})</text>']
+    left, right, y0, y1 = 48, width - 8, 22, height - 22  # plot area: x left..right, y y0..y1
+    last = max(1, a.shape[0] - 1)
+    x = lambda i: left + i / last * (right - left)  # noqa: E731
+    y = lambda v: y1 - v / top * (y1 - y0)  # noqa: E731
+    parts = [f'<svg width="{width}" height="{height + 22}" class="plot">',
+             f'<text x="4" y="12" font-size="12">{html.escape(title)}</text>',
+             f'<line x1="{left}" y1="{y1}" x2="{right}" y2="{y1}" stroke="#444"/>',
+             f'<line x1="{left}" y1="{y0}" x2="{left}" y2="{y1}" stroke="#444"/>']
+    for v in (0.0, top / 2, top):  # y ticks
+        parts.append(f'<line x1="{left - 3}" y1="{y(v):.1f}" x2="{left}" y2="{y(v):.1f}" stroke="#444"/>'
+                     f'<text x="{left - 5}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>')
+    for i in sorted({0, last // 2, last}):  # x ticks
+        parts.append(f'<line x1="{x(i):.1f}" y1="{y1}" x2="{x(i):.1f}" y2="{y1 + 3}" stroke="#444"/>'
+                     f'<text x="{x(i):.1f}" y="{y1 + 14}" font-size="10" text-anchor="middle">{i}</text>')
+    parts.append(f'<text x="{(left + right) / 2:.1f}" y="{height + 4}" font-size="11" '
+                 f'text-anchor="middle">layer</text>'
+                 f'<text x="10" y="{(y0 + y1) / 2:.1f}" font-size="11" text-anchor="middle" '
+                 f'transform="rotate(-90 10 {(y0 + y1) / 2:.1f})">{html.escape(y_label)}</text>')
     for c in range(a.shape[1]):
-        pts = " ".join(f"{30 + i * sx:.1f},{20 + height - 10 - v / top * (height - 20):.1f}"
-                       for i, v in enumerate(a[:, c]))
+        pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(a[:, c]))
         parts.append(f'<polyline fill="none" stroke="{colors[c % 4]}" stroke-width="2" points="{pts}"/>')
-        parts.append(f'<text x="{30 + c * 70}" y="{height + 25}" font-size="11" '
+        parts.append(f'<text x="{left + c * (right - left) / a.shape[1]:.1f}" y="{height + 19}" font-size="11" '
                      f'fill="{colors[c % 4]}">{html.escape(labels[c])}</text>')
-    parts.append(f'<text x="30" y="{height + 10}" font-size="10">layer 0 .. {a.shape[0] - 1}</text></svg>')
+    parts.append("</svg>")
     return "".join(parts)
 
 
 def render_html(data: dict, title: str) -> str:
-    plots = (_svg_lines(data["mass"], data["mass_groups"], "attention mass of the answer rows")
-             + _svg_lines(data["norms"], ["image", "prompt", "answer"], "residual norm (mean L2)"))
+    plots = (_svg_lines(data["mass"], data["mass_groups"], "attention mass of the answer rows",
+                        "share of attention")
+             + _svg_lines(data["norms"], ["image", "prompt", "answer"], "residual stream norm",
+                          "mean L2 norm"))
     masks = "".join(f'<figure><img class="mask" src="{src}" alt="{k} mask"><figcaption>{k} attention '
                     f'mask, rows = queries, columns = keys (white = may attend; blue line: image | text, orange line: prompt | generated)</figcaption>'
                     f'</figure>' for k, src in data["masks"].items())
@@ -163,7 +181,9 @@ canvas{{border:1px solid #999}} table{{border-collapse:collapse;font-size:12px}}
 {'<option value="head">attention (one head)</option>' if data['heads'] else ''}<option value="rollout">decoder rollout to layer</option>
 {'<option value="pixel">rollout through SigLIP (all layers)</option>' if 'pixel' in data else ''}{'<option value="occlusion">occlusion (first token)</option>' if 'occlusion' in data else ''}</select>
 head <input type="number" id="head" min="0" max="{max(0, data['heads'] - 1)}" value="0" style="width:4em"></div>
-<div id="scale"></div></div>
+<div id="scale"><canvas id="scale-bar" width="{data['view']}" height="12"></canvas>
+<div style="display:flex;justify-content:space-between;width:{data['view']}px;font-size:12px"><span>0</span>
+<span id="scale-label"></span><span id="scale-max"></span></div></div></div>
 <div><h3>Logit lens <small id="lens-token"></small></h3><table id="lens"></table></div></div>
 <h3>Per-layer statistics</h3><div class="row">{plots}</div>
 <h3>Attention masks</h3><div class="row">{masks}</div>

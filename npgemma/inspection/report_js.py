@@ -47,6 +47,7 @@ function draw() {
     const [x0, y0, x1, y1] = b.box;
     ctx.strokeRect(x0, y0, x1 - x0, y1 - y0); ctx.fillText(b.label, x0 + 2, y0 + 14);
   }
+  drawScale(mode);
   el('token-label').textContent = `${t}: ${JSON.stringify(D.tokens[t])}`;
   el('layer-label').textContent = (mode === 'pixel' || mode === 'occlusion') ? 'all' : String(l);
   document.querySelectorAll('.tok').forEach((s, k) => s.classList.toggle('on', k === t));
@@ -54,6 +55,17 @@ function draw() {
   const rows = D.lens[t].map((top, y) => '<tr><th>' + y + '</th>' + top.map(([s, p]) =>
     `<td>${s.replace(/&/g, '&amp;').replace(/</g, '&lt;')} <small>${p.toFixed(3)}</small></td>`).join('') + '</tr>');
   el('lens').innerHTML = '<tr><th>layer</th><th colspan="5">top-5 next token (probability)</th></tr>' + rows.join('');
+}
+
+// The colour scale under the heatmap: the overlay's alpha runs from 0 to this map's own max.
+function drawScale(mode) {
+  const sc = el('scale-bar'), sx = sc.getContext('2d');
+  const grad = sx.createLinearGradient(0, 0, sc.width, 0);
+  grad.addColorStop(0, 'rgba(255,40,0,0)'); grad.addColorStop(1, 'rgba(255,40,0,0.75)');
+  sx.clearRect(0, 0, sc.width, sc.height); sx.fillStyle = grad; sx.fillRect(0, 0, sc.width, sc.height);
+  el('scale-label').textContent = mode === 'occlusion' ? 'drop in the first token\'s logit'
+    : mode === 'rollout' || mode === 'pixel' ? 'rollout weight on the patch' : 'attention weight on the patch';
+  el('scale-max').textContent = mode === 'occlusion' ? 'largest drop' : "this map's max";
 }
 
 el('answer').textContent = D.text;
