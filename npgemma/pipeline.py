@@ -137,14 +137,14 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
     raises InputError with the figures, unless `force`.
     `vae`: PaliGemma's mask VQ-VAE (`vae-oid.npz` layout), to turn `<seg>` codes into masks.
     """
-    if model is None:
-        model, vae = bundled.model_dir(), vae if vae is not None else bundled.vae_path()
+    if model is None and vae is None:
+        vae = bundled.vae_path()  # the bundled model's own VQ-VAE (resolve(None) is its folder)
     be = get_backend(backend, device=device, dtype=dtype)
     model_dir = resolve(model)
     cfg = load_config(model_dir)
     if not force:
         _, headers = header_summary(model_dir)
-        memory.check(cfg, os.fspath(model), backend=backend, dtype=dtype, device=device,
+        memory.check(cfg, str(model_dir) if model is None else os.fspath(model), backend=backend, dtype=dtype, device=device,
                      disk_dtype=memory.stored_dtype(headers), text_tokens=text_tokens,
                      batch=batch)
     processor = Processor.from_pretrained(model_dir, cfg)

@@ -17,6 +17,7 @@ import numpy as np
 from .. import paligemma
 from ..generation import generate
 from ..generation.numpy_backend import NumpyBackend
+from ..generation.slots import Slots
 
 
 @dataclass
@@ -44,22 +45,18 @@ def teacher_forced(params, cfg, input_ids: np.ndarray, pixel_values: np.ndarray,
     key (a mask applied before the soft cap) acts as it does in a real decode loop."""
     n = len(input_ids)
     ids = np.asarray(input_ids, np.int64)[None]  # [1, L]
-    valid = np.ones(ids.shape, bool)
-    is_prefix = valid.copy()
+    slots = Slots.full(*ids.shape)
     states: list | None = [] if hidden else None
     cache = paligemma.init_cache(cfg, 1, n + len(tokens))
     feats = paligemma.encode_image(params, pixel_values[None].astype(np.float32), cfg)
-    logits, cache = paligemma.forward(params, cfg, ids, paligemma.rope_positions(valid),
-                                      paligemma.attention_masks(cfg, valid, is_prefix, 0),
+    logits, cache = paligemma.forward(params, cfg, ids, slots.positions(), slots.masks(cfg),
                                       image_features=feats, cache=cache, hidden_states=states)
     steps = [logits[0, -1]]
     for t in tokens:  # each forced token is a real, causal (suffix) slot
-        valid = np.concatenate([valid, np.ones((1, 1), bool)], axis=1)
-        is_prefix = np.concatenate([is_prefix, np.zeros((1, 1), bool)], axis=1)
-        q = valid.shape[1] - 1
+        slots = slots.append()
+        q = slots.length - 1
         step, cache = paligemma.forward(params, cfg, np.array([[t]], np.int64),
-                                        paligemma.rope_positions(valid)[:, q:],
-                                        paligemma.attention_masks(cfg, valid, is_prefix, q),
+                                        slots.positions(q), slots.masks(cfg, q),
                                         cache=cache, last_only=True)
         steps.append(step[0, -1])
     if states is not None:  # npgemma's L + 2 (input, each layer, final norm) -> HF's L + 1
