@@ -21,7 +21,7 @@ import npgemma
 from npgemma import cli, gemma, layers, paligemma, siglip
 from npgemma.compare import adapters
 from npgemma.compare import against as report
-from npgemma.compare.deviations import DEVIATIONS, deviated
+from npgemma.compare.deviations import DEVIATIONS, deviated, deviated_config
 from npgemma.compare.reference import teacher_forced
 from npgemma.compare.replacements import erf
 from npgemma.compare.swap import Swap, swapped
@@ -107,13 +107,15 @@ def npgemma_adapter_source(deviation: str | None, dtype="float32") -> str:
 import contextlib
 import numpy as np
 import npgemma
-from npgemma.compare.deviations import deviated
+from npgemma.compare.deviations import deviated, deviated_config
 from npgemma.compare.reference import teacher_forced
 
 def run(model_dir, image, prompt, max_new_tokens=8):
     ctx = deviated({deviation!r}, {dtype!r}) if {deviation!r} else contextlib.nullcontext()
     with ctx:
         pipe = npgemma.load(model_dir)
+        if {deviation!r}:  # a config trap: the model run with the misread config
+            pipe.cfg = deviated_config([{deviation!r}], pipe.cfg)
         x = pipe.processor(image, prompt)
         tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
         steps = teacher_forced(pipe.params, pipe.cfg, x.input_ids, x.pixel_values, tokens)
@@ -172,7 +174,8 @@ def _forward(folder, image, deviation=None, dtype="float32", batch=False):
                                      feats)[0]
         inputs = pipe.processor(image, PROMPT)
         tokens = [5, 6, 7, 8, 9, 10]  # a causal suffix longer than the window
-        f = teacher_forced(pipe.params, pipe.cfg, inputs.input_ids, inputs.pixel_values, tokens)
+        cfg = deviated_config([deviation], pipe.cfg) if deviation else pipe.cfg
+        f = teacher_forced(pipe.params, cfg, inputs.input_ids, inputs.pixel_values, tokens)
         return np.concatenate([f.logits, f.step_logits])
 
 
@@ -459,3 +462,117 @@ def test_openai_token_strings_map_to_ids_and_urls_parse(pg1):
     assert endpoint("https://h/x/v1/chat/completions") == ("https://h/x", "chat", None)
     with pytest.raises(InputError, match="expected openai:http"):
         endpoint("localhost:8000")
+
+
+# ---- what a user of --diagnose hit with real peers (keras-hub, mlx-vlm) ------------------------
+
+def _plain_with(extra: str) -> str:
+    """npgemma's own answer as an adapter, with `extra` lines changing the returned dict `out`."""
+    return f'''
+import numpy as np
+import npgemma
+from npgemma.compare.pixels import pixels_with
+
+def run(model_dir, image, prompt, max_new_tokens=8, traps=()):
+    pipe = npgemma.load(model_dir)
+    if traps:  # its own preprocessing, in everything it computes
+        pipe.processor.preprocess_image = lambda img: pixels_with(traps, img, pipe.processor)
+    x = pipe.processor(image, prompt)
+    out = {{"logits": pipe.logits(image, prompt, positions=slice(None)), "input_ids": x.input_ids,
+           "pixel_values": x.pixel_values}}
+{extra}
+    return out
+'''
+
+
+@pytest.mark.parametrize("trap", ["bilinear-resize", "bilinear-no-antialias", "imagenet-normalize",
+                                  "bgr-order", "nearest-resize"])
+def test_a_pixel_trap_alone_is_named_and_the_verdict_agrees_with_the_exit_status(
+        trap, pg1, image_path, tmp_path):
+    """keras-hub's PaliGemma 1 differed in its pixels alone: the run said "no deviation needed"
+    and failed. Now the processor's trap is named and the verdict says the model matches."""
+    spec = write_adapter(tmp_path, _plain_with("").replace("traps=()", f"traps=({trap!r},)"), "pix")
+    got, rc = report.run(args_for(pg1, image_path, spec))
+    failed = [s["stage"] for s in got["stages"] if not s["ok"]]
+    assert rc == 1 and failed == ["pixel_values"]
+    d = got["diagnosis"]
+    assert d["verdict"].startswith(f"the model matches; the processor differs: pixel_values match "
+                                   f"npgemma's with `{trap}`")
+    assert d["explained"] and d["pixels"]["name"] == trap and d["failed"] == ["pixel_values"]
+
+
+def test_two_pixel_traps_at_once_are_named_as_a_pair(pg1, image_path, tmp_path):
+    spec = write_adapter(tmp_path, _plain_with("").replace(
+        "traps=()", "traps=('bilinear-no-antialias', 'imagenet-normalize')"), "pix2")
+    got, _ = report.run(args_for(pg1, image_path, spec))
+    assert got["diagnosis"]["pixels"]["name"] == "bilinear-no-antialias + imagenet-normalize"
+
+
+def test_fewer_logits_than_the_vocabulary_fail(pg1, image_path, tmp_path):
+    """An adapter returning the first 100 logits passed (compared on the common part)."""
+    spec = write_adapter(tmp_path, _plain_with("    out['logits'] = out['logits'][:, :100]"), "cut")
+    got, rc = report.run(args_for(pg1, image_path, spec))
+    rows = {s["stage"]: s for s in got["stages"]}
+    assert rc == 1 and not rows["logits width"]["ok"] and "100 ids, fewer than" in rows["logits width"]["note"]
+    assert rows["logits"]["ok"]  # the part returned is right; the width alone fails
+    assert got["diagnosis"]["verdict"].startswith("logits width: 100 ids") and not got["diagnosis"]["explained"]
+
+
+def test_padding_rows_past_the_vocabulary_may_be_missing(pg1, image_path, tmp_path):
+    """The embedding is padded past the tokenizer's vocabulary: those logits may be left out."""
+    from npgemma.checkpoint.config_json import load_config
+    from npgemma.generation.processing import Processor
+
+    vocab = Processor.from_pretrained(pg1, load_config(pg1)).tokenizer.get_vocab_size()
+    spec = write_adapter(tmp_path, _plain_with(f"    out['logits'] = out['logits'][:, :{vocab}]"), "pad")
+    got, rc = report.run(args_for(pg1, image_path, spec, diagnose=False))
+    assert rc == 0 and "logits width" not in {s["stage"] for s in got["stages"]}
+
+
+def test_keras_hubs_pair_is_found_though_one_member_ranks_low(pg2, image_path, tmp_path):
+    """keras-hub's PaliGemma 2: queries scaled by head_dim and a two-way window in the prefix.
+    Pairs used to come from the three best singles only; every pair is tried when cheap."""
+    spec = write_adapter(tmp_path, '''
+import contextlib
+import npgemma
+from npgemma.compare.deviations import deviated
+from npgemma.compare.reference import teacher_forced
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    with deviated("head-dim-query-scale"), deviated("two-way-window"):
+        pipe = npgemma.load(model_dir)
+        x = pipe.processor(image, prompt)
+        tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
+        steps = teacher_forced(pipe.params, pipe.cfg, x.input_ids, x.pixel_values, tokens)
+        return {"logits": pipe.logits(image, prompt, positions=slice(None)), "token_ids": tokens,
+                "step_logits": steps.step_logits[:len(tokens)]}
+''', "keras_like")
+    got, rc = report.run(args_for(pg2, image_path, spec))
+    d = got["diagnosis"]
+    assert rc == 1 and d["explained"]
+    assert sorted(d["deviations"]) == ["head-dim-query-scale", "two-way-window"]
+
+
+def test_a_candidate_farther_than_no_change_is_never_the_closest():
+    from npgemma.compare.diagnose import Fit, _verdict
+
+    base = Fit("npgemma", 0.5, False, 3, 4)
+    farther = [Fit("erf-gelu", 2.0, False, 1, 4), Fit("bf16-compute", float("nan"), False, 0, 4)]
+    verdict = _verdict(base, farther)
+    assert verdict.startswith("no known deviation explains") and "closest" not in verdict
+    nearer = [Fit("erf-gelu", 0.01, False, 4, 4)]
+    assert _verdict(base, nearer).startswith("closest: npgemma with `erf-gelu`")
+
+
+def test_a_pair_is_judged_at_its_members_dtype():
+    from npgemma.compare.diagnose import judged_at
+
+    assert judged_at(["no-sliding-window", "bf16-compute"], "float32") == "bfloat16"
+    assert judged_at(["no-sliding-window"], "float32") == "float32"
+
+
+def test_every_deviation_says_what_an_input_needs_or_always_shows():
+    """`embed-scale-bf16` sat in the "no effect" list with no reason."""
+    quiet = {"causal-prefix", "no-one-plus-w", "erf-gelu", "interleaved-rope", "rope-in-bf16",
+             "scaled-image-features", "unscaled-text-embeddings", "bf16-compute"}
+    assert [n for n, d in DEVIATIONS.items() if not d.needs and n not in quiet] == []

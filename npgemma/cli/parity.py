@@ -115,6 +115,10 @@ def print_report(report: dict, out=None) -> None:
             p("  no effect on this input (cannot be confirmed or ruled out here):")
             for n in diag["no_effect"]:
                 p(f"    {n['name']}" + (f" (needs {n['needs']})" if n["needs"] else ""))
+        if diag["pixels"]:
+            p("pixels: distance to npgemma's preprocessing under each known trap, best first")
+            for f in [diag["pixels"]["npgemma"]] + diag["pixels"]["candidates"]:
+                p(f"  {f['distance']:>10.3g}  {'within' if f['ok'] else 'over  '}  {f['name']}")
         p(diag["verdict"])
 
 

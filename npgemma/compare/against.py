@@ -20,6 +20,7 @@ from ..checkpoint.weights import load_weights
 from ..generation.processing import Processor, open_image
 from . import adapters
 from .diagnose import diagnose, explain
+from .pixels import diagnose_pixels
 from .reference import forced_tokens, greedy_tokens, log_softmax, teacher_forced
 from .tolerances import compare
 
@@ -98,6 +99,7 @@ def run(args) -> tuple[dict, int]:
     other = None if theirs.token_ids is None else _with_eos(theirs.token_ids, eos)
     forced = forced_tokens(cfg, other if other is not None else own)
     ref = teacher_forced(params, cfg, ids, pix, forced, hidden=theirs.hidden_states is not None)
+    rows += _vocabulary_rows(theirs, proc.tokenizer.get_vocab_size(), cfg.image_token_index)
     rows += _model_rows(theirs, ref, forced, args.dtype)
 
     report = {"against": args.against, "model": str(model_dir), "dtype": args.dtype,
@@ -112,12 +114,59 @@ def run(args) -> tuple[dict, int]:
     report["stages"] = [asdict(r) for r in rows]
     report["ok"] = all(r.ok for r in rows)
     if args.diagnose:
-        d = diagnose(params, cfg, ids, pix, theirs, forced, ref, args.dtype)
-        report["diagnosis"] = {
-            "verdict": d.verdict, "npgemma": asdict(d.plain),
+        report["diagnosis"] = _diagnosis(params, cfg, ids, pix, theirs, forced, ref, args.dtype,
+                                         rows, image, proc)
+    return report, 0 if report["ok"] else 1
+
+
+PROCESSOR_STAGES = ("input_ids", "pixel_values")
+
+
+def _diagnosis(params, cfg, ids, pix, theirs, forced, ref, dtype, rows, image, proc) -> dict:
+    """The model's diagnosis (on the other side's own ids and pixels) and, when the pixels
+    differ, the preprocessing trap that explains them; one verdict over both, whose first words
+    say what failed, so the last line printed and the exit status always agree."""
+    d = diagnose(params, cfg, ids, pix, theirs, forced, ref, dtype)
+    failed = [r.stage for r in rows if not r.ok]
+    pixels = None
+    if "pixel_values" in failed and theirs.pixel_values is not None \
+            and theirs.pixel_values.shape == (3, proc.image_size, proc.image_size):
+        pixels = diagnose_pixels(image, proc, theirs.pixel_values, dtype)
+    width = [r for r in rows if r.stage.endswith(" width") and not r.ok]
+    model_failed = [s for s in failed if s not in PROCESSOR_STAGES and not s.endswith(" width")]
+    processor = ([pixels["verdict"]] if pixels else
+                 ["pixel_values differ"] if "pixel_values" in failed else []) + \
+        (["input_ids differ"] if "input_ids" in failed else [])
+    explained = not width and (d.explained or not model_failed) \
+        and (pixels is None or pixels["explained"]) and "input_ids" not in failed
+    if not failed:
+        verdict = d.verdict
+    else:
+        parts = [f"{r.stage}: {r.note}" for r in width]
+        if model_failed:
+            parts.append(d.verdict)
+        if processor:
+            parts.append(("the model matches; " if not model_failed and not width else "")
+                         + "the processor differs: " + "; ".join(processor))
+        verdict = "; ".join(parts) if parts else d.verdict
+    return {"verdict": verdict, "explained": bool(explained), "failed": failed,
+            "deviations": d.names, "distance": d.distance, "pixels": pixels,
+            "npgemma": asdict(d.plain),
             "candidates": [asdict(f) | {"explain": explain(f.name)} for f in d.fits],
             "no_effect": [{"name": n, "needs": _needs(n)} for n in d.no_effect]}
-    return report, 0 if report["ok"] else 1
+
+
+def _vocabulary_rows(theirs, vocab: int, image_token_index: int) -> list[Row]:
+    """Logits narrower than the tokenizer's vocabulary fail: only the embedding's padding rows
+    past the real vocabulary (257152 -> 257216 in the released checkpoints) may be missing."""
+    rows = []
+    for name, a in (("logits", theirs.logits), ("step_logits", theirs.step_logits)):
+        if a is not None and a.shape[1] < vocab:
+            cut = (" (cut at image_token_index: the <image>, <loc> and <seg> ids are missing)"
+                   if a.shape[1] == image_token_index else "")
+            rows.append(Row(f"{name} width", False, note=f"{a.shape[1]} ids, fewer than the "
+                            f"tokenizer's {vocab}{cut}"))
+    return rows
 
 
 def _tokens(ours, other, eos, ref, theirs, proc) -> dict:

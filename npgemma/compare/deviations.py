@@ -18,12 +18,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .replacements import (GEMMA, LAYERS, PG, SIGLIP, apply_rope_interleaved,
+from .replacements import (GEMMA, LAYERS, PG, SIGLIP, apply_rope_interleaved, as_gemma1,
                            attention_head_dim_scale, attention_mask_then_cap, attention_neg_inf,
                            attention_without_cap, causal_prefix, compute_in, embed_scale_unrounded,
                            gelu_erf, image_scale_4x, layer_norm_eps, lm_head_uncapped, no_window,
                            positions_from_zero, rms_norm_w, rope_tables_bf16, round_to,
-                           scale_output, window_on_prefix)
+                           scale_output, two_way_window, window_on_prefix)
 from .swap import Swap, swapped
 
 # ---- the catalogue ---------------------------------------------------------------------------
@@ -36,6 +36,9 @@ class Deviation:
     swaps: Callable[[str], list[Swap]]   # compute dtype -> the swaps
     needs: str = ""            # what an input must have for the trap to show (if not always)
     judged_at: str | None = None   # a match is judged by this dtype's tolerances (not the run's)
+    # A trap of reading config.json (the model is run with this config instead of the real one);
+    # None for the traps of the math.
+    config: Callable | None = None
 
 
 _DECODER = (GEMMA,)
@@ -76,7 +79,9 @@ DEVIATIONS: dict[str, Deviation] = {d.name: d for d in (
     Deviation("embed-scale-bf16", 4, "the other implementation rounds sqrt(D) to bfloat16 (e.g. to "
               "the stored weight dtype) while computing in a wider dtype",
               lambda dt: [Swap(GEMMA, "embed", scale_output(
-                  lambda d: round_to(np.float32(np.sqrt(d)), "bfloat16") / np.float32(np.sqrt(d))))]),
+                  lambda d: round_to(np.float32(np.sqrt(d)), "bfloat16") / np.float32(np.sqrt(d))))],
+              needs="a hidden size whose sqrt is not a bfloat16 number (at tiny widths it moves "
+              "logits below the tolerances)"),
     Deviation("no-attn-softcap", 5, "the other implementation drops Gemma-2's attention soft cap "
               "(attn_logit_softcapping)", lambda dt: [Swap(LAYERS, "attention",
                                                            attention_without_cap, _DECODER)],
@@ -93,6 +98,15 @@ DEVIATIONS: dict[str, Deviation] = {d.name: d for d in (
               "the prefix; prefix tokens see the whole prefix (transformers 5.24)",
               lambda dt: [Swap(PG, "prefix_lm_mask", window_on_prefix)],
               needs="a Gemma-2 prefix longer than the window"),
+    Deviation("two-way-window", 8, "the other implementation applies the sliding window as a "
+              "band both ways, also between prefix tokens (a prefix token sees neither the keys "
+              "far behind nor far ahead); prefix tokens see the whole prefix (transformers 5.24)",
+              lambda dt: [Swap(PG, "prefix_lm_mask", two_way_window)],
+              needs="a Gemma-2 prefix longer than the window"),
+    Deviation("gemma2-as-gemma1", 0, "the other implementation loads the PaliGemma 2 checkpoint "
+              "as PaliGemma 1 (Gemma-1 layers: two of the four norms, no soft caps, no window, "
+              "head_dim query scale); read text_config.model_type 'gemma2'",
+              lambda dt: [], needs="a PaliGemma 2 checkpoint", config=as_gemma1),
     Deviation("no-sliding-window", 8, "the other implementation never applies Gemma-2's sliding "
               "window (even layers window generated tokens)",
               lambda dt: [Swap(PG, "prefix_lm_mask", no_window)],
@@ -114,6 +128,14 @@ DEVIATIONS: dict[str, Deviation] = {d.name: d for d in (
               "--dtype bfloat16 (bf16 tolerances), or run it in float32",
               lambda dt: compute_in("bfloat16"), judged_at="bfloat16"),
 )}
+
+
+def deviated_config(names, cfg):
+    """The config the reference runs with under deviations `names` (the config traps applied)."""
+    for name in names:
+        if DEVIATIONS[name].config is not None:
+            cfg = DEVIATIONS[name].config(cfg)
+    return cfg
 
 
 @contextlib.contextmanager

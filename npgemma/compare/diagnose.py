@@ -5,19 +5,23 @@ implementation with that one trap would (teacher-forced on the other side's toke
 distance to what the other side returned is measured the same way the report measures the
 plain reference. Best first; a deviation that does not change this input at all (a Gemma-2 trap
 on a Gemma-1 checkpoint, -inf masking without padding) is listed apart, since it can neither be
-confirmed nor ruled out here. When no single deviation comes within tolerance, the pairs of
-the three closest are tried too.
+confirmed nor ruled out here. When no single deviation comes within tolerance, pairs are tried:
+every pair of the deviations that change the input when that is cheap (a budget of
+`PAIR_SECONDS`, from the singles' own time), else the pairs of the closest `PAIR_TOP`. A pair is
+judged at the widest tolerance any member asks for (`judged_at`), and a candidate is never
+called the closest when it is farther from the other side than npgemma with no change.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .deviations import DEVIATIONS, deviated
+from .deviations import DEVIATIONS, deviated, deviated_config
 from .reference import Forward, log_softmax, teacher_forced
 from .tolerances import compare
 
@@ -67,13 +71,40 @@ class Diagnosis:
     fits: list            # Fit per deviation (and pair) that changes this input, best first
     no_effect: list       # names of deviations that leave this input unchanged
     verdict: str
+    explained: bool       # npgemma, or npgemma with the named deviations, is within tolerance
+    names: list           # those deviations ([] when none is needed or none explains it)
+    distance: float       # the explaining candidate's distance (npgemma's when unexplained)
+
+
+PAIR_SECONDS = 60.0   # try every pair when that is expected to take at most this long
+PAIR_TOP = 6          # else the pairs of this many closest singles
 
 
 def _forward(names, params, cfg, ids, pix, forced, dtype) -> Forward:
     with contextlib.ExitStack() as stack:
         for name in names:
             stack.enter_context(deviated(name, dtype))
-        return teacher_forced(params, cfg, ids, pix, forced)
+        return teacher_forced(params, deviated_config(names, cfg), ids, pix, forced)
+
+
+def judged_at(names, dtype: str) -> str:
+    """The dtype whose tolerances judge a candidate: a member's `judged_at`, else the run's."""
+    return next((DEVIATIONS[n].judged_at for n in names if DEVIATIONS[n].judged_at), dtype)
+
+
+def _targets(name: str, dtype: str) -> set:
+    return {(s.module, s.name) for s in DEVIATIONS[name].swaps(dtype)}
+
+
+def _pairs(fits: list, seconds_each: float, dtype: str) -> list[tuple[str, str]]:
+    """The pairs to try: all of them when cheap, else those of the closest PAIR_TOP; never two
+    that replace the same function (the second would find nothing to replace)."""
+    names = [f.name for f in fits]
+    if seconds_each * len(names) * (len(names) - 1) / 2 > PAIR_SECONDS:
+        names = names[:PAIR_TOP]
+    return [(a, b) for a, b in itertools.combinations(names, 2)
+            if not _targets(a, dtype) & _targets(b, dtype)
+            and not (DEVIATIONS[a].config and DEVIATIONS[b].config)]
 
 
 def _changes(a: Forward, b: Forward, dtype: str) -> bool:
@@ -87,19 +118,25 @@ def _changes(a: Forward, b: Forward, dtype: str) -> bool:
 def diagnose(params, cfg, ids, pix, theirs, forced, plain: Forward, dtype: str) -> Diagnosis:
     base = fit("npgemma", plain, theirs, forced, dtype)
     fits, no_effect = [], []
+    start = time.perf_counter()
     for name in DEVIATIONS:
         out = _forward([name], params, cfg, ids, pix, forced, dtype)
         if not _changes(out, plain, dtype):
             no_effect.append(name)
             continue
-        fits.append(fit(name, out, theirs, forced, DEVIATIONS[name].judged_at or dtype))
+        fits.append(fit(name, out, theirs, forced, judged_at([name], dtype)))
     fits.sort(key=_rank)
-    if not base.ok and not any(f.ok for f in fits):
-        for a, b in itertools.combinations([f.name for f in fits[:3]], 2):
+    if base.ok:  # nothing to explain: no candidate is listed as "within" beside it
+        return Diagnosis(base, [], no_effect, _verdict(base, []), True, [], base.distance)
+    if not any(f.ok for f in fits):
+        each = (time.perf_counter() - start) / len(DEVIATIONS)
+        for a, b in _pairs(fits, each, dtype):
             out = _forward([a, b], params, cfg, ids, pix, forced, dtype)
-            fits.append(fit(f"{a} + {b}", out, theirs, forced, dtype))
+            fits.append(fit(f"{a} + {b}", out, theirs, forced, judged_at([a, b], dtype)))
         fits.sort(key=_rank)
-    return Diagnosis(base, fits, no_effect, _verdict(base, fits))
+    best = fits[0] if fits and fits[0].ok else None
+    return Diagnosis(base, fits, no_effect, _verdict(base, fits), best is not None,
+                     best.name.split(" + ") if best else [], best.distance if best else base.distance)
 
 
 def _rank(f: Fit):
@@ -124,9 +161,12 @@ def _verdict(base: Fit, fits: list) -> str:
                 + (f" (by the {judged[0]} tolerances)" if judged else "") + " — "
                 f"{explain(best.name)}"
                 + (f" (also within tolerance here: {', '.join(also)})" if also else ""))
-    if best is not None and best.distance < base.distance / 10:
+    closer = sorted((f for f in fits if f.distance < base.distance), key=lambda f: f.distance)  # NaN: never
+    if closer and closer[0].distance < base.distance / 10:
+        best = closer[0]
         return (f"closest: npgemma with `{best.name}` ({best.distance:.2g}, vs {base.distance:.2g} "
                 f"without) but not within tolerance — likely {explain(best.name)}, plus something "
                 "npgemma does not know")
     return (f"no known deviation explains the difference ({base.distance:.2g} from npgemma"
-            + (f"; closest `{best.name}` at {best.distance:.2g})" if best else ")"))
+            + (f"; closest `{closer[0].name}` at {closer[0].distance:.2g})" if closer else
+               "; no deviation comes closer)"))

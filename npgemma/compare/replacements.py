@@ -108,6 +108,32 @@ def window_on_prefix(original):
     return window_everywhere
 
 
+def two_way_window(original):
+    def banded(valid, is_prefix, q_start, sliding_window=None):
+        mask = original(valid, is_prefix, q_start, sliding_window)
+        if sliding_window is None:
+            return mask
+        # keras-hub's PaliGemma: the window as a band both ways, also between prefix tokens
+        q = np.arange(q_start, valid.shape[1])[:, None]
+        k = np.arange(valid.shape[1])[None, :]
+        return mask & (np.abs(q - k) < sliding_window)[None]
+    return banded
+
+
+def as_gemma1(cfg):
+    """A PaliGemma 2 config read as PaliGemma 1: Gemma-1's decoder layer (two norms: the
+    checkpoint's post_attention_layernorm taken as the pre-MLP norm, the feed-forward norms
+    never read), no soft caps, no window, queries scaled by head_dim^-0.5."""
+    import dataclasses
+
+    if not cfg.text_config.is_gemma2:
+        return cfg
+    text = dataclasses.replace(cfg.text_config, model_type="gemma", query_pre_attn_scalar=None,
+                               sliding_window=None, layer_types=None, attn_logit_softcapping=None,
+                               final_logit_softcapping=None)
+    return dataclasses.replace(cfg, text_config=text)
+
+
 def no_window(original):
     def never_windowed(valid, is_prefix, q_start, sliding_window=None):
         return original(valid, is_prefix, q_start, None)
