@@ -12,7 +12,7 @@ import sys
 
 from .. import __version__
 from ..errors import NpgemmaError
-from . import generate, inspect, models, parity
+from . import conform, generate, inspect, models, parity
 from .args import Parser, add_backend_args, add_model_args, non_negative_int
 
 
@@ -44,18 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=non_negative_int, default=8,
                    help="greedy tokens compared between the two sides")
     p.add_argument("--against", metavar="SPEC",
-                   help="the other side: PKG.MODULE:FUNC, FILE.py:FUNC, torch, transformers or "
-                        "openai:URL (default: npgemma's own torch backend, layer by layer)")
+                   help="the other side: PKG.MODULE:FUNC, FILE.py:FUNC, torch, transformers, "
+                        "openai:URL, keras-hub or mlx-vlm (default: npgemma's own torch backend, "
+                        "layer by layer)")
     p.add_argument("--diagnose", action="store_true",
                    help="with --against: rank the known deviations by how well each explains "
                         "the difference")
     p.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
                    help="attention implementation of --against transformers")
+    p.add_argument("--python", metavar="PATH",
+                   help="with --against FILE.py:FUNC (or keras-hub, mlx-vlm): run the adapter in "
+                        "this interpreter (the peer's own virtual environment)")
     m = sub.add_parser("models", help="the PaliGemma checkpoints in the Hugging Face cache (and "
                                       "folders given): sizes, and the RAM each backend needs")
     m.add_argument("folders", nargs="*", metavar="MODEL", help="checkpoint folders or model ids")
     m.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.add_parser(sub)  # `npgemma inspect`: its own module
+    conform.add_parser(sub)  # `npgemma conform`: its own module
     return parser
 
 
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             return generate.demo(args)
         if args.command == "models":
             return models.run_models_cli(args)
+        if args.command == "conform":
+            return conform.run(args)
         return parity.run(args)
     except NpgemmaError as e:
         print(f"npgemma: error: {e}", file=sys.stderr)

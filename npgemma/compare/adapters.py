@@ -14,7 +14,10 @@ these may leave "logits" out). FUNC may take a `max_new_tokens` keyword. Arrays 
 anything `np.asarray` reads, or torch tensors.
 
 SPEC is `PKG.MODULE:FUNC`, `path/to/file.py:FUNC`, or a built-in: `torch` (npgemma's torch
-backend), `transformers` (the installed version), `openai:URL` (an OpenAI-compatible server).
+backend), `transformers` (the installed version), `openai:URL` (an OpenAI-compatible server),
+`keras-hub` or `mlx-vlm` (adapters in `peers/`, through each peer's own public API). With
+`python=PATH` (`--python`), a file or module adapter runs in that interpreter (a peer's own
+virtual environment) and its arrays come back (`remote.py`); the two peers always run so.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -148,9 +152,28 @@ def _accepts(func: Callable, keyword: str) -> bool:
     return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in params)
 
 
+PEERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
+PEERS = {"keras-hub": os.path.join(PEERS_DIR, "keras_hub.py") + ":run",
+         "mlx-vlm": os.path.join(PEERS_DIR, "mlx_vlm.py") + ":run"}
+
+
 def resolve(spec: str, *, dtype: str = "float32", device: str = "cpu", attn: str = "eager",
-            max_new_tokens: int = 8) -> Callable:
+            max_new_tokens: int = 8, python: str | None = None) -> Callable:
     """SPEC -> FUNC(model_dir, image, prompt) -> dict (options of the built-ins bound)."""
+    if spec in PEERS or python is not None:
+        if spec in ("torch", "transformers") or spec.startswith("openai:"):
+            raise InputError(f"--python runs a file or module adapter (or keras-hub, mlx-vlm) in "
+                             f"another interpreter; {spec!r} runs in this one")
+        from .remote import remote_adapter
+
+        target = PEERS.get(spec, spec)
+        if ":" not in target:
+            raise InputError(f"--against {spec}: expected PKG.MODULE:FUNC or path/to/file.py:FUNC")
+        where = target.rsplit(":", 1)[0]
+        if where.endswith(".py") and not os.path.isfile(where):
+            raise InputError(f"--against {spec}: no such file {where}")
+        return functools.partial(remote_adapter, python=python or sys.executable, spec=target,
+                                 max_new_tokens=max_new_tokens, dtype=dtype)
     if spec == "torch":
         return functools.partial(torch_adapter, device=device, dtype=dtype,
                                  max_new_tokens=max_new_tokens)

@@ -75,7 +75,7 @@ def run(args) -> tuple[dict, int]:
     proc = Processor.from_pretrained(model_dir, cfg)
     image = open_image(args.image)
     func = adapters.resolve(args.against, dtype=args.dtype, device=args.device, attn=args.attn,
-                            max_new_tokens=args.max_new_tokens)
+                            max_new_tokens=args.max_new_tokens, python=getattr(args, "python", None))
     theirs = adapters.call(args.against, func, str(model_dir), image, args.prompt,
                            cfg.text_config.num_hidden_layers)
     mine = proc(image, args.prompt)
@@ -137,7 +137,8 @@ def _diagnosis(params, cfg, ids, pix, theirs, forced, ref, dtype, rows, image, p
     processor = ([pixels["verdict"]] if pixels else
                  ["pixel_values differ"] if "pixel_values" in failed else []) + \
         (["input_ids differ"] if "input_ids" in failed else [])
-    explained = not width and (d.explained or not model_failed) \
+    cut = bool(width) and all("cut at image_token_index" in r.note for r in width)
+    explained = (not width or cut) and (d.explained or not model_failed) \
         and (pixels is None or pixels["explained"]) and "input_ids" not in failed
     if not failed:
         verdict = d.verdict
@@ -150,7 +151,8 @@ def _diagnosis(params, cfg, ids, pix, theirs, forced, ref, dtype, rows, image, p
                          + "the processor differs: " + "; ".join(processor))
         verdict = "; ".join(parts) if parts else d.verdict
     return {"verdict": verdict, "explained": bool(explained), "failed": failed,
-            "deviations": d.names, "distance": d.distance, "pixels": pixels,
+            "deviations": d.names + (["vocab-cut-at-image-token"] if cut else []),
+            "distance": d.distance, "pixels": pixels,
             "npgemma": asdict(d.plain),
             "candidates": [asdict(f) | {"explain": explain(f.name)} for f in d.fits],
             "no_effect": [{"name": n, "needs": _needs(n)} for n in d.no_effect]}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint.weights import disk_name
-from ..testing.checkpoint import tiny_config
+from ..testing.checkpoint import preprocessor_config, tiny_config
 from ..testing.tokenizer import build_tokenizer, write_tokenizer
 from .scenes import IMAGE_SIZE
 from .tasks import WORDS
@@ -54,15 +54,6 @@ def demo_config(*, hidden_size: int = 192, layers: int = 4, vision_layers: int =
                        max_position_embeddings=512)
 
 
-def preprocessor_config(image_size: int = IMAGE_SIZE) -> dict:
-    """preprocessor_config.json as the Hub's PaliGemma repos write it (SigLIP, 0.5/0.5, bicubic)."""
-    return {"do_convert_rgb": None, "do_normalize": True, "do_rescale": True, "do_resize": True,
-            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
-            "image_processor_type": "SiglipImageProcessor", "image_seq_length":
-            (image_size // PATCH_SIZE) ** 2, "processor_class": "PaliGemmaProcessor",
-            "resample": 3, "rescale_factor": 1 / 255, "size": {"height": image_size, "width": image_size}}
-
-
 def write_model(folder: str | os.PathLike, config: dict, flat: dict[str, np.ndarray],
                 metadata: dict[str, str] | None = None) -> Path:
     """Write a complete HF-layout checkpoint folder from canonical flat float32 weights."""
@@ -72,7 +63,7 @@ def write_model(folder: str | os.PathLike, config: dict, flat: dict[str, np.ndar
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (folder / "preprocessor_config.json").write_text(
-        json.dumps(preprocessor_config(config["vision_config"]["image_size"]), indent=2) + "\n")
+        json.dumps(preprocessor_config(config["vision_config"]["image_size"], PATCH_SIZE), indent=2) + "\n")
     tensors = {disk_name(k, "hub"): np.ascontiguousarray(v, dtype=np.float32) for k, v in flat.items()}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt", **(metadata or {})})
     write_tokenizer(folder, words=WORDS)

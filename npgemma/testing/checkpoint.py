@@ -89,9 +89,15 @@ def tiny_config(*, text: str = "gemma", num_key_value_heads: int = 1,
     return top
 
 
-def _init(key: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """One tensor of a small but non-trivial network (activations stay O(1))."""
+def _init(key: str, shape: tuple[int, ...], rng: np.random.Generator,
+          decisive: bool = False) -> np.ndarray:
+    """One tensor of a small but non-trivial network (activations stay O(1)). `decisive`: the
+    linears drawn N(0, 1.25² / fan_in), as the oracle tier draws them, so that the layers (not
+    the last embedding) decide the next token and every trap moves the logits visibly."""
     n = rng.standard_normal(shape, dtype=np.float32)
+    if decisive and not key.endswith("bias") and "norm" not in key and len(shape) > 1 \
+            and not key.endswith(("embed_tokens.weight", "position_embedding.weight")):
+        return np.float32(1.25 * int(np.prod(shape[1:])) ** -0.5) * n
     if key.startswith("vision_tower.") and "norm" in key:  # LayerNorm: gamma near 1
         return 1 + np.float32(0.1) * n if key.endswith("weight") else np.float32(0.05) * n
     if "norm" in key:  # Gemma RMSNorm scales by (1 + w): small w so the 1 + matters
@@ -104,10 +110,15 @@ def _init(key: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndar
     return np.float32(np.clip(fan_in ** -0.5, 0.02, 0.1)) * n
 
 
-def random_weights(cfg: PaliGemmaConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Canonical flat key -> float32 array for `cfg`, reproducible from `seed`."""
+def random_weights(cfg: PaliGemmaConfig, seed: int = 0, decisive: bool = False,
+                   real_vocab: int | None = None) -> dict[str, np.ndarray]:
+    """Canonical flat key -> float32 array for `cfg`, reproducible from `seed`. Embedding rows
+    from `real_vocab` on (the padding past the tokenizer) are zero, as nothing trains them."""
     rng = np.random.default_rng(seed)
-    return {key: _init(key, shape, rng) for key, shape in expected_shapes(cfg).items()}
+    flat = {key: _init(key, shape, rng, decisive) for key, shape in expected_shapes(cfg).items()}
+    if real_vocab is not None:
+        flat["language_model.embed_tokens.weight"][real_vocab:] = 0
+    return flat
 
 
 def _split(keys: list[str], num_shards: int) -> list[list[str]]:
@@ -119,7 +130,8 @@ def _split(keys: list[str], num_shards: int) -> list[list[str]]:
 def write_checkpoint(folder: str | os.PathLike, config_dict: dict, *, layout: str = "hub",
                      dtype: str = "float32", num_shards: int = 1, seed: int = 0,
                      write_lm_head: bool = False, write_vision_head: bool = False,
-                     tokenizer: bool = True) -> Path:
+                     tokenizer: bool = True, decisive: bool = False,
+                     preprocessor: bool = False) -> Path:
     """Write config.json, random weights and (tokenizer=True) a tokenizer into `folder`.
 
     layout: one of npgemma.checkpoint.LAYOUTS ("hub", "v4.52", "v5", "v5-save").
@@ -127,6 +139,8 @@ def write_checkpoint(folder: str | os.PathLike, config_dict: dict, *, layout: st
     an untied config always gets its own lm_head. write_vision_head: add SigLIP's unused
     pooling head and mark vision_use_head true in config.json, as transformers' save_pretrained
     does for a vision_config dict that leaves vision_use_head at its SigLIP default.
+    decisive: larger linear weights and zero padding rows (see `_init`), for comparisons.
+    preprocessor: also write the Hub's preprocessor_config.json (transformers' processor needs it).
     """
     if layout not in LAYOUTS or dtype not in DTYPES:
         raise ValueError(f"layout {layout!r} / dtype {dtype!r}: use one of "
@@ -138,7 +152,8 @@ def write_checkpoint(folder: str | os.PathLike, config_dict: dict, *, layout: st
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True) + "\n")
     cfg = config_from_dict(config_dict)
-    flat = random_weights(cfg, seed)
+    real = cfg.image_token_index + 1 if decisive else None  # the tokenizer's last id is <image>
+    flat = random_weights(cfg, seed, decisive, real)
     if write_lm_head and cfg.text_config.tie_word_embeddings:
         flat["lm_head.weight"] = flat["language_model.embed_tokens.weight"].copy()
     if write_vision_head:
@@ -146,10 +161,24 @@ def write_checkpoint(folder: str | os.PathLike, config_dict: dict, *, layout: st
         flat |= {k: _init(k, s, rng) for k, s in vision_head_shapes(cfg).items()}
     tensors = {disk_name(k, layout): v.astype(DTYPES[dtype]) for k, v in flat.items()}
     _write_safetensors(folder, tensors, num_shards)
+    if preprocessor:
+        v = cfg.vision_config
+        (folder / "preprocessor_config.json").write_text(
+            json.dumps(preprocessor_config(v.image_size, v.patch_size), indent=2) + "\n")
     if tokenizer:
         from .tokenizer import FULL_IMAGE_TOKEN_ID, write_tokenizer
         write_tokenizer(folder, full=cfg.image_token_index == FULL_IMAGE_TOKEN_ID)
     return folder
+
+
+def preprocessor_config(image_size: int, patch_size: int) -> dict:
+    """preprocessor_config.json as the Hub's PaliGemma repos write it (SigLIP, 0.5/0.5, bicubic)."""
+    return {"do_convert_rgb": None, "do_normalize": True, "do_rescale": True, "do_resize": True,
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            "image_processor_type": "SiglipImageProcessor",
+            "image_seq_length": (image_size // patch_size) ** 2,
+            "processor_class": "PaliGemmaProcessor", "resample": 3, "rescale_factor": 1 / 255,
+            "size": {"height": image_size, "width": image_size}}
 
 
 def _write_safetensors(folder: Path, tensors: dict[str, np.ndarray], num_shards: int) -> None:

@@ -1,0 +1,135 @@
+"""Run an adapter in another Python (a peer's own virtual environment) and bring its arrays back.
+
+    PYTHON remote.py SPEC MODEL_DIR IMAGE.png PROMPT OUT MAX_NEW_TOKENS
+
+This file is run *as a script* by that interpreter, which need not have npgemma installed: it
+imports nothing of npgemma, only NumPy, Pillow and the adapter (SPEC: `path/to/file.py:FUNC` or
+`pkg.module:FUNC`, the `--against` contract). The adapter's dict comes back as `OUT.npz` (the
+arrays) and `OUT.json` (token ids, top logprobs, the hidden-state count), or `OUT.json` with
+{"error": ...} and exit status 2 when the adapter cannot be imported or raises: the caller
+turns that into one line (a row of the conformance table), never a traceback.
+`remote_adapter` is the caller's side.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import traceback
+
+EXIT_ADAPTER_FAILED = 2
+
+
+def _load(spec: str):
+    where, name = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        loader = importlib.util.spec_from_file_location(
+            os.path.splitext(os.path.basename(where))[0], where)
+        module = importlib.util.module_from_spec(loader)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(where)))
+        loader.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    return getattr(module, name)
+
+
+def _to_numpy(x):
+    import numpy as np
+
+    if hasattr(x, "detach"):  # torch
+        return x.detach().float().cpu().numpy()
+    a = np.asarray(x)  # jax, mlx (via __array__), lists
+    return a.astype(np.float32) if a.dtype.kind == "V" or a.dtype.name == "bfloat16" else a
+
+
+def _main(argv: list[str]) -> int:
+    spec, model_dir, image_path, prompt, out, max_new_tokens = argv
+    meta: dict = {}
+    try:
+        import numpy as np
+        from PIL import Image
+
+        func = _load(spec)
+        with Image.open(image_path) as im:
+            image = im.copy()  # its own mode (RGB, L, RGBA, P): converting is the adapter's job
+        got = func(model_dir, image, prompt, max_new_tokens=int(max_new_tokens))
+        if not isinstance(got, dict):
+            raise TypeError(f"FUNC returned {type(got).__name__}, expected a dict")
+        arrays = {}
+        for key in ("logits", "input_ids", "pixel_values", "step_logits"):
+            if got.get(key) is not None:
+                arrays[key] = _to_numpy(got[key])
+        if got.get("hidden_states") is not None:
+            meta["hidden_states"] = len(got["hidden_states"])
+            arrays |= {f"hidden_{i}": _to_numpy(h) for i, h in enumerate(got["hidden_states"])}
+        if got.get("token_ids") is not None:
+            meta["token_ids"] = [int(t) for t in np.asarray(_to_numpy(got["token_ids"])).reshape(-1)]
+        if got.get("top_logprobs") is not None:
+            meta["top_logprobs"] = [{str(int(k)): float(v) for k, v in s.items()}
+                                    for s in got["top_logprobs"]]
+        meta["unknown"] = sorted(set(got) - {"logits", "input_ids", "pixel_values", "step_logits",
+                                             "hidden_states", "token_ids", "top_logprobs"})
+        np.savez(out + ".npz", **arrays)
+    except BaseException as e:  # noqa: BLE001  (everything the adapter can raise becomes a line)
+        last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+        where = f" at {os.path.basename(last.filename)}:{last.lineno}" if last else ""
+        meta = {"error": f"{type(e).__name__}: {e}{where}"}
+        with open(out + ".json", "w") as f:
+            json.dump(meta, f)
+        return EXIT_ADAPTER_FAILED
+    with open(out + ".json", "w") as f:
+        json.dump(meta, f)
+    return 0
+
+
+def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_tokens: int = 8,
+                   dtype: str = "float32", timeout: float | None = None):
+    """The caller's side: `spec` run by `python`, as an adapter of the `--against` contract.
+    The compute dtype asked for reaches the adapter as NPGEMMA_PEER_DTYPE."""
+    import subprocess
+    import tempfile
+
+    import numpy as np
+
+    from ..errors import InputError
+
+    with tempfile.TemporaryDirectory(prefix="npgemma-remote-") as tmp:
+        image_path, out = os.path.join(tmp, "image.png"), os.path.join(tmp, "out")
+        image.save(image_path)
+        try:
+            done = subprocess.run([python, os.path.abspath(__file__), spec, os.fspath(model_dir),
+                                   image_path, prompt, out, str(max_new_tokens)],
+                                  capture_output=True, text=True, timeout=timeout,
+                                  env=os.environ | {"NPGEMMA_PEER_DTYPE": dtype})
+        except FileNotFoundError:
+            raise InputError(f"--python {python}: no such interpreter") from None
+        except subprocess.TimeoutExpired:
+            raise InputError(f"--against {spec} (in {python}): no answer in {timeout:.0f} s") from None
+        if not os.path.isfile(out + ".json"):
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise InputError(f"--against {spec} (in {python}): the runner failed "
+                             f"(exit {done.returncode}): {tail[0]}")
+        with open(out + ".json") as f:
+            meta = json.load(f)
+        if "error" in meta:
+            raise InputError(f"--against {spec} (in {python}): {meta['error']}")
+        if meta["unknown"]:
+            raise InputError(f"--against {spec}: unknown keys {meta['unknown']} in FUNC's dict")
+        with np.load(out + ".npz") as z:
+            got = {k: z[k] for k in z.files}
+    hidden = meta.get("hidden_states")
+    out = {k: got[k] for k in ("logits", "input_ids", "pixel_values", "step_logits") if k in got}
+    if hidden is not None:
+        out["hidden_states"] = [got[f"hidden_{i}"] for i in range(hidden)]
+    if "token_ids" in meta:
+        out["token_ids"] = meta["token_ids"]
+    if "top_logprobs" in meta:
+        out["top_logprobs"] = [{int(k): v for k, v in s.items()} for s in meta["top_logprobs"]]
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

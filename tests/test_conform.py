@@ -1,0 +1,124 @@
+"""`npgemma conform`: the case set, the table, and a stand-in peer with deliberate faults (in
+tests/peers/standin.py) whose every fault the diagnosis names, in this process and through the
+subprocess protocol another interpreter uses."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from npgemma import cli
+from npgemma.compare import conform
+
+STANDIN = str(Path(__file__).parent / "peers" / "standin.py") + ":run"
+PG1, PG2 = "pg1-hub-f32", "pg2-window-caption"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("conform")
+
+
+def _conform(capsys, workdir, *extra, cases=f"{PG1},{PG2}"):
+    rc = cli.main(["conform", "--against", STANDIN, "--workdir", str(workdir), "--cases", cases,
+                   "--json", "--quiet", "--max-new-tokens", "4", *extra])
+    out, err = capsys.readouterr()
+    return rc, json.loads(out), err
+
+
+def test_the_case_set_covers_what_the_diagnosis_needs():
+    names = {c.name for c in conform.CASES}
+    assert len(names) == len(conform.CASES)
+    layouts = {c.layout for c in conform.CASES}
+    assert layouts == {"hub", "v4.52", "v5", "v5-save"}
+    assert {c.dtype for c in conform.CASES} == {"float32", "bfloat16"}
+    assert any(c.shards > 1 for c in conform.CASES) and any(c.image == "gray" for c in conform.CASES)
+    prompts = " ".join(c.prompt for c in conform.CASES)
+    assert "detect" in prompts and "segment" in prompts and "answer en" in prompts
+    g2 = [c.config for c in conform.CASES if c.config.get("text") == "gemma2"]
+    assert g2 and all(c["query_pre_attn_scalar"] != c.get("head_dim", 16) for c in g2)
+    sizes = {c.config["image_size"] for c in conform.CASES}
+    assert {conform.BASE, conform.LARGE} <= sizes  # image tokens = head_dim, and != head_dim
+
+
+def test_a_faultless_stand_in_passes(capsys, workdir, monkeypatch):
+    monkeypatch.delenv("NPGEMMA_STANDIN_FAULT", raising=False)
+    rc, got, err = _conform(capsys, workdir)
+    assert rc == 0 and got["ok"] and err == "" and got["summary"] == "all 2 cases pass"
+
+
+@pytest.mark.parametrize("fault, case, names", [
+    ("bilinear-no-antialias", PG1, None),
+    ("imagenet-normalize", PG2, None),
+    ("two-way-window,head-dim-query-scale", PG2, ["head-dim-query-scale", "two-way-window"]),
+    ("gemma2-as-gemma1", PG2, ["gemma2-as-gemma1"]),
+    ("no-sliding-window", PG2, ["no-sliding-window"]),
+    ("vocab-cut", PG1, ["vocab-cut-at-image-token"]),
+])
+def test_each_fault_of_the_stand_in_is_diagnosed_by_name(fault, case, names, capsys, workdir,
+                                                         monkeypatch):
+    monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", fault)
+    rc, got, err = _conform(capsys, workdir, cases=case)
+    (result,) = got["cases"]
+    assert rc == 1 and not result["ok"] and result["explained"], result["verdict"]
+    if names is None:  # a processor trap: the model matches
+        assert result["verdict"].startswith("the model matches; the processor differs")
+        assert fault in result["verdict"] and result["cells"]["pixels"] == "FAIL"
+    else:
+        assert sorted(result["deviations"]) == names
+    assert "every failure is explained" in err
+
+
+@pytest.mark.parametrize("fault, case", [("head-dim-from-image-tokens", "pg1-448-caption"),
+                                         ("no-convert-rgb", "pg1-gray-image")])
+def test_a_case_the_peer_cannot_load_is_a_row_with_its_cause(fault, case, capsys, workdir,
+                                                            monkeypatch):
+    monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", fault)
+    rc, got, _ = _conform(capsys, workdir, cases=f"{PG1},{case}")
+    ok, failed = got["cases"]
+    assert rc == 1 and ok["ok"] and failed["cells"]["load"] == "FAIL"
+    assert failed["explained"] and failed["error"]
+    hint = next(c.hint for c in conform.CASES if c.name == case)
+    assert failed["verdict"].startswith(hint)
+
+
+def test_the_subprocess_protocol_brings_the_arrays_back(capsys, workdir, monkeypatch):
+    """--python runs the adapter in that interpreter: here this one, in a child process."""
+    monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", "two-way-window,head-dim-query-scale")
+    rc, got, _ = _conform(capsys, workdir, "--python", sys.executable, cases=PG2)
+    (result,) = got["cases"]
+    assert rc == 1 and sorted(result["deviations"]) == ["head-dim-query-scale", "two-way-window"]
+
+
+def test_a_peer_missing_from_the_interpreter_is_a_clear_row(capsys, workdir):
+    rc = cli.main(["conform", "--against", "no_such_peer_module:run", "--python", sys.executable,
+                   "--workdir", str(workdir), "--cases", PG1, "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "ModuleNotFoundError: No module named 'no_such_peer_module'" in out
+    rc = cli.main(["conform", "--against", STANDIN, "--python", "/no/such/python",
+                   "--workdir", str(workdir), "--cases", PG1, "--quiet"])
+    out, _ = capsys.readouterr()
+    assert rc == 1 and "--python /no/such/python: no such interpreter" in out
+
+
+def test_markdown_and_the_table(capsys, workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", "no-sliding-window")
+    md = tmp_path / "table.md"
+    rc = cli.main(["conform", "--against", STANDIN, "--workdir", str(workdir), "--cases",
+                   f"{PG1},{PG2}", "--markdown", str(md), "--quiet", "--max-new-tokens", "4"])
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert rc == 1 and lines[0].split()[:7] == ["case", "load", "ids", "pixels", "hidden",
+                                                "logits", "tokens"]
+    assert lines[1].startswith(PG1) and lines[2].startswith(PG2) and "no-sliding-window" in lines[2]
+    assert lines[-1].startswith("1 of 2 cases fail; every failure is explained")
+    text = md.read_text().splitlines()
+    assert text[2].startswith("| case | load |") and text[4].startswith(f"| {PG1} | ok |")
+
+
+def test_cases_that_match_nothing_are_an_error(capsys):
+    rc = cli.main(["conform", "--against", "torch", "--cases", "nothing*"])
+    assert rc == 2 and "matches none of" in capsys.readouterr().err
