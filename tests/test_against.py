@@ -486,7 +486,7 @@ def run(model_dir, image, prompt, max_new_tokens=8, traps=()):
 
 
 @pytest.mark.parametrize("trap", ["bilinear-resize", "bilinear-no-antialias", "imagenet-normalize",
-                                  "bgr-order", "nearest-resize"])
+                                  "bgr-order", "nearest-resize", "center-crop"])
 def test_a_pixel_trap_alone_is_named_and_the_verdict_agrees_with_the_exit_status(
         trap, pg1, image_path, tmp_path):
     """keras-hub's PaliGemma 1 differed in its pixels alone: the run said "no deviation needed"
@@ -501,11 +501,13 @@ def test_a_pixel_trap_alone_is_named_and_the_verdict_agrees_with_the_exit_status
     assert d["explained"] and d["pixels"]["name"] == trap and d["failed"] == ["pixel_values"]
 
 
-def test_two_pixel_traps_at_once_are_named_as_a_pair(pg1, image_path, tmp_path):
-    spec = write_adapter(tmp_path, _plain_with("").replace(
-        "traps=()", "traps=('bilinear-no-antialias', 'imagenet-normalize')"), "pix2")
+@pytest.mark.parametrize("traps", [("bilinear-no-antialias", "imagenet-normalize"),
+                                   ("center-crop", "bilinear-no-antialias"),  # keras-hub's
+                                   ("center-crop", "nearest-resize", "bgr-order")])
+def test_several_pixel_traps_at_once_are_named_together(traps, pg1, image_path, tmp_path):
+    spec = write_adapter(tmp_path, _plain_with("").replace("traps=()", f"traps={traps!r}"), "pix2")
     got, _ = report.run(args_for(pg1, image_path, spec))
-    assert got["diagnosis"]["pixels"]["name"] == "bilinear-no-antialias + imagenet-normalize"
+    assert got["diagnosis"]["pixels"]["name"] == " + ".join(traps)
 
 
 def test_fewer_logits_than_the_vocabulary_fail(pg1, image_path, tmp_path):

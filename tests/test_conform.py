@@ -14,7 +14,7 @@ from npgemma import cli
 from npgemma.compare import conform
 
 STANDIN = str(Path(__file__).parent / "peers" / "standin.py") + ":run"
-PG1, PG2 = "pg1-hub-f32", "pg2-window-caption"
+PG1, PG2 = "pg1-hub-f32", "pg2-hub-caption"
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,9 @@ def test_the_case_set_covers_what_the_diagnosis_needs():
     assert len(names) == len(conform.CASES)
     layouts = {c.layout for c in conform.CASES}
     assert layouts == {"hub", "v4.52", "v5", "v5-save"}
+    by_name = {c.name: c for c in conform.CASES}
+    for c in conform.CASES:  # a sibling differs in the one property its case is there for
+        assert c.sibling is None or (by_name[c.sibling].sibling is None and c.hint)
     assert {c.dtype for c in conform.CASES} == {"float32", "bfloat16"}
     assert any(c.shards > 1 for c in conform.CASES) and any(c.image == "gray" for c in conform.CASES)
     prompts = " ".join(c.prompt for c in conform.CASES)
@@ -72,7 +75,7 @@ def test_each_fault_of_the_stand_in_is_diagnosed_by_name(fault, case, names, cap
     assert "every failure is explained" in err
 
 
-@pytest.mark.parametrize("fault, case", [("head-dim-from-image-tokens", "pg1-448-caption"),
+@pytest.mark.parametrize("fault, case", [("head-dim-from-image-tokens", "pg1-448"),
                                          ("no-convert-rgb", "pg1-gray-image")])
 def test_a_case_the_peer_cannot_load_is_a_row_with_its_cause(fault, case, capsys, workdir,
                                                             monkeypatch):

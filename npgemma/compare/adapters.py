@@ -153,8 +153,8 @@ def _accepts(func: Callable, keyword: str) -> bool:
 
 
 PEERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers")
-PEERS = {"keras-hub": os.path.join(PEERS_DIR, "keras_hub.py") + ":run",
-         "mlx-vlm": os.path.join(PEERS_DIR, "mlx_vlm.py") + ":run"}
+PEERS = {"keras-hub": os.path.join(PEERS_DIR, "keras_hub_adapter.py") + ":run",
+         "mlx-vlm": os.path.join(PEERS_DIR, "mlx_vlm_adapter.py") + ":run"}
 
 
 def resolve(spec: str, *, dtype: str = "float32", device: str = "cpu", attn: str = "eager",
@@ -173,7 +173,7 @@ def resolve(spec: str, *, dtype: str = "float32", device: str = "cpu", attn: str
         if where.endswith(".py") and not os.path.isfile(where):
             raise InputError(f"--against {spec}: no such file {where}")
         return functools.partial(remote_adapter, python=python or sys.executable, spec=target,
-                                 max_new_tokens=max_new_tokens, dtype=dtype)
+                                 max_new_tokens=max_new_tokens, dtype=dtype, label=spec)
     if spec == "torch":
         return functools.partial(torch_adapter, device=device, dtype=dtype,
                                  max_new_tokens=max_new_tokens)

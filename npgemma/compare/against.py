@@ -164,7 +164,7 @@ def _vocabulary_rows(theirs, vocab: int, image_token_index: int) -> list[Row]:
     rows = []
     for name, a in (("logits", theirs.logits), ("step_logits", theirs.step_logits)):
         if a is not None and a.shape[1] < vocab:
-            cut = (" (cut at image_token_index: the <image>, <loc> and <seg> ids are missing)"
+            cut = (" (cut at image_token_index: the <image> id is missing, and what follows it)"
                    if a.shape[1] == image_token_index else "")
             rows.append(Row(f"{name} width", False, note=f"{a.shape[1]} ids, fewer than the "
                             f"tokenizer's {vocab}{cut}"))

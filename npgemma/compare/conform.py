@@ -33,6 +33,9 @@ from . import against
 # the range of the scores and logits, a query scale of 24^-0.5 where head_dim is 16.
 PG2 = dict(text="gemma2", num_key_value_heads=2, sliding_window=4, attn_logit_softcapping=1.5,
            final_logit_softcapping=4.0, query_pre_attn_scalar=24)
+# PaliGemma 1 as paligemma-3b is: head_dim = hidden_size / heads (64 / 4); PaliGemma 2 as
+# Gemma-2 is: head_dim 16 != 32 / 4.
+PG1 = dict(hidden_size=64)
 BASE = 56   # 16 image tokens = head_dim, as 256 = head_dim at 224 px
 LARGE = 112  # 64 image tokens != head_dim, as 1024 at 448 px
 _HEAD_DIM = ("the implementation runs 16 image tokens (= head_dim) but not 64: it takes head_dim "
@@ -56,33 +59,59 @@ class Case:
     hint: str = ""
 
 
+def _layout_hint(layout: str) -> str:
+    return (f"the implementation cannot read the {LAYOUT_NAMES[layout]} key layout (it reads the "
+            "Hub's, where the same checkpoint loads)")
+
+
+LAYOUT_NAMES = {"v4.52": "transformers 4.52", "v5": "transformers 5.x (in memory)",
+                "v5-save": "transformers 5.x save_pretrained"}
+
+# Each case differs from its sibling (the Hub-layout float32 case of the same model) in the one
+# property it is there for, so that a case the implementation cannot load names its cause.
 CASES = (
-    Case("pg1-hub-f32", dict(image_size=BASE), "caption en", layout="hub",
-         what="PaliGemma 1 in the Hub's key layout (transformers <= 4.51)"),
-    Case("pg1-v4.52-detect", dict(image_size=BASE), "detect cat ; dog", layout="v4.52",
-         what="transformers 4.52's layout; a detect prompt"),
-    Case("pg1-v5-bf16-vqa", dict(image_size=BASE), "answer en what is in the image ?",
-         layout="v5", dtype="bfloat16", what="a bfloat16 file in transformers 5's layout"),
-    Case("pg1-sharded-segment", dict(image_size=BASE), "segment cat", shards=3,
-         what="save_pretrained's layout in three shards; a segment prompt"),
-    Case("pg1-448-caption", dict(image_size=LARGE), "caption en",
+    Case("pg1-hub-f32", dict(image_size=BASE, **PG1), "caption en", layout="hub",
+         what="PaliGemma 1 in the Hub's key layout (transformers <= 4.51), float32"),
+    Case("pg1-v4.52-detect", dict(image_size=BASE, **PG1), "detect cat ; dog", layout="v4.52",
+         what="transformers 4.52's key layout; a detect prompt", sibling="pg1-hub-f32",
+         hint=_layout_hint("v4.52")),
+    Case("pg1-v5-vqa", dict(image_size=BASE, **PG1), "answer en what is in the image ?",
+         layout="v5", what="transformers 5.x's key layout; a VQA prompt", sibling="pg1-hub-f32",
+         hint=_layout_hint("v5")),
+    Case("pg1-v5save-segment", dict(image_size=BASE, **PG1), "segment cat", layout="v5-save",
+         what="the layout transformers 5.x's save_pretrained writes; a segment prompt",
+         sibling="pg1-hub-f32", hint=_layout_hint("v5-save")),
+    Case("pg1-bf16", dict(image_size=BASE, **PG1), "caption en", layout="hub", dtype="bfloat16",
+         what="a bfloat16 file", sibling="pg1-hub-f32",
+         hint="the implementation cannot read a bfloat16 safetensors file"),
+    Case("pg1-sharded", dict(image_size=BASE, **PG1), "caption en", layout="hub", shards=3,
+         what="three shards and model.safetensors.index.json", sibling="pg1-hub-f32",
+         hint="the implementation cannot read a sharded checkpoint"),
+    Case("pg1-448", dict(image_size=LARGE, **PG1), "caption en", layout="hub",
          what="more image tokens than head_dim (448 px and up)", sibling="pg1-hub-f32",
          hint=_HEAD_DIM),
-    Case("pg1-gray-image", dict(image_size=BASE), "caption en", image="gray",
+    Case("pg1-gray-image", dict(image_size=BASE, **PG1), "caption en", layout="hub", image="gray",
          what="a grey-scale image: the processor converts it to RGB", sibling="pg1-hub-f32",
          hint="the implementation does not convert a grey-scale image to RGB (the Hub's "
               "preprocessor_config.json says do_convert_rgb null; npgemma converts every image, "
               "as transformers' load_image does)"),
-    Case("pg2-window-caption", dict(image_size=BASE, **PG2), "caption en",
+    Case("pg1-head-dim", dict(image_size=BASE), "caption en", layout="hub", sibling="pg1-hub-f32",
+         what="config.json's head_dim (16) != hidden_size / heads (32 / 4), as in Gemma 7B",
+         hint="the implementation ignores config.json's head_dim for Gemma 1 (takes "
+              "hidden_size / num_attention_heads)"),
+    Case("pg2-hub-caption", dict(image_size=BASE, **PG2), "caption en", layout="hub",
          what="PaliGemma 2: four norms, soft caps, a window shorter than the prompt, "
               "query_pre_attn_scalar != head_dim"),
-    Case("pg2-window-detect", dict(image_size=BASE, **PG2), "detect cat", layout="hub",
-         what="PaliGemma 2 in the Hub's layout; a detect prompt"),
-    Case("pg2-bf16-segment", dict(image_size=BASE, **PG2), "segment dog", dtype="bfloat16",
-         what="PaliGemma 2, a bfloat16 file"),
+    Case("pg2-v5save-detect", dict(image_size=BASE, **PG2), "detect cat", layout="v5-save",
+         what="PaliGemma 2 as transformers 5.x saves it; a detect prompt",
+         sibling="pg2-hub-caption", hint=_layout_hint("v5-save")),
+    Case("pg2-bf16-segment", dict(image_size=BASE, **PG2), "segment dog", layout="hub",
+         dtype="bfloat16", what="PaliGemma 2, a bfloat16 file; a segment prompt",
+         sibling="pg2-hub-caption",
+         hint="the implementation cannot read a bfloat16 safetensors file"),
     Case("pg2-448-vqa", dict(image_size=LARGE, **PG2), "answer en what color is it ?",
-         what="PaliGemma 2 with more image tokens than head_dim", sibling="pg2-window-caption",
-         hint=_HEAD_DIM),
+         layout="hub", what="PaliGemma 2 with more image tokens than head_dim",
+         sibling="pg2-hub-caption", hint=_HEAD_DIM),
 )
 
 COLUMNS = ("load", "ids", "pixels", "hidden", "logits", "tokens")
@@ -112,7 +141,8 @@ def write_case(case: Case, root: Path) -> tuple[Path, Path]:
         folder = Path(case.folder)
     elif not (folder / "config.json").is_file():
         write_checkpoint(folder, tiny_config(**case.config), layout=case.layout, dtype=case.dtype,
-                         num_shards=case.shards, decisive=True, preprocessor=True)
+                         num_shards=case.shards, decisive=True, preprocessor=True,
+                         sentencepiece=True)
     if not image.is_file():
         _image(case.image).save(image)
     return folder, image
@@ -159,8 +189,10 @@ def run_case(case: Case, root: Path, args) -> Result:
     try:
         report, rc = against.run(ns)
     except InputError as e:
+        lines = str(e).splitlines()  # a loader's list of every bad key: the first line says it
+        error = lines[0] + (f" (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
         return Result(case.name, False, {c: ("FAIL" if c == "load" else "-") for c in COLUMNS},
-                      error=str(e), verdict=f"cannot run the case: {e}", explained=False,
+                      error=error, verdict=f"cannot run the case: {error}", explained=False,
                       seconds=time.perf_counter() - t0)
     cells = {c: "-" for c in COLUMNS} | {"load": "ok"}
     for row in report["stages"]:

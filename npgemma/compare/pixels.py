@@ -30,7 +30,7 @@ class PixelTrap:
     explain: str
     # (rgb uint8[H, W, 3], processor, the previous step) -> float32[S, S, 3] before normalising,
     # or, for the normalising traps, the normalisation itself
-    stage: str                      # "resize", "normalize" or "order": which step it replaces
+    stage: str                      # "crop", "resize", "normalize" or "order": the step it changes
     apply: Callable
 
 
@@ -59,7 +59,19 @@ def _resize_no_antialias(rgb: np.ndarray, size: int) -> np.ndarray:
     return (top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]).astype(np.float32)
 
 
+def _center_crop(rgb: np.ndarray) -> np.ndarray:
+    """The centred crop to the target's (square) aspect ratio, in keras' integer arithmetic
+    (`keras.ops.image.resize(crop_to_aspect_ratio=True)`)."""
+    h, w = rgb.shape[:2]
+    ch, cw = max(min(h, w), 1), max(min(w, h), 1)
+    top, left = int((h - ch) / 2), int((w - cw) / 2)
+    return rgb[top:top + ch, left:left + cw]
+
+
 PIXEL_TRAPS: dict[str, PixelTrap] = {t.name: t for t in (
+    PixelTrap("center-crop", "the other implementation crops the image to a centred square "
+              "before resizing (keras' crop_to_aspect_ratio); PaliGemma's processor resizes the "
+              "whole image, changing its aspect ratio", "crop", lambda rgb, p: _center_crop(rgb)),
     PixelTrap("bilinear-resize", "the other implementation resizes bilinearly; the checkpoint's "
               "preprocessor_config.json says `resample` (3 = bicubic for PaliGemma)", "resize",
               lambda rgb, p: _resize_pil(rgb, p.image_size, Image.Resampling.BILINEAR)),
@@ -94,6 +106,8 @@ def pixels_with(traps: tuple[str, ...], image, processor: Processor) -> np.ndarr
     """float32[3, S, S]: npgemma's preprocessing with `traps` in place of its own steps."""
     by_stage = {PIXEL_TRAPS[t].stage: PIXEL_TRAPS[t] for t in traps}
     rgb = load_image(image)
+    if "crop" in by_stage:
+        rgb = np.ascontiguousarray(by_stage["crop"].apply(rgb, processor))
     if "resize" in by_stage:
         x = by_stage["resize"].apply(rgb, processor)
     else:
@@ -128,6 +142,10 @@ def diagnose_pixels(image, processor: Processor, theirs: np.ndarray, dtype: str)
     pairs = [fit((a, b)) for a, b in itertools.combinations(PIXEL_TRAPS, 2)
              if PIXEL_TRAPS[a].stage != PIXEL_TRAPS[b].stage]
     fits = sorted(singles + pairs, key=lambda f: (not f.ok, f.name.count("+"), f.distance))
+    if not fits[0].ok:  # three steps wrong at once (a crop, a filter and a normalisation)
+        triples = [fit(t) for t in itertools.combinations(PIXEL_TRAPS, 3)
+                   if len({PIXEL_TRAPS[n].stage for n in t}) == 3]
+        fits = sorted(fits + triples, key=lambda f: (not f.ok, f.name.count("+"), f.distance))
     best = fits[0]
     if plain.ok:
         verdict = f"the pixels match npgemma's to {plain.distance:.2g}"

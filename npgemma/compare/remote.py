@@ -26,10 +26,9 @@ EXIT_ADAPTER_FAILED = 2
 def _load(spec: str):
     where, name = spec.rsplit(":", 1)
     if where.endswith(".py"):
-        loader = importlib.util.spec_from_file_location(
-            os.path.splitext(os.path.basename(where))[0], where)
+        # A name of its own: the file may be named after the package it adapts (mlx_vlm).
+        loader = importlib.util.spec_from_file_location("_npgemma_remote_adapter", where)
         module = importlib.util.module_from_spec(loader)
-        sys.path.insert(0, os.path.dirname(os.path.abspath(where)))
         loader.loader.exec_module(module)
     else:
         module = importlib.import_module(where)
@@ -86,7 +85,7 @@ def _main(argv: list[str]) -> int:
 
 
 def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_tokens: int = 8,
-                   dtype: str = "float32", timeout: float | None = None):
+                   dtype: str = "float32", timeout: float | None = None, label: str | None = None):
     """The caller's side: `spec` run by `python`, as an adapter of the `--against` contract.
     The compute dtype asked for reaches the adapter as NPGEMMA_PEER_DTYPE."""
     import subprocess
@@ -96,6 +95,7 @@ def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_
 
     from ..errors import InputError
 
+    who = f"--against {label or spec} (in {python})"
     with tempfile.TemporaryDirectory(prefix="npgemma-remote-") as tmp:
         image_path, out = os.path.join(tmp, "image.png"), os.path.join(tmp, "out")
         image.save(image_path)
@@ -107,17 +107,17 @@ def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_
         except FileNotFoundError:
             raise InputError(f"--python {python}: no such interpreter") from None
         except subprocess.TimeoutExpired:
-            raise InputError(f"--against {spec} (in {python}): no answer in {timeout:.0f} s") from None
+            raise InputError(f"{who}: no answer in {timeout:.0f} s") from None
         if not os.path.isfile(out + ".json"):
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise InputError(f"--against {spec} (in {python}): the runner failed "
+            raise InputError(f"{who}: the runner failed "
                              f"(exit {done.returncode}): {tail[0]}")
         with open(out + ".json") as f:
             meta = json.load(f)
         if "error" in meta:
-            raise InputError(f"--against {spec} (in {python}): {meta['error']}")
+            raise InputError(f"{who}: {meta['error']}")
         if meta["unknown"]:
-            raise InputError(f"--against {spec}: unknown keys {meta['unknown']} in FUNC's dict")
+            raise InputError(f"{who}: unknown keys {meta['unknown']} in FUNC's dict")
         with np.load(out + ".npz") as z:
             got = {k: z[k] for k in z.files}
     hidden = meta.get("hidden_states")

@@ -131,7 +131,7 @@ def write_checkpoint(folder: str | os.PathLike, config_dict: dict, *, layout: st
                      dtype: str = "float32", num_shards: int = 1, seed: int = 0,
                      write_lm_head: bool = False, write_vision_head: bool = False,
                      tokenizer: bool = True, decisive: bool = False,
-                     preprocessor: bool = False) -> Path:
+                     preprocessor: bool = False, sentencepiece: bool = False) -> Path:
     """Write config.json, random weights and (tokenizer=True) a tokenizer into `folder`.
 
     layout: one of npgemma.checkpoint.LAYOUTS ("hub", "v4.52", "v5", "v5-save").
@@ -141,6 +141,7 @@ def write_checkpoint(folder: str | os.PathLike, config_dict: dict, *, layout: st
     does for a vision_config dict that leaves vision_use_head at its SigLIP default.
     decisive: larger linear weights and zero padding rows (see `_init`), for comparisons.
     preprocessor: also write the Hub's preprocessor_config.json (transformers' processor needs it).
+    sentencepiece: also write the tokenizer as `tokenizer.model`, as the Hub's folders have it.
     """
     if layout not in LAYOUTS or dtype not in DTYPES:
         raise ValueError(f"layout {layout!r} / dtype {dtype!r}: use one of "
@@ -168,6 +169,9 @@ def write_checkpoint(folder: str | os.PathLike, config_dict: dict, *, layout: st
     if tokenizer:
         from .tokenizer import FULL_IMAGE_TOKEN_ID, write_tokenizer
         write_tokenizer(folder, full=cfg.image_token_index == FULL_IMAGE_TOKEN_ID)
+        if sentencepiece:
+            from .tokenizer import write_sentencepiece
+            write_sentencepiece(folder, full=cfg.image_token_index == FULL_IMAGE_TOKEN_ID)
     return folder
 
 

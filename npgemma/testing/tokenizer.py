@@ -176,3 +176,65 @@ def write_tokenizer(folder: str | os.PathLike, *, full: bool = False,
                       ("special_tokens_map.json", _SPECIAL_TOKENS_MAP)):
         (folder / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+# ---- the same tokenizer as a SentencePiece model (`tokenizer.model`) ---------------------------
+# The Hub's PaliGemma folders ship Gemma's SentencePiece model beside tokenizer.json, and some
+# implementations read only that (keras-hub). Written here by hand in protobuf's wire format
+# (sentencepiece_model.proto's field numbers), so nothing but this file is needed: a BPE model
+# whose pieces are this tokenizer's, in id order, each merged piece scored by its merge rank
+# (SentencePiece's BPE merges the best-scored pair first, as `tokenizers` applies its merges in
+# rank order), byte fallback on, no dummy prefix, spaces escaped as "▁" — Gemma's settings.
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE = 1, 2, 3, 4, 6
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # negative int32s as protobuf writes them: ten bytes
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, value) -> bytes:
+    import struct
+
+    if isinstance(value, bool) or isinstance(value, int):
+        return _varint(number << 3) + _varint(int(value))
+    if isinstance(value, float):
+        return _varint(number << 3 | 5) + struct.pack("<f", value)
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return _varint(number << 3 | 2) + _varint(len(data)) + data
+
+
+def sentencepiece_model(*, full: bool = False, words: tuple[str, ...] | None = None) -> bytes:
+    """This tokenizer as a serialized SentencePiece ModelProto (`tokenizer.model`)."""
+    tok = build_tokenizer(full=full, words=words)
+    vocab = tok.get_vocab(with_added_tokens=True)
+    pieces, _ = _learned_pieces(tuple(_WORDS) if words is None else tuple(words))
+    rank = {p: i for i, p in enumerate(pieces)}
+    special = {"<pad>": _CONTROL, "<eos>": _CONTROL, "<bos>": _CONTROL, "<unk>": _UNKNOWN}
+    proto = b""
+    for piece, i in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if piece in special:
+            kind, score = special[piece], 0.0
+        elif piece in BYTE_TOKENS:
+            kind, score = _BYTE, 0.0
+        elif piece.startswith("<") and piece.endswith(">") and len(piece) > 2:
+            kind, score = _USER_DEFINED, 0.0  # <mask>, <loc…>, <seg…>, <image>, fillers
+        else:
+            kind, score = _NORMAL, -float(rank.get(piece, 0))
+        proto += _field(1, _field(1, piece) + _field(2, score) + _field(3, kind))
+    trainer = (_field(3, 2) + _field(4, len(vocab)) + _field(35, True) + _field(40, 3)
+               + _field(41, 2) + _field(42, 1) + _field(43, 0)  # BPE; unk 3, bos 2, eos 1, pad 0
+               + _field(45, "<unk>") + _field(46, "<bos>") + _field(47, "<eos>") + _field(48, "<pad>"))
+    normalizer = (_field(1, "identity") + _field(3, False) + _field(4, False) + _field(5, True))
+    return proto + _field(2, trainer) + _field(3, normalizer)
+
+
+def write_sentencepiece(folder: str | os.PathLike, *, full: bool = False) -> Path:
+    path = Path(folder) / "tokenizer.model"
+    path.write_bytes(sentencepiece_model(full=full))
+    return path
