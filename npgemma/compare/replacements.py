@@ -96,28 +96,27 @@ def causal_prefix(original):
     return causal_prefix_mask
 
 
-def window_on_prefix(original):
-    def window_everywhere(valid, is_prefix, q_start, sliding_window=None):
+def _extra_window(original, allowed):
+    """prefix_lm_mask with one more rule on top, allowed(q - k, window) -> bool[L, S], applied
+    to every pair (prefix ones too) on the sliding layers."""
+    def windowed(valid, is_prefix, q_start, sliding_window=None):
         mask = original(valid, is_prefix, q_start, sliding_window)
         if sliding_window is None:
             return mask
-        # transformers 4.4x: keys at or beyond `window` behind the query are masked, prefix or not
         q = np.arange(q_start, valid.shape[1])[:, None]
         k = np.arange(valid.shape[1])[None, :]
-        return mask & (q - k < sliding_window)[None]
-    return window_everywhere
+        return mask & allowed(q - k, sliding_window)[None]
+    return windowed
+
+
+def window_on_prefix(original):
+    # transformers 4.4x: keys at or beyond `window` behind the query are masked, prefix or not
+    return _extra_window(original, lambda d, w: d < w)
 
 
 def two_way_window(original):
-    def banded(valid, is_prefix, q_start, sliding_window=None):
-        mask = original(valid, is_prefix, q_start, sliding_window)
-        if sliding_window is None:
-            return mask
-        # keras-hub's PaliGemma: the window as a band both ways, also between prefix tokens
-        q = np.arange(q_start, valid.shape[1])[:, None]
-        k = np.arange(valid.shape[1])[None, :]
-        return mask & (np.abs(q - k) < sliding_window)[None]
-    return banded
+    # keras-hub's PaliGemma: the window as a band both ways, also between prefix tokens
+    return _extra_window(original, lambda d, w: np.abs(d) < w)
 
 
 def as_gemma1(cfg):

@@ -67,8 +67,8 @@ class Observed:
     def forward(self, *args, **kwargs):
         return self._call("forward", *args, **kwargs)
 
-    def decode_step(self, *args, **kwargs):
-        return self._call("decode_step", *args, eager=self._eager or kwargs.pop("eager", False), **kwargs)
+    def decode_step(self, *args, eager: bool = False, **kwargs):
+        return self._call("decode_step", *args, eager=self._eager or eager, **kwargs)
 
 
 def get_backend(name: str = "numpy", device: str = "cpu", dtype: str = "float32") -> Backend:
