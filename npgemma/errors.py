@@ -15,3 +15,8 @@ class WeightsError(NpgemmaError, ValueError):
 
 class InputError(NpgemmaError, ValueError):
     """A bad image, prompt, tokenizer file or generation argument."""
+
+
+class Unsupported(InputError):
+    """An implementation checked with `--against` declines a case by design (its adapter raised
+    NotImplementedError with the reason): not a wrong answer, and not a pass either."""

@@ -109,3 +109,27 @@ def test_transformers_traps_are_diagnosed_by_name(folders, image_path, tmp_path,
     assert not diag["npgemma"]["ok"]
     assert diag["candidates"][0]["name"] == trap, diag["candidates"][:2]
     assert diag["verdict"].startswith(f"matches npgemma with `{trap}` to "), diag["verdict"]
+
+
+def test_conform_against_transformers_passes_every_case(tmp_path, capsys):
+    """The whole conformance case set against the installed transformers: eager float32 passes
+    every case (a grey image included: transformers' own load_image converts it, as its
+    examples open images); bfloat16 passes (a greedy near-tie is judged by the bf16 logits
+    tolerance); sdpa is declined for Gemma 2 by transformers itself, and says so."""
+    import json
+
+    from npgemma import cli
+
+    def conform(*extra):
+        rc = cli.main(["conform", "--against", "transformers", "--workdir", str(tmp_path),
+                       "--json", "--quiet", *extra])
+        return rc, json.loads(capsys.readouterr().out)
+
+    rc, got = conform()
+    assert rc == 0 and got["summary"] == "all 13 cases pass", got["summary"]
+    rc, got = conform("--dtype", "bfloat16", "--cases", "pg2-hub-caption,pg2-bf16-segment")
+    assert rc == 0 and got["summary"] == "all 2 cases pass", got["summary"]
+    rc, got = conform("--attn", "sdpa", "--cases", "pg1-gray-image,pg2-hub-caption")
+    ran, declined = got["cases"]
+    assert rc == 0 and ran["ok"] and ran["unsupported"] is None
+    assert declined["cells"]["load"] == "n/a" and "sdpa" in declined["unsupported"]

@@ -304,6 +304,35 @@ def run(model_dir, image, prompt, max_new_tokens=8):
     assert not row["ok"] and row["max_abs"] >= 1.0  # the +1 over the maximum at step 1
 
 
+def test_pick_margin_against_hand_computed_limits():
+    from npgemma.compare.tolerances import pick_margin
+    row = np.array([1.0, 0.99, -3.0, 2.5])
+    assert pick_margin(row, 3) == (0.0, pytest.approx(2e-5 + 2e-5 * 3.0))
+    margin, limit = pick_margin(row, 0, "bfloat16")
+    assert margin == pytest.approx(1.5) and limit == pytest.approx(0.05 + 0.06 * 3.0)
+    assert pick_margin(row, 4)[0] == math.inf and pick_margin(row, -1)[0] == math.inf
+
+
+def test_a_greedy_divergence_at_a_near_tie_is_judged_by_the_dtype():
+    """npgemma's teacher-forced top two 0.01 apart at step 1: the other side's pick of the
+    runner-up passes at bfloat16 (limit 0.05 + 0.06 * 2) and fails at float32; a pick far below
+    the top, later, fails at any dtype."""
+    from npgemma.compare.reference import Forward
+
+    steps = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.99], [0.0, 0.0, 1.5], [1.0, 0.0, 0.0]])
+    ref = Forward(np.zeros((1, 3)), steps, None)
+    theirs = adapters.Returned(None, False, None, None, None, None, None, None)
+    proc = argparse.Namespace(decode=lambda ids, skip_special_tokens=False: str(ids))
+    ours, other = [0, 1, 2], [0, 2, 2]
+    t = report._tokens(ours, other, 99, ref, theirs, proc, "bfloat16")
+    assert not t["agree"] and t["near_tie"]
+    d = t["first_divergence"]
+    assert d["index"] == 1 and d["margin"] == pytest.approx(0.01) and d["limit"] == pytest.approx(0.11)
+    assert "a near-tie" in report._tokens_note(t)
+    assert not report._tokens(ours, other, 99, ref, theirs, proc, "float32")["near_tie"]
+    assert not report._tokens(ours, [0, 2, 0], 99, ref, theirs, proc, "bfloat16")["near_tie"]
+
+
 @pytest.mark.parametrize("returned, message", [
     ([1, 2], "returned list, expected a dict"),
     ({"token_ids": [1]}, "has no 'logits'"),

@@ -88,6 +88,25 @@ def test_a_case_the_peer_cannot_load_is_a_row_with_its_cause(fault, case, capsys
     assert failed["verdict"].startswith(hint)
 
 
+@pytest.mark.parametrize("python", [None, sys.executable])
+def test_a_case_the_peer_declines_is_not_supported_rather_than_failed(python, capsys, workdir,
+                                                                      monkeypatch):
+    """An adapter's NotImplementedError (transformers has no sdpa for Gemma 2) is an n/a row with
+    its reason, in this process and through the subprocess protocol; declining every case fails."""
+    monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", "declines-gemma2")
+    extra = ["--python", python] if python else []
+    rc, got, err = _conform(capsys, workdir, *extra)
+    ran, declined = got["cases"]
+    assert rc == 0 and got["ok"] and err == "" and ran["ok"] and ran["unsupported"] is None
+    assert declined["cells"] == {"load": "n/a", "ids": "-", "pixels": "-", "hidden": "-",
+                                 "logits": "-", "tokens": "-"}
+    assert declined["unsupported"] == "this stand-in has no Gemma 2"
+    assert got["summary"] == ("every case it runs passes (1 of 2); 1 not supported by the "
+                              f"implementation, by its own account ({PG2})")
+    rc, got, err = _conform(capsys, workdir, *extra, cases=PG2)
+    assert rc == 1 and not got["ok"] and got["summary"].startswith("no case run")
+
+
 def test_the_subprocess_protocol_brings_the_arrays_back(capsys, workdir, monkeypatch):
     """--python runs the adapter in that interpreter: here this one, in a child process."""
     monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", "two-way-window,head-dim-query-scale")

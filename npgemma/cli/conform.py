@@ -70,7 +70,7 @@ def _run(args, cases, root: Path) -> int:
             progress.update(1)
     conform.explain_load_failures(cases, results)
     seconds = time.perf_counter() - t0
-    ok = all(r.ok for r in results)
+    ok = conform.passed(results)
     if args.markdown:
         try:
             Path(args.markdown).write_text(f"`npgemma conform --against {args.against}`\n\n"
@@ -84,7 +84,7 @@ def _run(args, cases, root: Path) -> int:
                                       "cases": [asdict(r) for r in results]}), default=_plain))
     else:
         print(conform.table(results))
-        if not ok:
+        if conform.verdicts(results):
             print("\n" + conform.verdicts(results))
         print(f"{conform.summary(results)} ({seconds:.0f} s)")
     if not ok:

@@ -11,7 +11,9 @@ layers 0..n-2, final-normed — or npgemma's L+2 with the last layer's raw outpu
 "step_logits" float[T, V] (the logits each of token_ids was picked from) and
 "top_logprobs" (per generated token a {token id: logprob} dict; a server that returns only
 these may leave "logits" out). FUNC may take a `max_new_tokens` keyword. Arrays may be NumPy,
-anything `np.asarray` reads, or torch tensors.
+anything `np.asarray` reads, or torch tensors. FUNC raises NotImplementedError("why") for an
+input its implementation declines by design (transformers offers no sdpa for Gemma 2): the
+case is reported as not supported, with that reason, and is neither a pass nor a failure.
 
 SPEC is `PKG.MODULE:FUNC`, `path/to/file.py:FUNC`, or a built-in: `torch` (npgemma's torch
 backend), `transformers` (the installed version), `openai:URL` (an OpenAI-compatible server),
@@ -193,12 +195,14 @@ def resolve(spec: str, *, dtype: str = "float32", device: str = "cpu", attn: str
 
 def call(spec: str, func: Callable, model_dir: str, image, prompt: str, num_layers: int) -> Returned:
     """Run the adapter; its exceptions become one line (NPGEMMA_DEBUG=1 keeps the traceback)."""
-    from ..errors import NpgemmaError
+    from ..errors import NpgemmaError, Unsupported
 
     try:
         out = func(model_dir, image, prompt)
     except NpgemmaError:
         raise
+    except NotImplementedError as e:  # the adapter declines the case by design, saying why
+        raise Unsupported(f"--against {spec}: not supported by the implementation: {e}") from None
     except Exception as e:
         if os.environ.get("NPGEMMA_DEBUG"):
             raise

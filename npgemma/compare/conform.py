@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError
+from ..errors import InputError, Unsupported
 from ..testing.checkpoint import tiny_config, write_checkpoint
 from ..testing.random_model import example_image
 from . import against
@@ -171,6 +171,7 @@ class Result:
     ok: bool
     cells: dict = field(default_factory=dict)   # column -> "ok" | "FAIL" | "-"
     error: str | None = None                    # why the implementation could not run the case
+    unsupported: str | None = None              # why it declines the case by design (not a failure)
     verdict: str | None = None                  # the diagnosis of a failing case
     explained: bool | None = None
     deviations: list = field(default_factory=list)
@@ -188,6 +189,10 @@ def run_case(case: Case, root: Path, args) -> Result:
                             python=args.python)
     try:
         report, rc = against.run(ns)
+    except Unsupported as e:
+        return Result(case.name, True, {c: ("n/a" if c == "load" else "-") for c in COLUMNS},
+                      unsupported=str(e).split(": not supported by the implementation: ")[-1],
+                      seconds=time.perf_counter() - t0)
     except InputError as e:
         lines = str(e).splitlines()  # a loader's list of every bad key: the first line says it
         error = lines[0] + (f" (+{len(lines) - 1} lines)" if len(lines) > 1 else "")
@@ -214,17 +219,30 @@ def explain_load_failures(cases: list[Case], results: list[Result]) -> None:
 
 def verdicts(results: list[Result]) -> str:
     """The whole diagnosis of each failing case."""
-    return "\n".join(f"{r.case}: {r.verdict}" for r in results if not r.ok)
+    return "\n".join(f"{r.case}: {r.verdict}" if not r.ok else f"{r.case}: not supported: "
+                     f"{r.unsupported}" for r in results if not r.ok or r.unsupported)
+
+
+def passed(results: list[Result]) -> bool:
+    """Every case the implementation runs passes, and it runs at least one."""
+    return all(r.ok for r in results) and any(r.unsupported is None for r in results)
 
 
 def summary(results: list[Result]) -> str:
     failed = [r for r in results if not r.ok]
+    declined = [r.case for r in results if r.unsupported is not None]
+    ran = len(results) - len(declined)
+    also = (f"; {len(declined)} not supported by the implementation, by its own account "
+            f"({', '.join(declined)})" if declined else "")
     if not failed:
-        return f"all {len(results)} cases pass"
+        if not ran:
+            return f"no case run: the implementation supports none of the {len(results)}{also}"
+        return (f"all {len(results)} cases pass" if not declined else
+                f"every case it runs passes ({ran} of {len(results)}){also}")
     unexplained = [r.case for r in failed if not r.explained]
     return (f"{len(failed)} of {len(results)} cases fail; "
             + ("every failure is explained by the diagnosis" if not unexplained else
-               f"unexplained: {', '.join(unexplained)}"))
+               f"unexplained: {', '.join(unexplained)}") + also)
 
 
 def table(results: list[Result], markdown: bool = False) -> str:
@@ -232,7 +250,8 @@ def table(results: list[Result], markdown: bool = False) -> str:
     head = ("case",) + COLUMNS + ("diagnosis",)
     rows = []
     for r in results:
-        why = "" if r.ok else (r.verdict or "")
+        why = (f"not supported: {r.unsupported}" if r.unsupported is not None else
+               "" if r.ok else (r.verdict or ""))
         if not markdown and len(why) > 90:  # the whole verdict is printed under the table
             why = why[:89] + "…"
         rows.append((r.case,) + tuple(r.cells.get(c, "-") for c in COLUMNS) + (why,))

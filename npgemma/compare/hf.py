@@ -3,7 +3,13 @@
 Only imported when asked for (transformers is not a dependency of npgemma). It runs the way
 transformers documents: `PaliGemmaProcessor` (the PIL image backend, the one npgemma mirrors),
 `PaliGemmaForConditionalGeneration` in `dtype` with `attn` ("eager" or "sdpa"), token_type_ids
-passed (without them transformers 5.x silently runs a causal prefix), greedy `generate`.
+passed (without them transformers 5.x silently runs a causal prefix), greedy `generate`. The
+processor is called with `do_convert_rgb=True`: the Hub's preprocessor_config.json says
+`do_convert_rgb: null`, with which transformers' processor refuses a grey-scale image ("mean must
+have 1 elements") where npgemma converts every image the way `do_convert_rgb=True` does (alpha
+composited onto white; not `load_image`'s `.convert("RGB")`, which drops alpha). Gemma 2 has no sdpa attention in transformers (its modeling
+file: "sdpa does not support softcapping"), so `attn="sdpa"` on a PaliGemma 2 checkpoint is a
+case it declines (NotImplementedError), not a failure.
 """
 
 from __future__ import annotations
@@ -34,9 +40,17 @@ def transformers_adapter(model_dir, image, prompt, *, dtype="float32", attn="eag
         processor = PaliGemmaProcessor(
             image_processor=AutoImageProcessor.from_pretrained(model_dir, backend="pil"),
             tokenizer=AutoTokenizer.from_pretrained(model_dir))
-        model = PaliGemmaForConditionalGeneration.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), attn_implementation=attn).to(device).eval()
-        inputs = processor(images=image, text=prompt, return_tensors="pt")
+        try:
+            model = PaliGemmaForConditionalGeneration.from_pretrained(
+                model_dir, dtype=getattr(torch, dtype), attn_implementation=attn).to(device).eval()
+        except ValueError as e:
+            if "does not support an attention implementation" in str(e):
+                raise NotImplementedError(
+                    f"transformers {transformers.__version__} offers no attn_implementation="
+                    f"{attn!r} for this text model ({str(e).split(' yet.')[0]}); run --attn eager"
+                ) from None
+            raise
+        inputs = processor(images=image, text=prompt, return_tensors="pt", do_convert_rgb=True)
     finally:
         transformers.utils.logging.enable_progress_bar()
         transformers.logging.set_verbosity(verbosity)

@@ -76,6 +76,8 @@ def _main(argv: list[str]) -> int:
         last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
         where = f" at {os.path.basename(last.filename)}:{last.lineno}" if last else ""
         meta = {"error": f"{type(e).__name__}: {e}{where}"}
+        if isinstance(e, NotImplementedError):  # a refusal by design, with the adapter's reason
+            meta["unsupported"] = str(e)
         with open(out + ".json", "w") as f:
             json.dump(meta, f)
         return EXIT_ADAPTER_FAILED
@@ -93,7 +95,7 @@ def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_
 
     import numpy as np
 
-    from ..errors import InputError
+    from ..errors import InputError, Unsupported
 
     who = f"--against {label or spec} (in {python})"
     with tempfile.TemporaryDirectory(prefix="npgemma-remote-") as tmp:
@@ -114,6 +116,8 @@ def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_
                              f"(exit {done.returncode}): {tail[0]}")
         with open(out + ".json") as f:
             meta = json.load(f)
+        if "unsupported" in meta:
+            raise Unsupported(f"{who}: not supported by the implementation: {meta['unsupported']}")
         if "error" in meta:
             raise InputError(f"{who}: {meta['error']}")
         if meta["unknown"]:

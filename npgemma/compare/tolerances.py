@@ -93,3 +93,20 @@ def assert_close(actual, expected, component: str, dtype: str = "float32", what:
     if not c.ok:
         raise AssertionError(f"{what or component} [{dtype}]: {c}")
     return c
+
+
+def pick_margin(logits_row, token: int, dtype: str = "float32") -> tuple[float, float]:
+    """How far `token` is from the greedy pick of one reference distribution, and the limit.
+
+    Returns (max(logits) - logits[token], limit), the limit being the "logits" tolerance for
+    `dtype` at this row's scale. A token whose margin is within the limit is a near-tie: an
+    implementation whose logits are within tolerance of the reference may pick it, so a greedy
+    continuation that takes it is not a wrong answer (at bfloat16 a top two 0.03 apart is
+    within a logit error the table allows). An id outside the row is infinitely far.
+    """
+    row = np.asarray(logits_row, np.float64)
+    atol, rtol = TOLERANCES["logits"][dtype]
+    limit = atol + rtol * float(np.max(np.abs(row)))
+    if not 0 <= token < row.shape[-1]:
+        return float("inf"), limit
+    return float(row.max() - row[token]), limit

@@ -29,6 +29,8 @@ def run(model_dir, image, prompt, max_new_tokens=8):
         if "head-dim-from-image-tokens" in faults and cfg.num_image_tokens != cfg.text_config.head_dim:
             raise ValueError(f"cannot reshape the attention weights for head_dim "
                              f"{cfg.num_image_tokens}")
+        if "declines-gemma2" in faults and cfg.text_config.model_type == "gemma2":
+            raise NotImplementedError("this stand-in has no Gemma 2")
         if "no-convert-rgb" in faults and image.mode != "RGB":
             raise ValueError("mean must have 1 elements if it is an iterable, got 3")
         pipe.cfg = deviated_config([f for f in faults if f in DEVIATIONS], cfg)
