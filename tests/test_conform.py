@@ -107,6 +107,30 @@ def test_a_case_the_peer_declines_is_not_supported_rather_than_failed(python, ca
     assert rc == 1 and not got["ok"] and got["summary"].startswith("no case run")
 
 
+@pytest.mark.parametrize("python", [None, sys.executable])
+def test_a_batch_case_judges_each_row_as_if_alone(python, capsys, workdir, monkeypatch):
+    """pg2-batch: three rows, prompts of three lengths, one call with lists. A correct batch
+    passes; one that runs row 0's image for every row is named, row by row; an implementation
+    without batches declines it."""
+    extra = ["--python", python] if python else []
+    monkeypatch.delenv("NPGEMMA_STANDIN_FAULT", raising=False)
+    rc, got, _ = _conform(capsys, workdir, *extra, cases="pg2-batch")
+    (result,) = got["cases"]
+    assert rc == 0 and result["ok"], result["verdict"]
+    stages = [s["stage"] for s in result["report"]["stages"]]
+    assert {s.split(":")[0] for s in stages} == {"row 0", "row 1", "row 2"}
+    assert "row 2: greedy tokens" in stages
+    monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", "batch-first-image")
+    rc, got, _ = _conform(capsys, workdir, *extra, cases="pg2-batch")
+    (result,) = got["cases"]
+    assert rc == 1 and result["explained"] and result["cells"]["pixels"] == "FAIL"
+    assert result["deviations"] == ["batch-image-of-another-row"] * 2
+    assert "row 1: the implementation ran row 0's image" in result["verdict"]
+    monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", "no-batch")
+    rc, got, _ = _conform(capsys, workdir, *extra, cases=f"{PG2},pg2-batch")
+    assert rc == 0 and got["cases"][1]["unsupported"] == "this stand-in takes one input at a time"
+
+
 def test_the_subprocess_protocol_brings_the_arrays_back(capsys, workdir, monkeypatch):
     """--python runs the adapter in that interpreter: here this one, in a child process."""
     monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", "two-way-window,head-dim-query-scale")

@@ -14,6 +14,9 @@ these may leave "logits" out). FUNC may take a `max_new_tokens` keyword. Arrays 
 anything `np.asarray` reads, or torch tensors. FUNC raises NotImplementedError("why") for an
 input its implementation declines by design (transformers offers no sdpa for Gemma 2): the
 case is reported as not supported, with that reason, and is neither a pass nor a failure.
+A batch case passes lists, FUNC(model_dir, [image, ...], [prompt, ...]), and expects a list of
+one such dict per row, each as that row alone would give it (its own prompt positions, no
+padding); an implementation without batches raises NotImplementedError for lists.
 
 SPEC is `PKG.MODULE:FUNC`, `path/to/file.py:FUNC`, or a built-in: `torch` (npgemma's torch
 backend), `transformers` (the installed version), `openai:URL` (an OpenAI-compatible server),
@@ -195,10 +198,26 @@ def resolve(spec: str, *, dtype: str = "float32", device: str = "cpu", attn: str
 
 def call(spec: str, func: Callable, model_dir: str, image, prompt: str, num_layers: int) -> Returned:
     """Run the adapter; its exceptions become one line (NPGEMMA_DEBUG=1 keeps the traceback)."""
+    return check_returned(_called(spec, func, model_dir, image, prompt), spec, num_layers)
+
+
+def call_batch(spec: str, func: Callable, model_dir: str, images: list, prompts: list,
+               num_layers: int) -> list[Returned]:
+    """A batch: FUNC(model_dir, [image, ...], [prompt, ...]) -> one dict per row, each as the
+    row's own single call would return it (its own positions, no padding)."""
+    out = _called(spec, func, model_dir, images, prompts)
+    if not isinstance(out, (list, tuple)) or len(out) != len(images):
+        got = f"{len(out)} entries" if isinstance(out, (list, tuple)) else type(out).__name__
+        raise InputError(f"--against {spec}: a batch of {len(images)} rows returned {got}; "
+                         "expected a list of one dict per row")
+    return [check_returned(row, f"{spec} (batch row {i})", num_layers) for i, row in enumerate(out)]
+
+
+def _called(spec: str, func: Callable, model_dir: str, image, prompt):
     from ..errors import NpgemmaError, Unsupported
 
     try:
-        out = func(model_dir, image, prompt)
+        return func(model_dir, image, prompt)
     except NpgemmaError:
         raise
     except NotImplementedError as e:  # the adapter declines the case by design, saying why
@@ -207,13 +226,15 @@ def call(spec: str, func: Callable, model_dir: str, image, prompt: str, num_laye
         if os.environ.get("NPGEMMA_DEBUG"):
             raise
         raise InputError(f"--against {spec}: the adapter raised {type(e).__name__}: {e}") from None
-    return check_returned(out, spec, num_layers)
 
 
 # ---- the built-in torch adapter (npgemma's own torch backend) --------------------------------
 
 def torch_adapter(model_dir, image, prompt, *, device="cpu", dtype="float32", max_new_tokens=8):
     """npgemma's torch backend through the contract (prefix logits, hidden states, greedy)."""
+    if isinstance(prompt, (list, tuple)):
+        raise NotImplementedError("--against torch takes one input at a time (npgemma's own "
+                                  "batches are checked by its test suite)")
     import npgemma
 
     from ..generation.backend import Observed

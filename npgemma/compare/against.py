@@ -73,12 +73,88 @@ def run(args) -> tuple[dict, int]:
     model_dir = resolve(args.model)
     cfg = load_config(model_dir)
     proc = Processor.from_pretrained(model_dir, cfg)
-    image = open_image(args.image)
     func = adapters.resolve(args.against, dtype=args.dtype, device=args.device, attn=args.attn,
                             max_new_tokens=args.max_new_tokens, python=getattr(args, "python", None))
+    if getattr(args, "batch", None):
+        return _batch(args, model_dir, cfg, proc, func)
+    image = open_image(args.image)
     theirs = adapters.call(args.against, func, str(model_dir), image, args.prompt,
                            cfg.text_config.num_hidden_layers)
-    mine = proc(image, args.prompt)
+    return _report(args, model_dir, cfg, proc, image, args.prompt, theirs)
+
+
+def _batch(args, model_dir, cfg, proc, func) -> tuple[dict, int]:
+    """`args.batch`, [(image path, prompt)], as one call with lists (the implementation pads,
+    left, as generation needs); each row is judged as its own input would be, against npgemma
+    on that row alone, so padding, masks and the per-row image must leave it unchanged."""
+    images = [open_image(path) for path, _ in args.batch]
+    prompts = [prompt for _, prompt in args.batch]
+    rows = adapters.call_batch(args.against, func, str(model_dir), images, prompts,
+                               cfg.text_config.num_hidden_layers)
+    reports = [_report(args, model_dir, cfg, proc, image, prompt, theirs)[0]
+               for image, prompt, theirs in zip(images, prompts, rows)]
+    stages = [s | {"stage": f"row {i}: {s['stage']}"} for i, r in enumerate(reports)
+              for s in r["stages"]]
+    ok = all(r["ok"] for r in reports)
+    report = {"against": args.against, "model": str(model_dir), "dtype": args.dtype,
+              "stages": stages, "ok": ok, "rows": reports, "greedy_tokens": None,
+              "diagnosis": None}
+    failing = [(i, r) for i, r in enumerate(reports) if not r["ok"]]
+    if args.diagnose and failing:
+        report["diagnosis"] = _batch_diagnosis(model_dir, cfg, failing, rows, images, prompts,
+                                               proc, args.dtype)
+    return report, 0 if ok else 1
+
+
+def _batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype) -> dict:
+    """Each failing row's own diagnosis, after two batch traps: the row ran another row's image
+    (its pixels are that image's, plain or through a pixel trap, or its logits are npgemma's on
+    that image with the row's own prompt), or the row is one of the left-padded ones and matches no row's image (padding, its
+    mask or positions, changed the row; npgemma has no finer trap for that)."""
+    from .diagnose import fit
+
+    params = load_weights(model_dir, cfg, dtype=np.float32)
+    own = [proc.preprocess_image(image) for image in images]
+    lengths = [len(proc(image, prompt).input_ids) for image, prompt in zip(images, prompts)]
+    parts, explained, names = [], True, []
+    for i, r in failing:
+        d = r["diagnosis"] or {"verdict": "failed", "explained": False, "deviations": []}
+        theirs, ids = rows[i], proc(images[i], prompts[i]).input_ids
+        pix = theirs.pixel_values
+        other = next((j for j in range(len(images)) if j != i and pix is not None
+                      and pix.shape == own[j].shape
+                      and compare(pix, own[j], "pixel_values", dtype).ok), None)
+        pixels = (r["diagnosis"] or {}).get("pixels")
+        if other is None and pix is not None and pixels and not pixels["explained"] \
+                and pix.shape == own[i].shape:  # another row's image through a pixel trap?
+            other = next((j for j in range(len(images)) if j != i and diagnose_pixels(
+                images[j], proc, pix, dtype)["explained"]), None)
+        if other is None and theirs.logits is not None:
+            forced = forced_tokens(cfg, theirs.token_ids or [])
+            other = next((j for j in range(len(images)) if j != i and fit(
+                "image", teacher_forced(params, cfg, ids, own[j], forced), theirs, forced,
+                dtype).ok), None)
+        if other is not None:
+            parts.append(f"row {i}: the implementation ran row {other}'s image for row {i} "
+                         "(a batch must keep each row's own image)")
+            names.append("batch-image-of-another-row")
+            continue
+        if lengths[i] < max(lengths) and not d["explained"]:
+            parts.append(f"row {i}: a left-padded row ({max(lengths) - lengths[i]} pad tokens) "
+                         "that matches npgemma on no row's image: the padding (its mask or the "
+                         "positions) changes the row; not explained further")
+            explained = False
+            continue
+        parts.append(f"row {i}: {d['verdict']}")
+        explained = explained and bool(d["explained"])
+        names += d.get("deviations", [])
+    return {"verdict": "; ".join(parts), "explained": explained, "deviations": names,
+            "rows": [i for i, _ in failing]}
+
+
+def _report(args, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict, int]:
+    """One input's report: `theirs` (an adapter's `Returned`) against npgemma on (image, prompt)."""
+    mine = proc(image, prompt)
     rows: list[Row] = []
     ids, pix = mine.input_ids, mine.pixel_values
     if theirs.input_ids is not None:

@@ -57,6 +57,9 @@ class Case:
     # property this case is there for), `hint` is the likely cause.
     sibling: str | None = None
     hint: str = ""
+    # A batch case: (image, prompt) per row, run as one left-padded batch; `prompt` and `image`
+    # are then row 0's.
+    batch: tuple = ()
 
 
 def _layout_hint(layout: str) -> str:
@@ -109,6 +112,14 @@ CASES = (
          dtype="bfloat16", what="PaliGemma 2, a bfloat16 file; a segment prompt",
          sibling="pg2-hub-caption",
          hint="the implementation cannot read a bfloat16 safetensors file"),
+    Case("pg2-batch", dict(image_size=BASE, **PG2), "caption en", layout="hub",
+         batch=(("rgb", "caption en"), ("other", "answer en what is in the image ?"),
+                ("gray", "detect cat ; dog")),
+         what="a left-padded batch of three (image, prompt) rows, prompts of three lengths: "
+              "each row as it is alone (padding masked, positions from the row's first real "
+              "token, each row its own image)",
+         sibling="pg2-hub-caption",
+         hint="the implementation cannot run a left-padded batch"),
     Case("pg2-448-vqa", dict(image_size=LARGE, **PG2), "answer en what color is it ?",
          layout="hub", what="PaliGemma 2 with more image tokens than head_dim",
          sibling="pg2-hub-caption", hint=_HEAD_DIM),
@@ -118,6 +129,8 @@ COLUMNS = ("load", "ids", "pixels", "hidden", "logits", "tokens")
 
 
 def _column(stage: str) -> str:
+    if stage.startswith("row "):  # a batch row's stage: "row 1: logits"
+        stage = stage.split(": ", 1)[1]
     if stage == "input_ids":
         return "ids"
     if stage == "pixel_values":
@@ -130,8 +143,22 @@ def _column(stage: str) -> str:
 
 
 def _image(kind: str) -> Image.Image:
+    """"rgb": 75 x 60; "gray": the same in grey; "other": another picture (a batch row's)."""
     rgb = np.asarray(Image.fromarray(example_image(75)).resize((75, 60), Image.Resampling.BICUBIC))
+    if kind == "other":
+        return Image.fromarray(np.ascontiguousarray(rgb[::-1, ::-1, ::-1]))
     return Image.fromarray(rgb).convert("L") if kind == "gray" else Image.fromarray(rgb)
+
+
+def row_images(case: Case, root: Path) -> list[tuple[Path, str]]:
+    """A batch case's rows as (image file, prompt), the images written once."""
+    out = []
+    for kind, prompt in case.batch:
+        path = root / f"image-{kind}.png"
+        if not path.is_file():
+            _image(kind).save(path)
+        out.append((path, prompt))
+    return out
 
 
 def write_case(case: Case, root: Path) -> tuple[Path, Path]:
@@ -186,7 +213,8 @@ def run_case(case: Case, root: Path, args) -> Result:
     ns = argparse.Namespace(model=str(folder), image=str(image), prompt=case.prompt,
                             against=args.against, dtype=args.dtype, device=args.device,
                             attn=args.attn, max_new_tokens=args.max_new_tokens, diagnose=True,
-                            python=args.python)
+                            python=args.python,
+                            batch=[(str(p), q) for p, q in row_images(case, root)] or None)
     try:
         report, rc = against.run(ns)
     except Unsupported as e:

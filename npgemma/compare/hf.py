@@ -50,11 +50,18 @@ def transformers_adapter(model_dir, image, prompt, *, dtype="float32", attn="eag
                     f"{attn!r} for this text model ({str(e).split(' yet.')[0]}); run --attn eager"
                 ) from None
             raise
-        inputs = processor(images=image, text=prompt, return_tensors="pt", do_convert_rgb=True)
+        if isinstance(prompt, (list, tuple)):  # a batch: left-padded, as generate needs
+            processor.tokenizer.padding_side = "left"
+            inputs = processor(images=list(image), text=list(prompt), return_tensors="pt",
+                               do_convert_rgb=True, padding="longest")
+        else:
+            inputs = processor(images=image, text=prompt, return_tensors="pt", do_convert_rgb=True)
     finally:
         transformers.utils.logging.enable_progress_bar()
         transformers.logging.set_verbosity(verbosity)
-    pixels = inputs["pixel_values"][0].numpy().copy()
+    batch = isinstance(prompt, (list, tuple))
+    pad = inputs["attention_mask"].bool() if batch else None
+    pixels = inputs["pixel_values"].numpy().copy()
     if not token_type_ids:
         del inputs["token_type_ids"]
     inputs = {k: v.to(device) for k, v in inputs.items()}
@@ -65,9 +72,20 @@ def transformers_adapter(model_dir, image, prompt, *, dtype="float32", attn="eag
         gen = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                              eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
                              return_dict_in_generate=True, output_logits=True)
-    new = gen.sequences[0, inputs["input_ids"].shape[1]:].tolist()
-    steps = [_np(x[0]) for x in gen.logits]
-    return {"logits": _np(out.logits[0]), "input_ids": inputs["input_ids"][0].cpu().numpy(),
-            "pixel_values": pixels, "token_ids": new,
-            "hidden_states": [_np(h[0]) for h in out.hidden_states],
-            "step_logits": np.stack(steps) if steps else None}
+    length = inputs["input_ids"].shape[1]
+
+    def row(b: int) -> dict:
+        """Row b as it would be alone: its own positions (the left padding dropped), its tokens
+        up to the first EOS (a finished row is padded after it in a batch)."""
+        keep = pad[b].cpu() if batch else slice(None)
+        new = gen.sequences[b, length:].tolist()
+        if batch and cfg.eos_token_id in new:
+            new = new[:new.index(cfg.eos_token_id) + 1]
+        steps = [_np(x[b]) for x in gen.logits][:len(new)]
+        return {"logits": _np(out.logits[b][keep]),
+                "input_ids": inputs["input_ids"][b].cpu()[keep].numpy(),
+                "pixel_values": pixels[b], "token_ids": new,
+                "hidden_states": [_np(h[b][keep]) for h in out.hidden_states],
+                "step_logits": np.stack(steps) if steps else None}
+
+    return [row(b) for b in range(len(prompt))] if batch else row(0)

@@ -1,6 +1,7 @@
 """Run an adapter in another Python (a peer's own virtual environment) and bring its arrays back.
 
     PYTHON remote.py SPEC MODEL_DIR IMAGE.png PROMPT OUT MAX_NEW_TOKENS
+    PYTHON remote.py SPEC MODEL_DIR '["A.png", ...]' '["prompt a", ...]' OUT MAX_NEW_TOKENS  (a batch)
 
 This file is run *as a script* by that interpreter, which need not have npgemma installed: it
 imports nothing of npgemma, only NumPy, Pillow and the adapter (SPEC: `path/to/file.py:FUNC` or
@@ -44,33 +45,58 @@ def _to_numpy(x):
     return a.astype(np.float32) if a.dtype.kind == "V" or a.dtype.name == "bfloat16" else a
 
 
+_KEYS = ("logits", "input_ids", "pixel_values", "step_logits", "hidden_states", "token_ids",
+         "top_logprobs")
+
+
+def _pack(got, arrays: dict, prefix: str) -> dict:
+    """One adapter dict into `arrays` (names under `prefix`) and the JSON-able rest."""
+    import numpy as np
+
+    if not isinstance(got, dict):
+        raise TypeError(f"FUNC returned {type(got).__name__}, expected a dict")
+    meta: dict = {}
+    for key in ("logits", "input_ids", "pixel_values", "step_logits"):
+        if got.get(key) is not None:
+            arrays[prefix + key] = _to_numpy(got[key])
+    if got.get("hidden_states") is not None:
+        meta["hidden_states"] = len(got["hidden_states"])
+        arrays |= {f"{prefix}hidden_{i}": _to_numpy(h) for i, h in enumerate(got["hidden_states"])}
+    if got.get("token_ids") is not None:
+        meta["token_ids"] = [int(t) for t in np.asarray(_to_numpy(got["token_ids"])).reshape(-1)]
+    if got.get("top_logprobs") is not None:
+        meta["top_logprobs"] = [{str(int(k)): float(v) for k, v in s.items()}
+                                for s in got["top_logprobs"]]
+    meta["unknown"] = sorted(set(got) - set(_KEYS))
+    return meta
+
+
 def _main(argv: list[str]) -> int:
-    spec, model_dir, image_path, prompt, out, max_new_tokens = argv
+    """IMAGE and PROMPT are a JSON list each for a batch (one dict per row comes back)."""
+    spec, model_dir, image_arg, prompt_arg, out, max_new_tokens = argv
     meta: dict = {}
     try:
         import numpy as np
         from PIL import Image
 
         func = _load(spec)
-        with Image.open(image_path) as im:
-            image = im.copy()  # its own mode (RGB, L, RGBA, P): converting is the adapter's job
-        got = func(model_dir, image, prompt, max_new_tokens=int(max_new_tokens))
-        if not isinstance(got, dict):
-            raise TypeError(f"FUNC returned {type(got).__name__}, expected a dict")
-        arrays = {}
-        for key in ("logits", "input_ids", "pixel_values", "step_logits"):
-            if got.get(key) is not None:
-                arrays[key] = _to_numpy(got[key])
-        if got.get("hidden_states") is not None:
-            meta["hidden_states"] = len(got["hidden_states"])
-            arrays |= {f"hidden_{i}": _to_numpy(h) for i, h in enumerate(got["hidden_states"])}
-        if got.get("token_ids") is not None:
-            meta["token_ids"] = [int(t) for t in np.asarray(_to_numpy(got["token_ids"])).reshape(-1)]
-        if got.get("top_logprobs") is not None:
-            meta["top_logprobs"] = [{str(int(k)): float(v) for k, v in s.items()}
-                                    for s in got["top_logprobs"]]
-        meta["unknown"] = sorted(set(got) - {"logits", "input_ids", "pixel_values", "step_logits",
-                                             "hidden_states", "token_ids", "top_logprobs"})
+        batch = image_arg.startswith("[")
+        paths = json.loads(image_arg) if batch else [image_arg]
+        images = []
+        for path in paths:
+            with Image.open(path) as im:
+                images.append(im.copy())  # its own mode (RGB, L, RGBA, P): the adapter converts
+        prompt = json.loads(prompt_arg) if batch else prompt_arg
+        got = func(model_dir, images if batch else images[0], prompt,
+                   max_new_tokens=int(max_new_tokens))
+        arrays: dict = {}
+        if batch:
+            if not isinstance(got, (list, tuple)):
+                raise TypeError(f"FUNC returned {type(got).__name__} for a batch, expected a list")
+            meta["rows"] = [_pack(row, arrays, f"r{i}_") for i, row in enumerate(got)]
+            meta["unknown"] = sorted({k for m in meta["rows"] for k in m["unknown"]})
+        else:
+            meta = _pack(got, arrays, "")
         np.savez(out + ".npz", **arrays)
     except BaseException as e:  # noqa: BLE001  (everything the adapter can raise becomes a line)
         last = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
@@ -86,6 +112,19 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
+def _unpack(meta: dict, got: dict, prefix: str) -> dict:
+    hidden = meta.get("hidden_states")
+    out = {k: got[prefix + k] for k in ("logits", "input_ids", "pixel_values", "step_logits")
+           if prefix + k in got}
+    if hidden is not None:
+        out["hidden_states"] = [got[f"{prefix}hidden_{i}"] for i in range(hidden)]
+    if "token_ids" in meta:
+        out["token_ids"] = meta["token_ids"]
+    if "top_logprobs" in meta:
+        out["top_logprobs"] = [{int(k): v for k, v in s.items()} for s in meta["top_logprobs"]]
+    return out
+
+
 def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_tokens: int = 8,
                    dtype: str = "float32", timeout: float | None = None, label: str | None = None):
     """The caller's side: `spec` run by `python`, as an adapter of the `--against` contract.
@@ -98,12 +137,16 @@ def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_
     from ..errors import InputError, Unsupported
 
     who = f"--against {label or spec} (in {python})"
+    batch = isinstance(image, (list, tuple))
     with tempfile.TemporaryDirectory(prefix="npgemma-remote-") as tmp:
-        image_path, out = os.path.join(tmp, "image.png"), os.path.join(tmp, "out")
-        image.save(image_path)
+        paths = [os.path.join(tmp, f"image{i}.png") for i in range(len(image) if batch else 1)]
+        for path, im in zip(paths, image if batch else [image]):
+            im.save(path)
+        out = os.path.join(tmp, "out")
+        args = [json.dumps(paths), json.dumps(list(prompt))] if batch else [paths[0], prompt]
         try:
             done = subprocess.run([python, os.path.abspath(__file__), spec, os.fspath(model_dir),
-                                   image_path, prompt, out, str(max_new_tokens)],
+                                   *args, out, str(max_new_tokens)],
                                   capture_output=True, text=True, timeout=timeout,
                                   env=os.environ | {"NPGEMMA_PEER_DTYPE": dtype})
         except FileNotFoundError:
@@ -124,15 +167,9 @@ def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_
             raise InputError(f"{who}: unknown keys {meta['unknown']} in FUNC's dict")
         with np.load(out + ".npz") as z:
             got = {k: z[k] for k in z.files}
-    hidden = meta.get("hidden_states")
-    out = {k: got[k] for k in ("logits", "input_ids", "pixel_values", "step_logits") if k in got}
-    if hidden is not None:
-        out["hidden_states"] = [got[f"hidden_{i}"] for i in range(hidden)]
-    if "token_ids" in meta:
-        out["token_ids"] = meta["token_ids"]
-    if "top_logprobs" in meta:
-        out["top_logprobs"] = [{int(k): v for k, v in s.items()} for s in meta["top_logprobs"]]
-    return out
+    if batch:
+        return [_unpack(m, got, f"r{i}_") for i, m in enumerate(meta["rows"])]
+    return _unpack(meta, got, "")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ TOLERANCES: dict[str, dict[str, tuple[float, float]]] = {
     "projector":   {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},
     "decoder_layer": {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 5e-2), "float16": (5e-3, 1e-2)},
     "final_norm":  {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},
-    "pixel_values": {"float32": (1e-6, 1e-6), "bfloat16": (1e-2, 1e-2), "float16": (1e-3, 1e-3)},
+    # float32: a resize computed in another order (keras-hub's TF bilinear kernel on a flipped
+    # image) lands 2.9e-6 from the same arithmetic in NumPy; one uint8 level is 7.8e-3.
+    "pixel_values": {"float32": (1e-5, 1e-5), "bfloat16": (1e-2, 1e-2), "float16": (1e-3, 1e-3)},
     "merge":       {"float32": (1e-6, 1e-6), "bfloat16": (1e-2, 2e-2), "float16": (1e-3, 3e-3)},
     "logits":      {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},
     "decode_step": {"float32": (2e-5, 2e-5), "bfloat16": (5e-2, 6e-2), "float16": (5e-3, 1e-2)},

@@ -19,6 +19,14 @@ from npgemma.compare.reference import teacher_forced
 
 
 def run(model_dir, image, prompt, max_new_tokens=8):
+    """One input; or, for lists, a batch row by row (each row alone is what a correct batch
+    gives), with fault "batch-first-image" running row 0's image for every row."""
+    if isinstance(image, list):
+        faults = os.environ.get("NPGEMMA_STANDIN_FAULT", "").split(",")
+        if "no-batch" in faults:
+            raise NotImplementedError("this stand-in takes one input at a time")
+        images = [image[0]] * len(image) if "batch-first-image" in faults else image
+        return [run(model_dir, im, p, max_new_tokens) for im, p in zip(images, prompt)]
     faults = [f for f in os.environ.get("NPGEMMA_STANDIN_FAULT", "").split(",") if f]
     with contextlib.ExitStack() as stack:
         for f in faults:

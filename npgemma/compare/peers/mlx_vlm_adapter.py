@@ -24,6 +24,8 @@ def run(model_dir, image, prompt, max_new_tokens=8):
     model, processor = load(str(model_dir))
     if os.environ.get("NPGEMMA_PEER_DTYPE") == "bfloat16":
         model.set_dtype(mx.bfloat16)
+    if isinstance(prompt, list):
+        return _batch(model, processor, image, prompt)
     text = apply_chat_template(processor, model.config, prompt, num_images=1)
     inputs = prepare_inputs(processor, images=[image], prompts=[text],
                             image_token_index=model.config.image_token_index)
@@ -49,3 +51,23 @@ def run(model_dir, image, prompt, max_new_tokens=8):
             "input_ids": np.asarray(inputs["input_ids"])[0],
             "pixel_values": np.asarray(inputs["pixel_values"].astype(mx.float32))[0],
             "token_ids": tokens, "top_logprobs": top[:len(tokens)] or None}
+
+
+def _batch(model, processor, images, prompts):
+    """A batch through `prepare_inputs` (left padding, its default) and one forward: each row's
+    logits, ids and pixels at its own positions. (No tokens: `stream_generate` takes one input.)"""
+    import mlx.core as mx
+    from mlx_vlm.prompt_utils import apply_chat_template
+    from mlx_vlm.utils import prepare_inputs
+
+    texts = [apply_chat_template(processor, model.config, p, num_images=1) for p in prompts]
+    inputs = prepare_inputs(processor, images=list(images), prompts=texts,
+                            image_token_index=model.config.image_token_index)
+    out = model(inputs["input_ids"], inputs["pixel_values"], mask=inputs["attention_mask"])
+    logits = np.asarray(getattr(out, "logits", out).astype(mx.float32))
+    ids, keep = np.asarray(inputs["input_ids"]), np.asarray(inputs["attention_mask"]).astype(bool)
+    pixels = np.asarray(inputs["pixel_values"].astype(mx.float32))
+    if pixels.shape[0] != len(prompts):
+        raise ValueError(f"prepare_inputs gave {pixels.shape[0]} images for {len(prompts)} rows")
+    return [{"logits": logits[b][keep[b]], "input_ids": ids[b][keep[b]],
+             "pixel_values": pixels[b]} for b in range(len(prompts))]
