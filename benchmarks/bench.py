@@ -105,6 +105,34 @@ def _transformers_runs(model, dtype, device, attn, batches, new_tokens):
         yield load_s, b, steps, tokens, int(batch.input_ids.shape[1])
 
 
+def blas_kernels() -> str:
+    """The BLAS libraries this process has loaded and the kernel each runs (threadpoolctl):
+    OpenBLAS names its core type ("Haswell", "SkylakeX", "Cooperlake", "Zen"), which
+    OPENBLAS_CORETYPE can force below what the CPU has."""
+    from threadpoolctl import threadpool_info
+
+    out = []
+    for lib in threadpool_info():
+        if lib.get("user_api") != "blas":
+            continue
+        arch = lib.get("architecture") or "?"
+        out.append(f"{lib.get('internal_api')} {lib.get('version') or ''} {arch} "
+                   f"x{lib.get('num_threads')}".replace("  ", " "))
+    return "; ".join(sorted(set(out))) or "none loaded"
+
+
+def cpu_extensions(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vector extensions that BLAS kernels are chosen by."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni",
+              "amx_bf16", "amx_tile")
+    return " ".join(f for f in wanted if f in flags) or "none of " + ", ".join(wanted)
+
+
 def run_engine(spec: str, model: str, batches: list[int], new_tokens: int) -> list[dict]:
     """Rows for one engine, measured in this process."""
     name, *opts = spec.split(":")
@@ -123,7 +151,7 @@ def run_engine(spec: str, model: str, batches: list[int], new_tokens: int) -> li
         rows.append({"engine": spec, "batch": b, "load_s": load_s, "prefill_s": float(steps[0]),
                      "ms_per_token": 1000 * decode, "tokens_per_s": b / decode,
                      "decode_steps": len(steps) - 1, "prompt_tokens": prompt_len,
-                     "peak_rss_gib": _rss_gib(), "tokens": tokens})
+                     "peak_rss_gib": _rss_gib(), "tokens": tokens, "blas": blas_kernels()})
     return rows
 
 
@@ -171,7 +199,8 @@ def _table(rows: list[dict], bound_ms: dict[str, float]) -> str:
         return (f32 or hf or [None])[0]
 
     out = ["| engine | batch | load s | prefill s | ms/token | tokens/s | decode × HF | "
-           "prefill ÷ HF | % of bound | peak GiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "prefill ÷ HF | % of bound | peak GiB | BLAS kernel |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = base(r["batch"])
         speed = f"{ref['ms_per_token'] / r['ms_per_token']:.2f}" if ref else "-"
@@ -180,7 +209,7 @@ def _table(rows: list[dict], bound_ms: dict[str, float]) -> str:
         pct = f"{100 * bound / r['ms_per_token']:.0f}%" if bound else "-"
         out.append(f"| {r['engine']} | {r['batch']} | {r['load_s']:.1f} | {r['prefill_s']:.2f} | "
                    f"{r['ms_per_token']:.0f} | {r['tokens_per_s']:.2f} | {speed} | {pre} | {pct} | "
-                   f"{r['peak_rss_gib']:.2f} |")
+                   f"{r['peak_rss_gib']:.2f} | {r.get('blas', '?')} |")
     return "\n".join(out)
 
 
@@ -205,7 +234,9 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--openblas-unset", action="store_true",
                     help="also run the npgemma-numpy engines with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE "
-                         "removed from their environment (this command only)")
+                         "removed from their environment (this command only); the default when "
+                         "OPENBLAS_CORETYPE is set: every engine then runs with both unset (the "
+                         "kernel users get) and the numpy engines with them too, beside")
     ap.add_argument("--json", help="write every row (and the bandwidth) to this JSON file")
     ap.add_argument("--results", help="append the markdown tables to this file (e.g. RESULTS.md)")
     ap.add_argument("--single", help=argparse.SUPPRESS)
@@ -234,11 +265,21 @@ def main(argv=None) -> int:
     bw = float(subprocess.run([sys.executable, os.path.abspath(__file__), "--bandwidth"],
                               stdout=subprocess.PIPE, text=True, check=True).stdout)
     print(f"memory read bandwidth: {bw:.1f} GB/s ({os.cpu_count()} threads, 2 GiB)", file=sys.stderr)
-    runs = [(n, m, e, {}) for n, m in models for e in args.engines.split(",")]
-    if args.openblas_unset:
-        runs += [(n, m, e + " (OPENBLAS_* unset)", {"unset": True}) for n, m in models
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    print(f"CPU vector extensions: {cpu_extensions()}; OPENBLAS_CORETYPE "
+          f"{forced or 'unset'}, OPENBLAS_L2_SIZE {os.environ.get('OPENBLAS_L2_SIZE') or 'unset'}",
+          file=sys.stderr)
+    if forced:  # the headline runs OpenBLAS's own choice; the forced kernel is reported beside
+        runs = [(n, m, e, {"unset": True}) for n, m in models for e in args.engines.split(",")]
+        runs += [(n, m, e + f" (OPENBLAS_CORETYPE={forced})", {}) for n, m in models
                  for e in args.engines.split(",") if e.startswith("npgemma-numpy")]
+    else:
+        runs = [(n, m, e, {}) for n, m in models for e in args.engines.split(",")]
+        if args.openblas_unset:
+            runs += [(n, m, e + " (OPENBLAS_* unset)", {"unset": True}) for n, m in models
+                     for e in args.engines.split(",") if e.startswith("npgemma-numpy")]
     report = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
+              "cpu_extensions": cpu_extensions(), "openblas_coretype": forced,
               "bandwidth_gbs": bw, "new_tokens": args.new_tokens, "rows": []}
     for name, model, engine, opt in tqdm(runs, desc="engines", unit="engine", file=sys.stderr):
         env = dict(os.environ)
@@ -257,8 +298,8 @@ def main(argv=None) -> int:
         for row in json.loads(proc.stdout.strip().splitlines()[-1]):
             row |= {"checkpoint": name, "engine": engine}
             report["rows"].append(row)
-    text = [f"machine: {report['machine']}; read bandwidth {bw:.1f} GB/s; "
-            f"{args.new_tokens} new tokens, `{PROMPT}`"]
+    text = [f"machine: {report['machine']}; read bandwidth {bw:.1f} GB/s; CPU vector extensions: "
+            f"{report['cpu_extensions']}; {args.new_tokens} new tokens, `{PROMPT}`"]
     for name, model in models:
         rows = [r for r in report["rows"] if r["checkpoint"] == name]
         bound = {r["engine"]: 1000 * decode_weight_bytes(model, _itemsize(r["engine"])) / (bw * 1e9)
@@ -267,7 +308,7 @@ def main(argv=None) -> int:
         text += ["", f"**{name}** ({rows[0]['prompt_tokens'] if rows else '?'} prompt tokens; "
                  f"decode bound at {bw:.1f} GB/s: "
                  + ", ".join(f"{e.split(' ')[0]} {ms:.0f} ms" for e, ms in sorted(bound.items())
-                             if "unset" not in e)
+                             if "(" not in e)
                  + f"; greedy tokens identical across engines: {same})", "", _table(rows, bound)]
     print("\n".join(text))
     if args.json:

@@ -21,6 +21,9 @@ import contextlib
 from contextvars import ContextVar
 
 _ACTIVE: ContextVar = ContextVar("npgemma_capture", default=None)
+# Told the name of each scope as the model enters it: the streaming reader
+# (`checkpoint/prefetch.py`) prefetches the next block's weights from there. Timing only.
+_LISTENER: ContextVar = ContextVar("npgemma_scope_listener", default=None)
 ATTENTION_HOOKS = ("attn.hook_scores", "attn.hook_scores_capped", "attn.hook_pattern")
 
 
@@ -43,8 +46,21 @@ def _pushed(cap, name: str):
 
 def scope(name: str):
     """A context naming the enclosing component ("vision.blocks.0", "decoder.blocks.3")."""
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(name)
     cap = _ACTIVE.get()
     return contextlib.nullcontext() if cap is None else _pushed(cap, name)
+
+
+@contextlib.contextmanager
+def listening(listener):
+    """A block in which `listener(name)` is called as each scope is entered."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
 
 
 def active():

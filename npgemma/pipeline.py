@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
 
-from .checkpoint import bundled, memory
+from .checkpoint import bundled, memory, prefetch
 from .checkpoint.config_json import load_config
 from .checkpoint.hub import resolve
 from .checkpoint.vae_file import load_vae
@@ -143,10 +144,16 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
     model_dir = resolve(model)
     cfg = load_config(model_dir)
     if not force:
-        _, headers = header_summary(model_dir)
-        memory.check(cfg, str(model_dir) if model is None else os.fspath(model), backend=backend, dtype=dtype, device=device,
-                     disk_dtype=memory.stored_dtype(headers), text_tokens=text_tokens,
-                     batch=batch)
+        files, headers = header_summary(model_dir)
+        need = memory.check(cfg, str(model_dir) if model is None else os.fspath(model),
+                            backend=backend, dtype=dtype, device=device,
+                            disk_dtype=memory.stored_dtype(headers), text_tokens=text_tokens,
+                            batch=batch, files=files, read_speed=prefetch.read_speed)
+        if need.streams is not None:  # larger than RAM, run from disk: say so, and how fast
+            print(f"npgemma: {model_dir.name}: {need.file_total / 1e9:.1f} GB of weights, "
+                  f"{memory.available_memory().bytes / 1e9:.1f} GB of memory available: "
+                  f"{need.streams}", file=sys.stderr)
+            be.stream = True
     processor = Processor.from_pretrained(model_dir, cfg)
     params = be.load_weights(model_dir, cfg, progress=progress)
     mask_vae = None if vae is None else be.from_numpy(load_vae(vae))

@@ -126,6 +126,12 @@ def test_a_batch_case_judges_each_row_as_if_alone(python, capsys, workdir, monke
     assert rc == 1 and result["explained"] and result["cells"]["pixels"] == "FAIL"
     assert result["deviations"] == ["batch-image-of-another-row"] * 2
     assert "row 1: the implementation ran row 0's image" in result["verdict"]
+    monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", "batch-shifted-features")
+    rc, got, _ = _conform(capsys, workdir, *extra, cases="pg2-batch")
+    (result,) = got["cases"]
+    assert rc == 1 and result["explained"], result["verdict"]
+    padded = [i for i, r in enumerate(result["report"]["rows"]) if not r["ok"]]
+    assert padded and result["deviations"] == ["batch-image-features-shifted-by-padding"] * len(padded)
     monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", "no-batch")
     rc, got, _ = _conform(capsys, workdir, *extra, cases=f"{PG2},pg2-batch")
     assert rc == 0 and got["cases"][1]["unsupported"] == "this stand-in takes one input at a time"

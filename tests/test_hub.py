@@ -185,8 +185,8 @@ def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_ne
     tree = npgemma.load(main).params
     assert row["params"] == sum(a.size for a in npgemma.checkpoint.flatten(tree).values())
     cfg = load_config(main)
-    assert row["ram"]["numpy bf16"] == memory.estimate(cfg, "numpy", "bfloat16", "cpu",
-                                                       "float32").ram_total
+    low = memory.estimate(cfg, "numpy", "bfloat16", "cpu", "float32")  # anonymous + file pages
+    assert row["ram"]["numpy bf16"] == low.ram_total + low.file_total
 
 
 def test_models_table_marks_what_does_not_fit(hf_cache, capsys, monkeypatch):
@@ -198,6 +198,16 @@ def test_models_table_marks_what_does_not_fit(hf_cache, capsys, monkeypatch):
     assert out[0].startswith(f"Hugging Face cache {hf_cache[0]}: 2 PaliGemma checkpoint(s);")
     assert "1.00 GB (fake)" in out[0]
     assert out[2].startswith("org/tiny-pali@main") and out[2].count(" NO") == 4
+    # Room for the low-memory mode's anonymous memory but not its file pages: it streams.
+    from npgemma.checkpoint.config_json import load_config
+
+    low = memory.estimate(load_config(hf_cache[1]), "numpy", "bfloat16", "cpu", "float32")
+    monkeypatch.setattr(memory, "available_memory",
+                        lambda: memory.Available(low.ram_total + low.file_total // 2, "fake"))
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2].count(" streams") == 1  # the low-memory column only
+    assert any("streams = the low-memory mode's weights exceed it" in line for line in out)
 
 
 def test_models_bad_folder_is_one_error(tmp_path, capsys, hf_cache):

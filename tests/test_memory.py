@@ -14,7 +14,7 @@ import npgemma
 from npgemma import cli, paligemma
 from npgemma.checkpoint import memory, weights
 from npgemma.checkpoint.config_json import config_from_dict, load_config
-from npgemma.checkpoint.weights import flatten
+from npgemma.checkpoint.weights import expected_shapes, flatten
 from npgemma.errors import InputError
 from npgemma.generation import numpy_backend
 from npgemma.testing.checkpoint import tiny_config, write_checkpoint
@@ -57,7 +57,11 @@ def test_weight_bytes_are_what_the_numpy_backend_loads(tmp_path, tied, dtype, di
     tree = flatten(get_backend("numpy", dtype=dtype).load_weights(folder, cfg))
     assert memory.num_params(cfg) == sum(a.size for a in tree.values())
     need = memory.estimate(cfg, "numpy", dtype, disk_dtype=disk)
-    assert need.ram["weights"] == sum(a.nbytes for a in tree.values())
+    if dtype == "float32":
+        assert need.ram["weights"] == sum(a.nbytes for a in tree.values()) and not need.file
+    else:  # memory-mapped: file pages, not anonymous memory
+        assert need.file["weights"] == sum(a.nbytes for a in tree.values())
+        assert "weights" not in need.ram
 
 
 def test_kv_cache_bytes_are_what_init_cache_allocates():
@@ -88,7 +92,7 @@ def test_real_configs_match_the_independent_parameter_count():
         assert memory.num_params(config_from_dict(raw)) == mc.count_parameters(name), name
     cfg = config_from_dict(configs["paligemma2-10b-pt-224"])
     assert round(memory.estimate(cfg, "numpy", "float32").ram["weights"] / 1e9, 1) == 38.7
-    assert round(memory.estimate(cfg, "numpy", "bfloat16").ram["weights"] / 1e9, 1) == 19.3
+    assert round(memory.estimate(cfg, "numpy", "bfloat16").file["weights"] / 1e9, 1) == 19.3
 
 
 def test_attention_scores_are_bounded_by_the_chunk_limit():
@@ -112,7 +116,10 @@ def test_more_tokens_never_need_less():
 def test_torch_on_a_gpu_splits_host_and_device():
     cfg = config_from_dict(tiny_config())
     need = memory.estimate(cfg, "torch", "bfloat16", "cuda", disk_dtype="bfloat16")
-    assert need.gpu["weights"] == need.ram["weights"] == memory.num_params(cfg) * 2
+    assert need.gpu["weights"] == memory.num_params(cfg) * 2
+    # Tensors reach the device one at a time: host RAM holds the largest, read and cast.
+    largest = max(math.prod(s) for s in expected_shapes(cfg).values())
+    assert need.ram["loading"] == largest * (2 + 2) and "weights" not in need.ram
     assert "KV-cache" in need.gpu and "KV-cache" not in need.ram
 
 
@@ -185,8 +192,10 @@ def test_available_is_the_smaller_reading(tmp_path):
 
 def test_refused_with_the_figures_and_what_fits(monkeypatch, demo):
     cfg = load_config(demo[0])  # as if stored in bfloat16 (the low-memory mode maps the file's dtype)
+    monkeypatch.setattr(memory, "_WIDENING_BYTES", 0)  # the demo's weights are smaller than them
     f32 = memory.estimate(cfg, "numpy", "float32", disk_dtype="bfloat16").ram_total
-    low = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16").ram_total
+    lowest = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16")
+    low = lowest.ram_total + lowest.file_total
     assert low < f32
     fake_available(monkeypatch, (low + f32) // 2)
     with pytest.raises(InputError) as e:
@@ -196,7 +205,8 @@ def test_refused_with_the_figures_and_what_fits(monkeypatch, demo):
     assert f"needs {f32 / 1e9:.1f} GB of RAM (weights " in msg and "(fake)" in msg
     assert "--dtype bfloat16 (low-memory mode) needs" in msg and "(fits)" in msg
     assert "--backend torch --device cuda --dtype bfloat16" in msg and "--force" in msg
-    assert memory.check(cfg, "ck", dtype="bfloat16", disk_dtype="bfloat16").ram_total == low
+    need = memory.check(cfg, "ck", dtype="bfloat16", disk_dtype="bfloat16")
+    assert need.ram_total + need.file_total == low and need.streams is None
     fake_available(monkeypatch, 1)
     with pytest.raises(InputError, match=r"needs .* \(does not fit either\)"):
         memory.check(cfg, "ck", disk_dtype="bfloat16")
@@ -274,3 +284,42 @@ def test_parity_needs_both_runs_and_a_narrow_copy_of_the_weights():
     assert shared.ram_total > ref.ram_total and "torch weights" not in shared.ram
     assert narrow.ram["torch weights"] == memory.num_params(cfg) * 2
     assert narrow.ram["torch run"] > 0
+
+
+# --- streaming: a memory-mapped checkpoint larger than the memory available -------------------
+
+def test_a_checkpoint_larger_than_memory_streams_with_a_time_estimate(monkeypatch):
+    """The low-memory mode's weights are file pages: when they do not fit but the anonymous
+    memory does, the check predicts instead of refusing — bytes per token (the decoder and the
+    tied output table, in the file's dtype) over the measured read speed."""
+    cfg = config_from_dict(tiny_config(text="gemma2"))
+    need = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16")
+    fake_available(monkeypatch, need.ram_total + need.file_total // 2)
+    seen = []
+    speed = lambda files: seen.append(files) or 1e6  # noqa: E731
+    got = memory.check(cfg, "ck", dtype="bfloat16", files=["a.safetensors"], read_speed=speed)
+    text = sum(math.prod(s) for k, s in expected_shapes(cfg).items()
+               if not k.startswith(("vision_tower", "multi_modal_projector")))
+    assert got.streams.bytes_per_token == text * 2 < got.file_total
+    assert got.streams.seconds_per_token == pytest.approx(text * 2 / 1e6)
+    assert seen == [["a.safetensors"]]
+    assert str(got.streams).startswith(f"streams {text * 2 / 1e9:.1f} GB from disk per token")
+    fake_available(monkeypatch, need.ram_total + need.file_total)  # it fits: no streaming
+    assert memory.check(cfg, "ck", dtype="bfloat16", read_speed=speed).streams is None
+    fake_available(monkeypatch, need.ram_total - 1)  # the anonymous part cannot fit: refused
+    with pytest.raises(InputError, match=r"not enough memory for the numpy backend in bfloat16: "
+                                         r"needs 1\.1 GB of RAM \(runtime"):
+        memory.check(cfg, "ck", dtype="bfloat16", read_speed=speed)
+
+
+def test_load_streams_without_force_and_says_so(monkeypatch, demo, capsys):
+    """A checkpoint whose file pages exceed the memory available loads without --force, says
+    before loading what it will read per token and how fast, and drops used pages."""
+    cfg = load_config(demo[0])
+    need = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="float32")
+    fake_available(monkeypatch, need.ram_total + 1)
+    pipe = npgemma.load(demo[0], dtype="bfloat16")
+    err = capsys.readouterr().err
+    assert "of memory available: streams" in err and "s per token at the measured read speed" in err
+    assert pipe.backend.stream and pipe.backend.streamer.drop
+    assert pipe.generate(demo[1], "caption en", max_new_tokens=2).token_ids

@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import _kernels
 from ..config import PaliGemmaConfig
 from ..errors import InputError
 from .checks import DTYPES
@@ -41,6 +42,8 @@ _SCORE_COPIES = 3              # scores, exp(scores - max), the normalized proba
 _MLP_COPIES = 4                # gate, up, and tanh-GELU's temporaries, all [B, L, F]
 _ITEMSIZE = {name: d.itemsize for name, d in DTYPES.items()}
 _NO_LIMIT = 2**60              # cgroup v1 writes 2^63 - 4096 for "unlimited"
+# One widened float32 slab per thread of ours (`_kernels`: a reused scratch buffer each).
+_WIDENING_BYTES = _kernels.SLAB_BYTES * (_kernels.WORKERS + 1)
 GB = 1e9
 
 
@@ -50,14 +53,39 @@ class Need:
 
     ram: dict[str, int]
     gpu: dict[str, int] = field(default_factory=dict)
+    # Memory-mapped file pages (the low-memory mode's weights): reclaimable, so they may exceed
+    # what is available; the run then streams them from disk (`streams`).
+    file: dict[str, int] = field(default_factory=dict)
+    streams: "Streaming | None" = None
 
     @property
     def ram_total(self) -> int:
+        """Anonymous memory: what the kernel cannot reclaim (file pages not counted)."""
         return sum(self.ram.values())
+
+    @property
+    def file_total(self) -> int:
+        return sum(self.file.values())
 
     @property
     def gpu_total(self) -> int:
         return sum(self.gpu.values())
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """The verdict for a memory-mapped checkpoint larger than the memory available: each pass
+    reads the weights it uses from disk. Per token: the decoder's layers and the output table."""
+
+    bytes_per_token: int
+    read_bytes_per_s: float | None   # measured (`prefetch.read_speed`), None if not
+    seconds_per_token: float | None
+
+    def __str__(self) -> str:
+        where = (f"about {self.seconds_per_token:.0f} s per token at the measured read speed "
+                 f"({self.read_bytes_per_s / GB:.2f} GB/s)" if self.seconds_per_token is not None
+                 else "the read speed could not be measured")
+        return f"streams {self.bytes_per_token / GB:.1f} GB from disk per token: {where}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +119,13 @@ def _largest_tensor(cfg: PaliGemmaConfig) -> int:
     return max(math.prod(s) for s in expected_shapes(cfg).values())
 
 
+def per_token_params(cfg: PaliGemmaConfig) -> int:
+    """Parameters one decode step reads: the decoder's (its layers, final norm, and the output
+    table, tied to the embedding); not the vision tower or the projector."""
+    return sum(math.prod(s) for k, s in expected_shapes(cfg).items()
+               if k.startswith(("language_model.", "lm_head.")))
+
+
 def kv_cache_bytes(cfg: PaliGemmaConfig, seq_len: int, itemsize: int, batch: int = 1) -> int:
     t = cfg.text_config
     return 2 * t.num_hidden_layers * batch * t.num_key_value_heads * seq_len * t.head_dim * itemsize
@@ -121,13 +156,19 @@ def estimate(cfg: PaliGemmaConfig, backend: str = "numpy", dtype: str = "float32
     """What loading `cfg` on backend/dtype/device and generating `text_tokens` needs."""
     weights = num_params(cfg) * _ITEMSIZE[dtype]  # numpy float32 / torch: the compute dtype
     loading = _largest_tensor(cfg) * _ITEMSIZE.get(disk_dtype, 4) if disk_dtype != dtype else 0
-    if backend == "numpy" and dtype != "float32":  # low memory: memory-mapped in the file's dtype
-        weights, loading = num_params(cfg) * _ITEMSIZE.get(disk_dtype, 4), 0
     run = _run(cfg, backend, dtype, text_tokens, batch)
+    if backend == "numpy" and dtype != "float32":
+        # Low memory: the weights are the file's pages, memory-mapped in its dtype (reclaimable);
+        # the anonymous memory is the run's, plus one widened slab per thread.
+        mapped = num_params(cfg) * _ITEMSIZE.get(disk_dtype, 4)
+        return Need(ram={"runtime": RUNTIME_BYTES, "widening": _WIDENING_BYTES} | run,
+                    file={"weights": mapped})
     host = {"weights": weights, "runtime": RUNTIME_BYTES}
     if backend == "torch" and device != "cpu":
-        # The NumPy tree is read whole into RAM, then copied to the device.
-        return Need(ram=host | {"loading": loading}, gpu={"weights": weights} | run)
+        # Tensors go to the device one at a time as they are read (`iter_weights`): host RAM
+        # holds about one (the largest, in the file's dtype and the compute dtype).
+        one = _largest_tensor(cfg) * (_ITEMSIZE.get(disk_dtype, 4) + _ITEMSIZE[dtype])
+        return Need(ram={"runtime": RUNTIME_BYTES, "loading": one}, gpu={"weights": weights} | run)
     # Loading and running are not alive at once: the cast copy is gone before the cache exists.
     worst = max([{"loading": loading}, run], key=lambda d: sum(d.values()))
     return Need(ram=host | worst)
@@ -273,9 +314,12 @@ def _alternatives(cfg, disk_dtype: str, text_tokens: int, avail: Available, back
     out = []
     if (backend, dtype) != ("numpy", "bfloat16"):
         low = estimate(cfg, "numpy", "bfloat16", "cpu", disk_dtype, text_tokens)
-        verdict = "fits" if low.ram_total <= avail.bytes else "does not fit either"
+        verdict = ("fits" if low.ram_total + low.file_total <= avail.bytes else
+                   "fits, streaming the weights from disk" if low.ram_total <= avail.bytes else
+                   "does not fit either")
         flags = "--dtype bfloat16" if backend == "numpy" else "--backend numpy --dtype bfloat16"
-        out.append(f"{flags} (low-memory mode) needs {_gb(low.ram_total)} ({verdict})")
+        out.append(f"{flags} (low-memory mode) needs {_gb(low.ram_total)} of RAM and "
+                   f"{_gb(low.file_total)} of file pages ({verdict})")
     gpu = estimate(cfg, "torch", "bfloat16", "cuda", disk_dtype, text_tokens)
     out.append(f"--backend torch --device cuda --dtype bfloat16 needs {_gb(gpu.gpu_total)} of GPU "
                f"memory and {_gb(gpu.ram_total)} of RAM while loading")
@@ -284,14 +328,25 @@ def _alternatives(cfg, disk_dtype: str, text_tokens: int, avail: Available, back
 
 def check(cfg: PaliGemmaConfig, what: str, *, backend: str = "numpy", dtype: str = "float32",
           device: str = "cpu", disk_dtype: str = "bfloat16", text_tokens: int = TEXT_TOKENS,
-          parity: bool = False, batch: int = 1) -> Need:
+          parity: bool = False, batch: int = 1, files=(), read_speed=None) -> Need:
     """Raise one InputError, before anything is allocated, when the run cannot fit; else
-    return the estimate. `what` names the checkpoint in the message."""
+    return the estimate. `what` names the checkpoint in the message.
+
+    The low-memory mode's weights are file pages: when they and the anonymous memory exceed
+    what is available but the anonymous memory alone fits, the run streams the weights from
+    disk and the returned Need says how (`streams`: bytes and seconds per token, from the read
+    speed of `files` measured by `read_speed(files)`)."""
     need = (parity_estimate(cfg, dtype, device, disk_dtype, text_tokens) if parity
             else estimate(cfg, backend, dtype, device, disk_dtype, text_tokens, batch=batch))
     mode = "npgemma parity" if parity else f"the {backend} backend"
     tail = "--force (load(..., force=True)) tries anyway"
     avail = available_memory()
+    if avail is not None and need.file and need.ram_total <= avail.bytes \
+            and need.ram_total + need.file_total > avail.bytes:
+        per_token = per_token_params(cfg) * _ITEMSIZE.get(disk_dtype, 4)
+        speed = read_speed(list(files)) if read_speed is not None and files else None
+        return Need(need.ram, need.gpu, need.file,
+                    Streaming(per_token, speed, per_token / speed if speed else None))
     if avail is not None and need.ram_total > avail.bytes:
         hints = _alternatives(cfg, disk_dtype, text_tokens, avail, backend, dtype)
         raise InputError(f"{what}: not enough memory for {mode} in {dtype}: needs "

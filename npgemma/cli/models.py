@@ -30,6 +30,7 @@ class Summary:
     disk_bytes: int
     ram: dict[str, int]    # mode label -> bytes needed (CPU)
     fits: dict[str, bool]  # mode label -> fits the memory available now
+    streams: dict[str, bool] = None  # mode label -> runs, streaming its file pages from disk
 
 
 def summarize(folder: Path, name: str, avail: memory.Available | None) -> Summary:
@@ -38,12 +39,16 @@ def summarize(folder: Path, name: str, avail: memory.Available | None) -> Summar
     cfg = load_config(folder)
     files, headers = header_summary(folder)
     on_disk = memory.stored_dtype(headers)
-    ram = {label: memory.estimate(cfg, backend, dtype, "cpu", on_disk).ram_total
-           for label, backend, dtype in MODES}
+    needs = {label: memory.estimate(cfg, backend, dtype, "cpu", on_disk)
+             for label, backend, dtype in MODES}
+    ram = {k: n.ram_total + n.file_total for k, n in needs.items()}
     fits = {k: avail is None or v <= avail.bytes for k, v in ram.items()}
+    # The low-memory mode's weights are file pages: larger than memory, they stream from disk.
+    streams = {k: not fits[k] and bool(n.file) and avail is not None and n.ram_total <= avail.bytes
+               for k, n in needs.items()}
     return Summary(name, str(folder), 2 if cfg.text_config.is_gemma2 else 1,
                    memory.num_params(cfg), cfg.vision_config.image_size, on_disk,
-                   sum(f.stat().st_size for f in files), ram, fits)
+                   sum(f.stat().st_size for f in files), ram, fits, streams)
 
 
 def _gb(n: int) -> str:
@@ -57,7 +62,8 @@ def _count(n: int) -> str:
 def _table(rows: list[Summary]) -> list[str]:
     head = ["checkpoint", "ver", "params", "px", "on disk", "size"] + [m[0] for m in MODES]
     body = [[r.name, str(r.version), _count(r.params), str(r.resolution), r.disk_dtype,
-             _gb(r.disk_bytes)] + [f"{_gb(r.ram[m])} {'ok' if r.fits[m] else 'NO'}"
+             _gb(r.disk_bytes)] + [f"{_gb(r.ram[m])} " + ("ok" if r.fits[m] else "streams"
+                                   if (r.streams or {}).get(m) else "NO")
                                    for m, _, _ in MODES] for r in rows]
     widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
     return ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head] + body]
@@ -94,7 +100,8 @@ def run_models_cli(args) -> int:
     if rows:
         print("\n".join(_table(rows)))
         print(f"(RAM: weights + KV-cache and activations for the image tokens + {budget} on the "
-              "CPU; ok = fits now)")
+              "CPU; ok = fits now; streams = the low-memory mode's weights exceed it and are "
+              "read from disk on every pass)")
     for note in notes:
         print(note)
     return 0

@@ -139,6 +139,20 @@ def _batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype
                          "(a batch must keep each row's own image)")
             names.append("batch-image-of-another-row")
             continue
+        pad = max(lengths) - lengths[i]
+        shifted = None
+        if pad and theirs.logits is not None:
+            forced = forced_tokens(cfg, theirs.token_ids or [])
+            shifted = next((j for j in [i] + [j for j in range(len(images)) if j != i] if fit(
+                "shift", _features_shifted(pad, params, cfg, ids, own[j], forced), theirs, forced,
+                dtype).ok), None)
+        if shifted is not None:
+            parts.append(f"row {i}: the implementation places the image features by absolute "
+                         f"position in the padded batch, so the row's {pad} pad tokens shift "
+                         f"them (image token t gets feature t + {pad}, the last {pad} get zeros)"
+                         + (f", and they are row {shifted}'s image" if shifted != i else ""))
+            names.append("batch-image-features-shifted-by-padding")
+            continue
         if lengths[i] < max(lengths) and not d["explained"]:
             parts.append(f"row {i}: a left-padded row ({max(lengths) - lengths[i]} pad tokens) "
                          "that matches npgemma on no row's image: the padding (its mask or the "
@@ -150,6 +164,24 @@ def _batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype
         names += d.get("deviations", [])
     return {"verdict": "; ".join(parts), "explained": explained, "deviations": names,
             "rows": [i for i, _ in failing]}
+
+
+def _features_shifted(pad: int, params, cfg, ids, pixels, forced):
+    """npgemma teacher-forced with the image features merged as an implementation does that
+    takes feature p for the token at padded position p: `pad` left pads move every image token
+    `pad` features on, and the last `pad` tokens get the zero padding."""
+    from .swap import Swap, swapped
+
+    def shift(original):
+        def encode_image(*a, **k):
+            feats = original(*a, **k)  # [B, P, D]
+            out = np.zeros_like(feats)
+            out[:, :feats.shape[1] - pad] = feats[:, pad:]
+            return out
+        return encode_image
+
+    with swapped([Swap("npgemma.paligemma", "encode_image", shift)]):
+        return teacher_forced(params, cfg, ids, pixels, forced)
 
 
 def _report(args, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict, int]:

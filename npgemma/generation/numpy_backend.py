@@ -10,6 +10,7 @@ import contextlib
 import numpy as np
 
 from .. import _kernels, paligemma, vqvae
+from ..checkpoint.prefetch import Streamer, streaming
 from ..checkpoint.weights import load_weights
 from .slots import Slots
 
@@ -49,15 +50,21 @@ class NumpyBackend:
 
     name = "numpy"
 
-    def __init__(self, dtype: str = "float32"):
+    def __init__(self, dtype: str = "float32", stream: bool = False):
         self.dtype = dtype
+        # Low memory only: prefetch each next block (always), drop used pages (`stream`: the
+        # checkpoint is larger than the memory available). See checkpoint/prefetch.py.
+        self.stream = stream
+        self.streamer: Streamer | None = None
 
     def load_weights(self, model_dir, cfg, progress=None):
         """float32: read and widened once. Low memory: memory-mapped in the file's dtype, widened
         a slab at a time when used (a float32 file then stays float32: nothing is rounded)."""
         if self.dtype == "float32":
             return load_weights(model_dir, cfg, dtype=np.float32, progress=progress)
-        return load_weights(model_dir, cfg, mmap=True)
+        params = load_weights(model_dir, cfg, mmap=True)
+        self.streamer = Streamer(params, drop=self.stream)
+        return params
 
     def from_numpy(self, tree):
         return tree
@@ -66,12 +73,15 @@ class NumpyBackend:
         return np.asarray(x, dtype=np.float32)
 
     def encode_image(self, params, pixel_values, cfg):
-        return paligemma.encode_image(params, np.asarray(pixel_values, np.float32), cfg)
+        with streaming(self.streamer):
+            return paligemma.encode_image(params, np.asarray(pixel_values, np.float32), cfg)
 
     def forward(self, params, cfg, input_ids, positions, masks, image_features=None, cache=None,
                 last_only=False, logit_positions=None):
-        return paligemma.forward(params, cfg, input_ids, positions, masks, image_features,
-                                 cache=cache, last_only=last_only, logit_positions=logit_positions)
+        with streaming(self.streamer):
+            return paligemma.forward(params, cfg, input_ids, positions, masks, image_features,
+                                     cache=cache, last_only=last_only,
+                                     logit_positions=logit_positions)
 
     def init_cache(self, cfg, batch, max_length):
         return paligemma.init_cache(cfg, batch, max_length)

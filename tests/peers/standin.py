@@ -26,6 +26,11 @@ def run(model_dir, image, prompt, max_new_tokens=8):
         if "no-batch" in faults:
             raise NotImplementedError("this stand-in takes one input at a time")
         images = [image[0]] * len(image) if "batch-first-image" in faults else image
+        if "batch-shifted-features" in faults:  # mlx-vlm's merge: feature p for position p
+            pipe = npgemma.load(model_dir)
+            lengths = [len(pipe.processor(im, p).input_ids) for im, p in zip(image, prompt)]
+            return [_shifted(max(lengths) - n, model_dir, im, p, max_new_tokens)
+                    for n, im, p in zip(lengths, images, prompt)]
         return [run(model_dir, im, p, max_new_tokens) for im, p in zip(images, prompt)]
     faults = [f for f in os.environ.get("NPGEMMA_STANDIN_FAULT", "").split(",") if f]
     with contextlib.ExitStack() as stack:
@@ -53,3 +58,20 @@ def run(model_dir, image, prompt, max_new_tokens=8):
             logits = logits[:, :cfg.image_token_index]
         return {"logits": logits, "input_ids": x.input_ids, "pixel_values": x.pixel_values,
                 "token_ids": tokens, "step_logits": np.asarray(steps.step_logits[:len(tokens)])}
+
+
+def _shifted(pad, model_dir, image, prompt, max_new_tokens):
+    """One row as an implementation computes it that merges image feature p at padded position
+    p: `pad` left pads move each image token `pad` features on, the last ones get zeros."""
+    from npgemma.compare.swap import Swap, swapped
+
+    def shift(original):
+        def encode_image(*a, **k):
+            feats = original(*a, **k)
+            out = np.zeros_like(feats)
+            out[:, :feats.shape[1] - pad] = feats[:, pad:]
+            return out
+        return encode_image
+
+    with swapped([Swap("npgemma.paligemma", "encode_image", shift)]):
+        return run(model_dir, image, prompt, max_new_tokens)

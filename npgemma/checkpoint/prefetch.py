@@ -1,0 +1,172 @@
+"""Streaming a checkpoint larger than RAM from disk: the next block's bytes asked for ahead, the
+used ones handed back.
+
+The low-memory mode memory-maps the safetensors files and computes on the weights in their file
+dtype, so a checkpoint needs its bytes *on disk*, not in RAM. When the file is larger than the
+memory the machine has, every pass (a prefill, each decode step) reads the weights from disk
+again: the page cache, scanned cyclically, keeps nothing useful. Two things make that pass run
+at the disk's speed and leave other processes their memory:
+
+- prefetch: when the model enters block i (`hooks.scope`), a reader thread asks the kernel for
+  block i+1's bytes (`posix_fadvise(WILLNEED)`: asynchronous read-ahead), so the disk reads while
+  the cores multiply;
+- drop: block i-2's pages are unmapped from this process (`madvise(DONTNEED)`: a later touch
+  reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`), so the file's
+  pages never crowd out anyone's memory. Only when streaming: a checkpoint that fits keeps its
+  pages cached between passes.
+
+Neither changes a number: both are hints about *when* bytes are read, the arrays are the same
+read-only maps. Anonymous memory (what the kernel cannot reclaim) stays the activations, the
+KV-cache and the widening buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .. import hooks
+
+PAGE = mmap.PAGESIZE
+
+
+def _mapping(arr: np.ndarray):
+    """(np.memmap owning the mmap, byte offset of `arr` in its file) or None for RAM arrays."""
+    base = arr  # views of a memmap carry its `offset` too: the owner is the one over the mmap
+    while isinstance(base, np.ndarray) and not isinstance(base.base, mmap.mmap):
+        base = base.base
+    if not isinstance(base, np.memmap) or not base.filename:
+        return None
+    start = arr.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return base, base.offset + start
+
+
+def _arrays(tree) -> list[np.ndarray]:
+    if isinstance(tree, dict):
+        return [a for v in tree.values() for a in _arrays(v)]
+    if isinstance(tree, list):
+        return [a for v in tree for a in _arrays(v)]
+    return [tree] if isinstance(tree, np.ndarray) else []
+
+
+class Streamer:
+    """The `hooks.scope` listener of a streamed run: prefetch the next block, drop the old ones.
+
+    Blocks in the order a pass reads them: the vision layers, then the decoder layers and the
+    output table (the tied embedding), after which a decode step starts again at decoder layer 0.
+    """
+
+    def __init__(self, params: dict, drop: bool):
+        vision = params["vision_tower"]["encoder"]["layers"]
+        text = params["language_model"]
+        table = params.get("lm_head", {}).get("weight", text["embed_tokens"]["weight"])
+        self.blocks: dict[str, list] = {f"vision.blocks.{i}": self._ranges(layer)
+                                         for i, layer in enumerate(vision)}
+        decoder = [f"decoder.blocks.{i}" for i in range(len(text["layers"]))]
+        self.blocks |= {name: self._ranges(layer) for name, layer in zip(decoder, text["layers"])}
+        self.blocks["lm_head"] = self._ranges(table)
+        vision_names = [f"vision.blocks.{i}" for i in range(len(vision))]
+        # What to ask for on entering a block (the last decoder layer: the output table, then
+        # layer 0 for the next decode step), and what two blocks back to hand back.
+        self.next = {a: [b] for a, b in zip(vision_names, vision_names[1:] + decoder[:1])}
+        self.next |= {a: [b] for a, b in zip(decoder, decoder[1:])}
+        self.next[decoder[-1]] = ["lm_head"] + decoder[:1]
+        cycle = decoder + ["lm_head"]
+        self.behind = {name: cycle[i - 2] for i, name in enumerate(cycle)}
+        self.drop = drop
+        self.bytes_prefetched = 0
+        self._fds: dict[str, int] = {}
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="npgemma-prefetch")
+
+    @staticmethod
+    def _ranges(tree) -> list:
+        out = []
+        for a in _arrays(tree):
+            m = _mapping(a)
+            if m is not None:
+                out.append((m[0], m[1], a.nbytes))
+        return out
+
+    def __call__(self, name: str) -> None:
+        for nxt in self.next.get(name, ()):
+            self._reader.submit(self._willneed, nxt)
+        if self.drop and name in self.behind and name != self.behind[name]:
+            self._dontneed(self.behind[name])
+
+    def _fd(self, filename: str) -> int:
+        fd = self._fds.get(filename)
+        if fd is None:
+            fd = self._fds[filename] = os.open(filename, os.O_RDONLY)
+        return fd
+
+    def _willneed(self, name: str) -> None:
+        for owner, offset, nbytes in self.blocks[name]:
+            os.posix_fadvise(self._fd(owner.filename), offset, nbytes, os.POSIX_FADV_WILLNEED)
+            self.bytes_prefetched += nbytes
+
+    def _dontneed(self, name: str) -> None:
+        for owner, offset, nbytes in self.blocks[name]:
+            _unmap(owner, offset, nbytes)
+            os.posix_fadvise(self._fd(owner.filename), offset, nbytes, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        self._reader.shutdown(wait=True)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _unmap(owner: np.memmap, offset: int, nbytes: int) -> None:
+    """madvise(DONTNEED) over the whole pages of file bytes [offset, offset + nbytes) in the
+    memmap's mmap. np.memmap maps the file from the allocation-granularity boundary at or below
+    its own offset, so file offset f sits at f - that boundary in the mmap."""
+    begins = owner.offset - owner.offset % mmap.ALLOCATIONGRANULARITY
+    lo = -(-(offset - begins) // PAGE) * PAGE
+    hi = (offset + nbytes - begins) // PAGE * PAGE
+    if hi > lo:
+        owner._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
+@contextlib.contextmanager
+def streaming(streamer: Streamer | None):
+    """Run a block with `streamer` listening to the model's scopes (None: no change)."""
+    if streamer is None:
+        yield
+        return
+    with hooks.listening(streamer):
+        yield
+
+
+def read_speed(files: list[Path], nbytes: int = 1 << 30) -> float | None:
+    """Bytes per second the disk gives these files read as a streamed pass reads them (the
+    range asked for ahead with WILLNEED, then read in order), measured on up to `nbytes` from
+    the middle of the largest one after dropping that range from the page cache (so the figure
+    is the disk's, not memory's). None when nothing could be read."""
+    path = max(files, key=lambda p: p.stat().st_size)
+    size = path.stat().st_size
+    n = min(nbytes, size) // PAGE * PAGE
+    if n == 0:
+        return None
+    start = (size - n) // 2 // PAGE * PAGE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, start, n, os.POSIX_FADV_DONTNEED)
+        buf = bytearray(8 << 20)
+        done, t0 = 0, time.perf_counter()
+        os.posix_fadvise(fd, start, n, os.POSIX_FADV_WILLNEED)
+        while done < n:
+            got = os.preadv(fd, [memoryview(buf)[:min(len(buf), n - done)]], start + done)
+            if got <= 0:
+                break
+            done += got
+        seconds = time.perf_counter() - t0
+        os.posix_fadvise(fd, start, n, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return done / seconds if done and seconds > 0 else None
