@@ -26,6 +26,7 @@ import contextlib
 import mmap
 import os
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,6 +84,8 @@ class Streamer:
         self.bytes_prefetched = 0
         self._fds: dict[str, int] = {}
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="npgemma-prefetch")
+        # A pipeline never says it is done: its reader thread and descriptors go with it.
+        self._finalizer = weakref.finalize(self, _release, self._reader, self._fds)
 
     @staticmethod
     def _ranges(tree) -> list:
@@ -117,9 +120,14 @@ class Streamer:
 
     def close(self) -> None:
         self._reader.shutdown(wait=True)
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        self._finalizer()
+
+
+def _release(reader: ThreadPoolExecutor, fds: dict) -> None:
+    reader.shutdown(wait=False)
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
 
 
 def _unmap(owner: np.memmap, offset: int, nbytes: int) -> None:
