@@ -151,7 +151,7 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
                             batch=batch, files=files, read_speed=prefetch.read_speed)
         if need.streams is not None:  # larger than RAM, run from disk: say so, and how fast
             print(f"npgemma: {model_dir.name}: {need.file_total / 1e9:.1f} GB of weights, "
-                  f"{memory.available_memory().bytes / 1e9:.1f} GB of memory available: "
+                  f"{need.streams.available.bytes / 1e9:.1f} GB of memory available: "
                   f"{need.streams}", file=sys.stderr)
             be.stream = True
     processor = Processor.from_pretrained(model_dir, cfg)

@@ -80,6 +80,7 @@ class Streaming:
     bytes_per_token: int
     read_bytes_per_s: float | None   # measured (`prefetch.read_speed`), None if not
     seconds_per_token: float | None
+    available: Available             # the memory reading the verdict was made against
 
     def __str__(self) -> str:
         where = (f"about {self.seconds_per_token:.0f} s per token at the measured read speed "
@@ -346,7 +347,7 @@ def check(cfg: PaliGemmaConfig, what: str, *, backend: str = "numpy", dtype: str
         per_token = per_token_params(cfg) * _ITEMSIZE.get(disk_dtype, 4)
         speed = read_speed(list(files)) if read_speed is not None and files else None
         return Need(need.ram, need.gpu, need.file,
-                    Streaming(per_token, speed, per_token / speed if speed else None))
+                    Streaming(per_token, speed, per_token / speed if speed else None, avail))
     if avail is not None and need.ram_total > avail.bytes:
         hints = _alternatives(cfg, disk_dtype, text_tokens, avail, backend, dtype)
         raise InputError(f"{what}: not enough memory for {mode} in {dtype}: needs "

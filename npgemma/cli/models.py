@@ -7,7 +7,7 @@ Everything comes from config.json and the safetensors headers; no tensor data is
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..checkpoint import hub, memory
@@ -30,7 +30,7 @@ class Summary:
     disk_bytes: int
     ram: dict[str, int]    # mode label -> bytes needed (CPU)
     fits: dict[str, bool]  # mode label -> fits the memory available now
-    streams: dict[str, bool] = None  # mode label -> runs, streaming its file pages from disk
+    streams: dict[str, bool] = field(default_factory=dict)  # mode label -> runs from disk
 
 
 def summarize(folder: Path, name: str, avail: memory.Available | None) -> Summary:
@@ -63,7 +63,7 @@ def _table(rows: list[Summary]) -> list[str]:
     head = ["checkpoint", "ver", "params", "px", "on disk", "size"] + [m[0] for m in MODES]
     body = [[r.name, str(r.version), _count(r.params), str(r.resolution), r.disk_dtype,
              _gb(r.disk_bytes)] + [f"{_gb(r.ram[m])} " + ("ok" if r.fits[m] else "streams"
-                                   if (r.streams or {}).get(m) else "NO")
+                                   if r.streams.get(m) else "NO")
                                    for m, _, _ in MODES] for r in rows]
     widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
     return ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [head] + body]

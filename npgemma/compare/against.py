@@ -107,45 +107,48 @@ def _batch(args, model_dir, cfg, proc, func) -> tuple[dict, int]:
 
 
 def _batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype) -> dict:
-    """Each failing row's own diagnosis, after two batch traps: the row ran another row's image
-    (its pixels are that image's, plain or through a pixel trap, or its logits are npgemma's on
-    that image with the row's own prompt), or the row is one of the left-padded ones and matches no row's image (padding, its
-    mask or positions, changed the row; npgemma has no finer trap for that)."""
+    """Each failing row's own diagnosis, after three batch traps: the row ran another row's
+    image (its pixels are that image's, plain or through a pixel trap, or its logits are
+    npgemma's on that image with the row's own prompt); its left padding shifted the image
+    features (`shifted_features`); or it is a left-padded row that matches no row's image (the
+    padding, its mask or positions, changed it; npgemma has no finer trap for that)."""
     from .diagnose import fit
+    from .swap import swapped
 
     params = load_weights(model_dir, cfg, dtype=np.float32)
     own = [proc.preprocess_image(image) for image in images]
-    lengths = [len(proc(image, prompt).input_ids) for image, prompt in zip(images, prompts)]
+    ids = [proc(image, prompt).input_ids for image, prompt in zip(images, prompts)]
+    longest = max(len(x) for x in ids)
     parts, explained, names = [], True, []
     for i, r in failing:
         d = r["diagnosis"] or {"verdict": "failed", "explained": False, "deviations": []}
-        theirs, ids = rows[i], proc(images[i], prompts[i]).input_ids
+        theirs, pad = rows[i], longest - len(ids[i])
+        others = [j for j in range(len(images)) if j != i]
+        forced = forced_tokens(cfg, theirs.token_ids or [])
+
+        def matches(j, swaps=()):  # npgemma on row j's image (with `swaps`) within tolerance?
+            with swapped(list(swaps)):
+                ref = teacher_forced(params, cfg, ids[i], own[j], forced)
+            return fit("batch", ref, theirs, forced, dtype).ok
+
         pix = theirs.pixel_values
-        other = next((j for j in range(len(images)) if j != i and pix is not None
-                      and pix.shape == own[j].shape
+        other = next((j for j in others if pix is not None and pix.shape == own[j].shape
                       and compare(pix, own[j], "pixel_values", dtype).ok), None)
-        pixels = (r["diagnosis"] or {}).get("pixels")
+        pixels = d.get("pixels")
         if other is None and pix is not None and pixels and not pixels["explained"] \
                 and pix.shape == own[i].shape:  # another row's image through a pixel trap?
-            other = next((j for j in range(len(images)) if j != i and diagnose_pixels(
+            other = next((j for j in others if diagnose_pixels(
                 images[j], proc, pix, dtype)["explained"]), None)
         if other is None and theirs.logits is not None:
-            forced = forced_tokens(cfg, theirs.token_ids or [])
-            other = next((j for j in range(len(images)) if j != i and fit(
-                "image", teacher_forced(params, cfg, ids, own[j], forced), theirs, forced,
-                dtype).ok), None)
+            other = next((j for j in others if matches(j)), None)
         if other is not None:
             parts.append(f"row {i}: the implementation ran row {other}'s image for row {i} "
                          "(a batch must keep each row's own image)")
             names.append("batch-image-of-another-row")
             continue
-        pad = max(lengths) - lengths[i]
         shifted = None
         if pad and theirs.logits is not None:
-            forced = forced_tokens(cfg, theirs.token_ids or [])
-            shifted = next((j for j in [i] + [j for j in range(len(images)) if j != i] if fit(
-                "shift", _features_shifted(pad, params, cfg, ids, own[j], forced), theirs, forced,
-                dtype).ok), None)
+            shifted = next((j for j in [i] + others if matches(j, [shifted_features(pad)])), None)
         if shifted is not None:
             parts.append(f"row {i}: the implementation places the image features by absolute "
                          f"position in the padded batch, so the row's {pad} pad tokens shift "
@@ -153,10 +156,10 @@ def _batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype
                          + (f", and they are row {shifted}'s image" if shifted != i else ""))
             names.append("batch-image-features-shifted-by-padding")
             continue
-        if lengths[i] < max(lengths) and not d["explained"]:
-            parts.append(f"row {i}: a left-padded row ({max(lengths) - lengths[i]} pad tokens) "
-                         "that matches npgemma on no row's image: the padding (its mask or the "
-                         "positions) changes the row; not explained further")
+        if pad and not d["explained"]:
+            parts.append(f"row {i}: a left-padded row ({pad} pad tokens) that matches npgemma on "
+                         "no row's image: the padding (its mask or the positions) changes the "
+                         "row; not explained further")
             explained = False
             continue
         parts.append(f"row {i}: {d['verdict']}")
@@ -166,11 +169,11 @@ def _batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype
             "rows": [i for i, _ in failing]}
 
 
-def _features_shifted(pad: int, params, cfg, ids, pixels, forced):
-    """npgemma teacher-forced with the image features merged as an implementation does that
-    takes feature p for the token at padded position p: `pad` left pads move every image token
+def shifted_features(pad: int):
+    """The swap that merges image features as an implementation does that takes feature p for
+    the token at padded position p (mlx-vlm's batch): `pad` left pads move every image token
     `pad` features on, and the last `pad` tokens get the zero padding."""
-    from .swap import Swap, swapped
+    from .swap import Swap
 
     def shift(original):
         def encode_image(*a, **k):
@@ -180,8 +183,7 @@ def _features_shifted(pad: int, params, cfg, ids, pixels, forced):
             return out
         return encode_image
 
-    with swapped([Swap("npgemma.paligemma", "encode_image", shift)]):
-        return teacher_forced(params, cfg, ids, pixels, forced)
+    return Swap("npgemma.paligemma", "encode_image", shift)
 
 
 def _report(args, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict, int]:

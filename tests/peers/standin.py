@@ -63,15 +63,8 @@ def run(model_dir, image, prompt, max_new_tokens=8):
 def _shifted(pad, model_dir, image, prompt, max_new_tokens):
     """One row as an implementation computes it that merges image feature p at padded position
     p: `pad` left pads move each image token `pad` features on, the last ones get zeros."""
-    from npgemma.compare.swap import Swap, swapped
+    from npgemma.compare.against import shifted_features
+    from npgemma.compare.swap import swapped
 
-    def shift(original):
-        def encode_image(*a, **k):
-            feats = original(*a, **k)
-            out = np.zeros_like(feats)
-            out[:, :feats.shape[1] - pad] = feats[:, pad:]
-            return out
-        return encode_image
-
-    with swapped([Swap("npgemma.paligemma", "encode_image", shift)]):
+    with swapped([shifted_features(pad)]):
         return run(model_dir, image, prompt, max_new_tokens)
