@@ -4,6 +4,7 @@ float32 and in bfloat16 (the low-memory mode), multiplied by 1 and by B activati
 
     python benchmarks/kernels.py [--out 16384] [--in 2048] [--rows 8]
     python benchmarks/kernels.py --step   # every decode-step weight of paligemma-3b (10 GB)
+    python benchmarks/kernels.py --slabs  # the same in bfloat16, by slab size (5 GB)
 
 Rows (best of 7, ms; ratios against the one-row float32 product on BLAS's threads, same run):
 - float32, 1 row / B rows, `x @ W.T`: one BLAS call on BLAS's own threads (what a prefill-sized
@@ -16,6 +17,10 @@ Rows (best of 7, ms; ratios against the one-row float32 product on BLAS's thread
 paligemma-3b's shapes: 18 Gemma layers and the 257216-row lm_head, filled with a constant), for
 1 and B rows, `layers.linear` on BLAS's threads and inside `on_our_threads()`, float32 slabs of
 1 MiB and 4 MiB; best of 2, each configuration twice. Needs ~10.5 GB of memory.
+
+`--slabs`: the same decode step's products in bfloat16 (the low-memory mode, one row, inside
+`on_our_threads()`), by `_kernels.SLAB_BYTES` from 256 KiB to 16 MiB; best of 3, each size
+twice. Needs ~5.5 GB of memory.
 """
 
 from __future__ import annotations
@@ -46,9 +51,13 @@ def main(argv=None) -> int:
     ap.add_argument("--in", dest="inp", type=int, default=2048, help="input features")
     ap.add_argument("--rows", type=int, default=8, help="activation rows B (a batched decode step)")
     ap.add_argument("--step", action="store_true", help="time a whole decode step's products")
+    ap.add_argument("--slabs", action="store_true",
+                    help="time a whole low-memory decode step's products by slab size")
     args = ap.parse_args(argv)
     if args.step:
         return whole_step(args.rows)
+    if args.slabs:
+        return slab_sizes()
     rng = np.random.default_rng(0)
     w = rng.standard_normal((args.out, args.inp), dtype=np.float32)
     w16 = w.astype(ml_dtypes.bfloat16)
@@ -78,14 +87,41 @@ def main(argv=None) -> int:
     return 0
 
 
+HIDDEN, INTER, VOCAB, LAYERS = 2048, 16384, 257216, 18  # paligemma-3b's Gemma
+
+
+def step_shapes() -> list[tuple[int, int]]:
+    """[out, in] of every weight a paligemma-3b decode step multiplies by."""
+    one = [(2048, HIDDEN), (256, HIDDEN), (256, HIDDEN), (HIDDEN, 2048),  # q, k, v, o
+           (INTER, HIDDEN), (INTER, HIDDEN), (HIDDEN, INTER)]            # gate, up, down
+    return one * LAYERS + [(VOCAB, HIDDEN)]
+
+
+def slab_sizes() -> int:
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal(s, dtype=np.float32).astype(ml_dtypes.bfloat16)
+               for s in step_shapes()]
+    xs = {w.shape[1]: rng.standard_normal((1, w.shape[1]), dtype=np.float32) for w in weights}
+    print(f"{len(weights)} weights, {sum(w.nbytes for w in weights) / 1e9:.1f} GB bfloat16, "
+          f"{_kernels.WORKERS} threads")
+
+    def step() -> None:
+        with _kernels.on_our_threads():
+            for w in weights:
+                layers.linear(xs[w.shape[1]], w)
+
+    print("| slab | ms (run 1) | ms (run 2) |\n|---|---|---|")
+    for kib in (256, 512, 1024, 2048, 4096, 8192, 16384):
+        _kernels.SLAB_BYTES = kib << 10
+        ms = [best_ms(step, repeats=3) for _ in range(2)]
+        print(f"| {kib} KiB | {ms[0]:.0f} | {ms[1]:.0f} |", flush=True)
+    return 0
+
+
 def whole_step(b: int) -> int:
     import contextlib
 
-    hidden, inter, vocab, n_layers = 2048, 16384, 257216, 18  # paligemma-3b's Gemma
-    shapes = [(2048, hidden), (256, hidden), (256, hidden), (hidden, 2048),  # q, k, v, o
-              (inter, hidden), (inter, hidden), (hidden, inter)]            # gate, up, down
-    weights = [np.full(s, 0.01, np.float32) for _ in range(n_layers) for s in shapes]
-    weights.append(np.full((vocab, hidden), 0.01, np.float32))
+    weights = [np.full(s, 0.01, np.float32) for s in step_shapes()]
     print(f"{len(weights)} weights, {sum(w.nbytes for w in weights) / 1e9:.1f} GB float32")
 
     def step(rows: int, ours: bool) -> None:
@@ -99,7 +135,7 @@ def whole_step(b: int) -> int:
             if rows == 1 and slab != 1 << 20:
                 continue  # one row: BLAS's path takes no slabs, ours is timed at 1 MiB only
             for ours in (False, True):
-                _kernels.F32_SLAB_BYTES = slab
+                _kernels.SLAB_BYTES = slab
                 ms = [best_ms(lambda: step(rows, ours), repeats=2) for _ in range(2)]
                 print(f"| {rows} | {slab >> 20} MiB | {'ours' if ours else 'BLAS'} | "
                       f"{ms[0]:.0f} | {ms[1]:.0f} |", flush=True)

@@ -2,8 +2,9 @@
 
 Not model math: `layers.linear` asks `matmul_t` for x @ Wᵀ, `gemma.feed_forward` runs its
 gelu(gate) · up through `by_row_blocks`, and `layers.attention` shares its query chunks out with
-`share_out`. Every path here computes the same float32 numbers as the plain expression it
-replaces (widening bfloat16/float16 is exact; elementwise work in blocks is elementwise).
+`share_out`. Every path here computes the float32 numbers of the plain expression it replaces,
+up to the order in which a product's terms are summed (widening bfloat16/float16 is exact;
+elementwise work in blocks is elementwise).
 The torch backend has no twin of this file: its kernels are torch's.
 """
 
@@ -23,13 +24,15 @@ BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 # Low-memory mode keeps a matrix in its file dtype (bfloat16/float16, memory-mapped) and widens
 # it to float32 a slab of rows at a time into one reused buffer: the float32 copy of a big matrix
-# (the 257216-row lm_head: 2.1 GB) never exists, and each slab is still in cache when the matrix
-# product reads it. Widening bf16/fp16 to float32 is exact, so the product is the float32 one.
-SLAB_BYTES = 1 << 20  # a widened slab and its product stay in one core's 1 MiB L2
-# A float32 slab has nothing to widen: fewer, larger products measured a little faster (8 rows
-# over every decode-step weight of paligemma-3b on BLAS's threads: 1119/1126 ms in 1 MiB slabs,
-# 1070/1007 ms in 4 MiB, two runs).
-F32_SLAB_BYTES = 4 << 20
+# (the 257216-row lm_head: 2.1 GB) never exists, and each slab is still in cache (two 4 MiB
+# slabs in the 32 MiB L3) when the matrix product reads it. Widening is exact.
+# The size is measured, not derived: every weight of a paligemma-3b decode step in bfloat16, one
+# row, on our two threads (`benchmarks/kernels.py --slabs`, benchmarks/RESULTS.md run 12):
+# 256 KiB 967-1089 ms, 1 MiB 516-527, 2 MiB 426-450, 4 MiB 330-347, 8 MiB 485-536, 16 MiB
+# 746-805. Smaller slabs pay a few numpy calls each (thousands a step); larger ones leave cache.
+# A float32 slab has nothing to widen and measured a little faster in 4 MiB than in 1 MiB too
+# (8 rows over the same weights on BLAS's threads: 1119/1126 ms in 1 MiB, 1070/1007 in 4 MiB).
+SLAB_BYTES = 4 << 20
 _slab_buffers = threading.local()
 
 # A decode step is matrix-vector work: each weight is read once, from memory, for a few rows of
@@ -60,28 +63,32 @@ def _slab_buffer(elements: int) -> np.ndarray:
     return buf
 
 
-def _bf16_buffer(elements: int) -> np.ndarray:
-    """This thread's float32 scratch for widening bfloat16: zeroed once, and only ever written in
-    the high 16 bits of each value, so the low halves stay zero."""
-    buf = getattr(_slab_buffers, "bf16", None)
-    if buf is None or buf.size < elements:
-        buf = _slab_buffers.bf16 = np.zeros(elements, np.float32)
-    return buf
+HIGH_HALF = np.uint32(0xFFFF0000)
 
 
-def widen_bf16(slab: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """bfloat16[R, C] -> float32[R, C] in `scratch` (from `_bf16_buffer`), exactly.
+def widen_bf16_pairs(slab: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """bfloat16[R, C] -> (float32[R, C/2], float32[R, C/2]): its even and its odd columns,
+    widened exactly, in `scratch` (from `_slab_buffer`, at least R * C values).
 
     A bfloat16 is the high half of the float32 with the same value (NaN, infinities and
-    subnormals too), so widening is a store of the 16 bits into the high half of each float32
-    (little-endian: the second uint16). Measured over paligemma-3b's 257216 x 2048 output table
-    on 2 cores: 81 ms, against 118 ms for ml_dtypes' cast (`np.copyto(..., casting="unsafe")`),
-    which computes the same numbers.
+    subnormals too). Read as uint32, a row of bfloat16 is its columns in pairs, the even column
+    in each low half and the odd one in each high half (little-endian). So the odd columns
+    widened are the pairs with their low halves cleared, and the even ones the pairs shifted up
+    16 bits: two contiguous passes that NumPy vectorizes. Measured on one core over half of
+    paligemma-3b's output table: 44 ms, against 86 ms for storing the 16 bits into every other
+    uint16 of a float32 buffer (a strided copy) and ~100 ms for ml_dtypes' cast.
     """
-    wide = scratch[:slab.size].reshape(slab.shape)
-    halves = wide.view(np.uint16).reshape(*slab.shape, 2)  # [R, C] -> [R, C, 2]: low, high
-    halves[..., 1] = slab.view(np.uint16)
-    return wide
+    pairs = slab.view(np.uint32)  # [R, C] bfloat16 -> [R, C/2] uint32: (even, odd) halves
+    wide = scratch[:slab.size].view(np.uint32).reshape(2, *pairs.shape)  # [2, R, C/2]
+    np.left_shift(pairs, 16, out=wide[0])  # column 2j: its 16 bits moved into the high half
+    np.bitwise_and(pairs, HIGH_HALF, out=wide[1])  # column 2j+1: already in the high half
+    return wide[0].view(np.float32), wide[1].view(np.float32)
+
+
+def _pairs_apply(weight: np.ndarray) -> bool:
+    """Can `weight`'s rows be read as uint32 pairs of bfloat16 (see `widen_bf16_pairs`)?"""
+    return (weight.dtype == BFLOAT16 and sys.byteorder == "little" and weight.ndim == 2
+            and weight.shape[1] % 2 == 0 and weight.strides[1] == 2)
 
 
 def in_our_threads() -> bool:
@@ -124,25 +131,35 @@ def slab_matmul(x: np.ndarray, weight: np.ndarray, parallel: bool) -> np.ndarray
     Each product is slab @ xᵀ, so the weight slab is BLAS's big operand and each output block is
     contiguous. A narrow weight (bfloat16/float16) is widened slab by slab into a reused float32
     buffer; with `parallel`, slab s goes to thread s mod workers.
+
+    bfloat16 is widened as its even and its odd columns (`widen_bf16_pairs`), and the product
+    is summed in that grouping: slab @ xᵀ = slab[:, 0::2] @ xᵀ[0::2] + slab[:, 1::2] @ xᵀ[1::2].
+    The same products and the same sum, in another order: it differs from the one-call product
+    in float32 rounding only, as BLAS's own blocking does between kernels.
     """
-    slab_bytes = F32_SLAB_BYTES if weight.dtype == np.float32 else SLAB_BYTES
-    rows = max(1, slab_bytes // (4 * weight.shape[1]))
+    rows = max(1, SLAB_BYTES // (4 * weight.shape[1]))
     xt = np.ascontiguousarray(x.T)  # [M, in] -> [in, M]
     yt = np.empty((weight.shape[0], x.shape[0]), np.float32)  # [out, M]
 
-    bf16 = weight.dtype == BFLOAT16 and sys.byteorder == "little"
+    pairs = _pairs_apply(weight)
+    if pairs:
+        x_even, x_odd = np.ascontiguousarray(xt[0::2]), np.ascontiguousarray(xt[1::2])  # [in/2, M]
 
     def work(first: int, stride: int) -> None:
-        scratch = (_bf16_buffer if bf16 else _slab_buffer)(rows * weight.shape[1])
+        scratch = _slab_buffer(rows * weight.shape[1])
         for i in range(first * rows, weight.shape[0], stride * rows):
             slab = weight[i:i + rows]
-            if bf16:
-                slab = widen_bf16(slab, scratch)  # exact: the 16 bits into each high half
-            elif slab.dtype != np.float32:
+            out = yt[i:i + rows]
+            if pairs:
+                even, odd = widen_bf16_pairs(slab, scratch)  # [rows, in] -> 2 x [rows, in/2]
+                np.dot(even, x_even, out=out)  # [rows, in/2] @ [in/2, M] -> [rows, M]
+                out += odd @ x_odd
+                continue
+            if slab.dtype != np.float32:
                 wide = scratch[:slab.size].reshape(slab.shape)
-                np.copyto(wide, slab, casting="unsafe")  # exact widening (float16: ml_dtypes' cast)
+                np.copyto(wide, slab, casting="unsafe")  # exact widening (ml_dtypes' cast)
                 slab = wide
-            np.dot(slab, xt, out=yt[i:i + rows])  # [rows, in] @ [in, M] -> [rows, M]
+            np.dot(slab, xt, out=out)  # [rows, in] @ [in, M] -> [rows, M]
 
     if parallel:
         share_out(work, -(-weight.shape[0] // rows))
@@ -154,7 +171,8 @@ def slab_matmul(x: np.ndarray, weight: np.ndarray, parallel: bool) -> np.ndarray
 
 def matmul_t(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """float32 x @ weight.T for x float32[M, in] and weight [out, in] in any stored dtype:
-    the same numbers as `x @ weight.astype(np.float32).T`, by the fastest path. [M, in] -> [M, out]."""
+    the numbers of `x @ weight.astype(np.float32).T` (its terms perhaps summed in another
+    order), by the fastest path. [M, in] -> [M, out]."""
     m = x.shape[0]
     if _depth and m <= FEW_ROWS:
         return slab_matmul(x, weight, parallel=True)  # a decode step on our threads

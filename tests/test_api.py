@@ -296,7 +296,7 @@ def test_batched_linear_reads_each_weight_once(rows, ours, monkeypatch):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((1100, 4)).astype(np.float32).view(Counting)
     x = rng.standard_normal((rows, 1, 4)).astype(np.float32)
-    monkeypatch.setattr(_kernels, "F32_SLAB_BYTES", 100 * 4 * 4)  # 11 slabs of 100 rows, several a thread
+    monkeypatch.setattr(_kernels, "SLAB_BYTES", 100 * 4 * 4)  # 11 slabs of 100 rows, several a thread
     with _kernels.on_our_threads() if ours else contextlib.nullcontext():
         y = layers.linear(x, w)
     assert Counting.read == 1100 and y.shape == (rows, 1, 1100)

@@ -492,7 +492,8 @@ def test_patch_embed_channel_and_kernel_orientation():
 @pytest.mark.parametrize("ours", [False, True], ids=["prefill", "decode-step"])
 def test_linear_low_memory_slabs_equal_whole_matrix(monkeypatch, ours):
     """bfloat16 weights are widened a slab of rows at a time (in a decode step, on one thread of
-    ours per core); the result must not depend on it."""
+    ours per core), as even and odd columns summed apart; the result must not depend on it
+    beyond float32 rounding: golden values from float64 sums of the exactly widened weights."""
     import contextlib
 
     import ml_dtypes
@@ -500,33 +501,57 @@ def test_linear_low_memory_slabs_equal_whole_matrix(monkeypatch, ours):
     from npgemma import _kernels, layers
 
     rng = np.random.default_rng(7)
-    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
-    w = rng.standard_normal((37, 8)).astype(ml_dtypes.bfloat16)
+    x = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    w = rng.standard_normal((37, 64)).astype(ml_dtypes.bfloat16)
     b = rng.standard_normal(37).astype(ml_dtypes.bfloat16)
+    exact = x.astype(np.float64) @ w.astype(np.float64).T + b.astype(np.float64)
     whole = x @ w.astype(np.float32).T + b.astype(np.float32)
-    monkeypatch.setattr(_kernels, "SLAB_BYTES", 5 * 8 * 4)  # 5 rows a slab: 37 rows -> 8 slabs, the last one short
+    monkeypatch.setattr(_kernels, "SLAB_BYTES", 5 * 64 * 4)  # 5 rows a slab: 37 rows -> 8 slabs, the last one short
     with _kernels.on_our_threads() if ours else contextlib.nullcontext():
         got = layers.linear(x, w, b)
     assert got.dtype == np.float32 and got.shape == (2, 3, 37)
-    np.testing.assert_array_equal(got, whole)
+    bound = 64 * np.finfo(np.float32).eps * (np.abs(x) @ np.abs(w.astype(np.float32)).T + 1)
+    assert (np.abs(got - exact) <= bound).all() and (np.abs(whole - exact) <= bound).all()
+    # a wrong column pairing (even weights against odd inputs) is far outside that bound
+    swapped = x[..., [1, 0] * 32 + np.repeat(np.arange(0, 64, 2), 2)] @ w.astype(np.float32).T
+    assert not (np.abs(swapped + b.astype(np.float32) - exact) <= bound).all()
 
 
-def test_bf16_widening_is_exact_for_every_bit_pattern():
-    """Widening by storing the 16 bits in each float32's high half equals ml_dtypes' cast for
-    all 65536 bfloat16 patterns (NaN payloads, infinities, subnormals, -0), in a reused scratch
-    whose earlier, larger contents must not leak into a later, shorter slab."""
+def test_linear_low_memory_odd_width_and_strided_weights():
+    """A bfloat16 weight whose rows cannot be read as pairs (an odd width, a strided view) takes
+    the plain widening, with the same numbers."""
+    import ml_dtypes
+
+    from npgemma import _kernels
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 9)).astype(np.float32)
+    for w in (rng.standard_normal((11, 9)).astype(ml_dtypes.bfloat16),
+              rng.standard_normal((11, 18)).astype(ml_dtypes.bfloat16)[:, ::2]):
+        assert not _kernels._pairs_apply(w)
+        np.testing.assert_allclose(_kernels.matmul_t(x, w), x @ w.astype(np.float32).T, rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_pair_widening_is_exact_for_every_bit_pattern():
+    """Widening a bfloat16 row as its even columns shifted up and its odd columns masked equals
+    ml_dtypes' cast for all 65536 bfloat16 patterns (NaN payloads, infinities, subnormals, -0),
+    in a reused scratch whose earlier, larger contents must not leak into a later, shorter slab."""
     import ml_dtypes
 
     from npgemma import _kernels
 
     every = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16).reshape(256, 256)
     want = every.astype(np.float32).view(np.uint32)
-    scratch = _kernels._bf16_buffer(every.size)
-    got = _kernels.widen_bf16(every, scratch)
-    np.testing.assert_array_equal(got.view(np.uint32), want)
-    short = every[7:9, :100]  # strided rows of another shape, after the full slab
-    np.testing.assert_array_equal(_kernels.widen_bf16(np.ascontiguousarray(short), scratch)
-                                  .view(np.uint32), short.astype(np.float32).view(np.uint32))
+    scratch = _kernels._slab_buffer(every.size)
+    scratch[:] = np.nan  # garbage that must be overwritten
+    even, odd = _kernels.widen_bf16_pairs(every, scratch)
+    np.testing.assert_array_equal(even.view(np.uint32), want[:, 0::2])
+    np.testing.assert_array_equal(odd.view(np.uint32), want[:, 1::2])
+    short = np.ascontiguousarray(every[7:9, 100:200])  # another shape, after the full slab
+    even, odd = _kernels.widen_bf16_pairs(short, scratch)
+    wide = short.astype(np.float32).view(np.uint32)
+    np.testing.assert_array_equal(even.view(np.uint32), wide[:, 0::2])
+    np.testing.assert_array_equal(odd.view(np.uint32), wide[:, 1::2])
 
 
 def test_on_our_threads_holds_blas_to_one_thread_and_restores_it(monkeypatch):
