@@ -286,6 +286,58 @@ def test_parity_needs_both_runs_and_a_narrow_copy_of_the_weights():
     assert narrow.ram["torch run"] > 0
 
 
+def test_parity_reference_maps_a_narrow_checkpoint_when_float32_cannot_fit(monkeypatch):
+    """parity's reference holds float32 weights when they fit; else a bfloat16 checkpoint is
+    memory-mapped (file pages), and torch in bfloat16 on the CPU shares those pages."""
+    monkeypatch.setattr(memory, "_WIDENING_BYTES", 0)  # sized for real models: above tiny weights
+    cfg = config_from_dict(tiny_config(text="gemma2"))
+    tokens = memory.TEXT_TOKENS
+    whole = memory.parity_estimate(cfg, "bfloat16", "cpu", "bfloat16", tokens)
+    mapped = memory.parity_estimate(cfg, "bfloat16", "cpu", "bfloat16", tokens, reference="bfloat16")
+    assert whole.ram["weights"] == memory.num_params(cfg) * 4 and not whole.file
+    assert mapped.file["weights"] == memory.num_params(cfg) * 2
+    assert "weights" not in mapped.ram and "torch weights" not in mapped.ram  # shared pages
+    assert mapped.ram["torch run"] > 0 and mapped.ram_total < whole.ram_total
+    copy = memory.parity_estimate(cfg, "float32", "cpu", "bfloat16", tokens, reference="bfloat16")
+    assert copy.ram["torch weights"] == memory.num_params(cfg) * 4  # torch float32: its own copy
+    gpu = memory.parity_estimate(cfg, "bfloat16", "cuda", "bfloat16", tokens, reference="bfloat16")
+    assert gpu.file == mapped.file and gpu.gpu["weights"] == memory.num_params(cfg) * 2
+
+    choose = lambda dtype="bfloat16", disk="bfloat16": memory.parity_reference(  # noqa: E731
+        cfg, dtype, "cpu", disk, tokens)
+    fake_available(monkeypatch, whole.ram_total)
+    assert choose() == "float32"  # it fits: the float32 reference, as always
+    fake_available(monkeypatch, whole.ram_total - 1)
+    assert choose() == "bfloat16" and choose(disk="float16") == "float16"
+    assert choose(disk="float32") == "float32"  # nothing narrower to map: refused by the check
+    monkeypatch.setattr(memory, "available_memory", lambda: None)
+    assert choose() == "float32"
+
+
+def test_parity_cli_maps_the_reference_and_passes(monkeypatch, tmp_path, capsys):
+    """On too little memory for float32 weights, `npgemma parity` on a bfloat16 checkpoint runs
+    its reference memory-mapped, says so, and still passes against torch in bfloat16."""
+    pytest.importorskip("torch")
+    from PIL import Image
+
+    monkeypatch.setattr(memory, "_WIDENING_BYTES", 0)
+    from npgemma.testing.random_model import example_image
+
+    folder = write_checkpoint(tmp_path / "ck", tiny_config(text="gemma2", sliding_window=4),
+                              dtype="bfloat16", seed=3, decisive=True)
+    Image.fromarray(example_image()).save(tmp_path / "img.png")
+    cfg = load_config(folder)
+    tokens = memory.text_tokens("caption en", 4)
+    whole = memory.parity_estimate(cfg, "bfloat16", "cpu", "bfloat16", tokens)
+    fake_available(monkeypatch, whole.ram_total - 1)
+    rc = cli.main(["parity", "--model", str(folder), "--image", str(tmp_path / "img.png"),
+                   "--prompt", "caption en", "--dtype", "bfloat16", "--max-new-tokens", "4"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "vs numpy float32 (weights memory-mapped in bfloat16, widened as used)" in out
+    assert "greedy tokens (4): agree" in out
+
+
 # --- streaming: a memory-mapped checkpoint larger than the memory available -------------------
 
 def test_a_checkpoint_larger_than_memory_streams_with_a_time_estimate(monkeypatch):

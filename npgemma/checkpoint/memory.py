@@ -175,19 +175,40 @@ def estimate(cfg: PaliGemmaConfig, backend: str = "numpy", dtype: str = "float32
     return Need(ram=host | worst)
 
 
+NARROW = ("bfloat16", "float16")  # stored dtypes the low-memory mode maps and widens exactly
+
+
 def parity_estimate(cfg: PaliGemmaConfig, dtype: str, device: str, disk_dtype: str,
-                    text_tokens: int) -> Need:
-    """`npgemma parity`: NumPy float32 weights plus the torch copy (shared on the CPU in
-    float32), both runs' caches and activations."""
-    ref = estimate(cfg, "numpy", "float32", "cpu", disk_dtype, text_tokens)
+                    text_tokens: int, reference: str = "float32") -> Need:
+    """`npgemma parity`: the NumPy float32 reference plus the torch copy, both runs' caches and
+    activations. `reference` is how the reference holds its weights: "float32" in RAM (shared
+    with torch on the CPU in float32), or the checkpoint's own narrow dtype, memory-mapped and
+    widened as used (the same float32 numbers; file pages, shared with torch on the CPU when
+    torch computes in that dtype)."""
+    mapped = reference != "float32"
+    ref = estimate(cfg, "numpy", reference, "cpu", disk_dtype, text_tokens)
     twin = estimate(cfg, "torch", dtype, device, disk_dtype, text_tokens)
     if device != "cpu":
-        return Need(ram=ref.ram, gpu=twin.gpu)
+        return Need(ram=ref.ram, gpu=twin.gpu, file=ref.file)
     ram = dict(ref.ram)
-    if dtype != "float32":  # a second, narrower copy of the weights
+    shared = dtype == (disk_dtype if mapped else "float32")
+    if not shared:  # a second copy of the weights, in torch's dtype
         ram["torch weights"] = twin.ram["weights"]
     ram["torch run"] = sum(_run(cfg, "torch", dtype, text_tokens, 1).values())
-    return Need(ram=ram)
+    return Need(ram=ram, file=ref.file)
+
+
+def parity_reference(cfg: PaliGemmaConfig, dtype: str, device: str, disk_dtype: str,
+                     text_tokens: int) -> str:
+    """How `npgemma parity` holds its reference's weights: "float32" in RAM when that fits (or
+    memory cannot be read), else the checkpoint's narrow dtype memory-mapped when that needs
+    less anonymous memory (PaliGemma 2 10B in float32 is 38.7 GB; its bfloat16 file 19.3 GB)."""
+    avail = available_memory()
+    whole = parity_estimate(cfg, dtype, device, disk_dtype, text_tokens)
+    if avail is None or whole.ram_total <= avail.bytes or disk_dtype not in NARROW:
+        return "float32"
+    mapped = parity_estimate(cfg, dtype, device, disk_dtype, text_tokens, reference=disk_dtype)
+    return disk_dtype if mapped.ram_total < whole.ram_total else "float32"
 
 
 # --- what is available ---------------------------------------------------------------------
@@ -329,15 +350,16 @@ def _alternatives(cfg, disk_dtype: str, text_tokens: int, avail: Available, back
 
 def check(cfg: PaliGemmaConfig, what: str, *, backend: str = "numpy", dtype: str = "float32",
           device: str = "cpu", disk_dtype: str = "bfloat16", text_tokens: int = TEXT_TOKENS,
-          parity: bool = False, batch: int = 1, files=(), read_speed=None) -> Need:
+          parity: bool = False, batch: int = 1, files=(), read_speed=None,
+          reference: str = "float32") -> Need:
     """Raise one InputError, before anything is allocated, when the run cannot fit; else
     return the estimate. `what` names the checkpoint in the message.
 
     The low-memory mode's weights are file pages: when they and the anonymous memory exceed
     what is available but the anonymous memory alone fits, the run streams the weights from
     disk and the returned Need says how (`streams`: bytes and seconds per token, from the read
-    speed of `files` measured by `read_speed(files)`)."""
-    need = (parity_estimate(cfg, dtype, device, disk_dtype, text_tokens) if parity
+    speed of `files` measured by `read_speed(files)`). `reference`: parity's (`parity_estimate`)."""
+    need = (parity_estimate(cfg, dtype, device, disk_dtype, text_tokens, reference) if parity
             else estimate(cfg, backend, dtype, device, disk_dtype, text_tokens, batch=batch))
     mode = "npgemma parity" if parity else f"the {backend} backend"
     tail = "--force (load(..., force=True)) tries anyway"

@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 
-from ..checkpoint import memory
+from ..checkpoint import memory, prefetch
 from ..checkpoint.config_json import load_config
 from ..checkpoint.hub import resolve
 from ..checkpoint.memory import text_tokens
-from ..checkpoint.weights import header_summary, load_weights
+from ..checkpoint.weights import header_summary
 from ..compare import against
 from ..compare.stages import parity_rows
 from ..errors import NpgemmaError
@@ -31,35 +31,47 @@ def run(args) -> int:
 
 
 def _parity(args) -> int:
-    """numpy float32 against npgemma's torch backend, stage by stage, then greedy tokens."""
+    """numpy float32 against npgemma's torch backend, stage by stage, then greedy tokens.
+
+    The reference holds float32 weights in RAM when they fit; otherwise a bfloat16/float16
+    checkpoint is memory-mapped and widened as used (the low-memory mode: the same float32
+    numbers), and torch on the CPU in that dtype computes on the same mapped pages."""
     tb = get_backend("torch", device=args.device, dtype=args.dtype)
     model_dir = resolve(args.model)
     cfg = load_config(model_dir)
+    files, headers = header_summary(model_dir)
+    disk_dtype, tokens = memory.stored_dtype(headers), text_tokens(args.prompt, args.max_new_tokens)
+    reference = memory.parity_reference(cfg, args.dtype, args.device, disk_dtype, tokens)
+    ref = NumpyBackend(dtype=reference)
     if not args.force:
-        _, headers = header_summary(model_dir)
-        memory.check(cfg, str(model_dir), dtype=args.dtype, device=args.device,
-                     disk_dtype=memory.stored_dtype(headers), parity=True,
-                     text_tokens=text_tokens(args.prompt, args.max_new_tokens))
+        need = memory.check(cfg, str(model_dir), dtype=args.dtype, device=args.device,
+                            disk_dtype=disk_dtype, parity=True, text_tokens=tokens,
+                            files=files, read_speed=prefetch.read_speed, reference=reference)
+        if need.streams is not None:
+            print(f"npgemma: {model_dir.name}: {need.streams}", file=sys.stderr)
+            ref.stream = True
     processor = Processor.from_pretrained(model_dir, cfg)
     inputs = processor(args.image, args.prompt)
-    params = load_weights(model_dir, cfg, dtype=np.float32)
+    params = ref.load_weights(model_dir, cfg)
     rows, tparams = parity_rows(cfg, params, tb, inputs)
+    against_what = "numpy float32" + ("" if reference == "float32" else
+                                      f" (weights memory-mapped in {reference}, widened as used)")
 
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
     ids, pix = inputs.input_ids[None], inputs.pixel_values[None]
-    np_tokens = [int(x[0]) for x in generate_tokens(NumpyBackend(), params, cfg, ids, pix, gen)]
+    np_tokens = [int(x[0]) for x in generate_tokens(ref, params, cfg, ids, pix, gen)]
     t_tokens = [int(x[0]) for x in generate_tokens(tb, tparams, cfg, ids, pix, gen)]
     tokens_ok = np_tokens == t_tokens
     ok = tokens_ok and all(c.ok for _, c in rows)
 
     if args.json:
         print(json.dumps({
-            "device": args.device, "dtype": args.dtype, "ok": ok,
+            "device": args.device, "dtype": args.dtype, "reference": reference, "ok": ok,
             "stages": [{"stage": n, "max_abs": c.max_abs, "max_rel": c.max_rel, "limit": c.limit,
                         "where": list(c.where), "ok": c.ok} for n, c in rows],
             "greedy_tokens": {"numpy": np_tokens, "torch": t_tokens, "agree": tokens_ok}}))
     else:
-        print(f"torch {args.device}/{args.dtype} vs numpy float32")
+        print(f"torch {args.device}/{args.dtype} vs {against_what}")
         print(f"{'stage':<26} {'max abs':>10} {'rel':>10} {'limit':>10}  ok")
         for name, c in rows:
             print(f"{name:<26} {c.max_abs:>10.3g} {c.max_rel:>10.3g} {c.limit:>10.3g}  "

@@ -13,6 +13,7 @@ same (batch, cache length); "static" is the same without the graph (what CPU can
 from __future__ import annotations
 
 import os
+import warnings
 import weakref
 
 import numpy as np
@@ -29,12 +30,24 @@ DECODE_MODES = ("eager", "static", "graph")
 _KEPT_CACHES = 4  # static (cache, state, graph) sets kept for reuse, oldest dropped first
 
 
+def _shared(a: np.ndarray) -> torch.Tensor:
+    """A tensor over the array's own memory. A read-only array is the low-memory mode's memory
+    map: torch computes on those pages (it never writes a weight) and would only warn that it
+    cannot mark a tensor read-only."""
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
 def tensor_from_numpy(a: np.ndarray, device, dtype: torch.dtype) -> torch.Tensor:
-    """A NumPy array (float32, float16 or ml_dtypes.bfloat16) as a tensor of `dtype` on `device`."""
+    """A NumPy array (float32, float16 or ml_dtypes.bfloat16) as a tensor of `dtype` on `device`:
+    the array's own memory where it is already that on the CPU, else a copy."""
     if a.dtype.name == "bfloat16":  # torch cannot read ml_dtypes' bfloat16: reinterpret the bits
-        t = torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
+        t = _shared(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
     else:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = _shared(np.ascontiguousarray(a))
     return t.to(device=device).to(dtype)  # moved as stored, then cast where it lands
 
 
