@@ -5,14 +5,18 @@
 
 Engines (comma list): `npgemma-numpy:float32`, `npgemma-numpy:bfloat16` (the low-memory mode),
 `npgemma-torch:DTYPE[:DEVICE]`, `transformers:DTYPE[:DEVICE[:ATTN]]` (ATTN sdpa or eager, default: transformers' choice;
-transformers 5.24.0 when installed). Each engine runs in its own process (its peak RSS is its own),
+transformers 5.24.0 when installed; `--hf-python VENV/bin/python` runs them in a venv of their own, and
+`--offload GIB` loads them with accelerate's disk offload, what does not fit in GIB read from disk).
+Each engine runs in its own process (its peak RSS is its own),
 through the public API only: `npgemma.load(...).generate_batch`-equivalent token loop, and
 transformers' `generate` with a logits processor that stamps the time of each new token.
 
 Per engine and batch size: load s, prefill s (vision + the whole prompt, until the first new
 token), decode ms/token (median over the steps after the first), tokens/s (batch / step time),
-peak RSS. In the same run: the machine's memory bandwidth (a matrix-vector read over 2 GiB, BLAS on
-every core) and the decode bound it implies (weight bytes read per token / bandwidth). The
+peak RSS (counting memory-mapped file pages), peak anonymous RSS (sampled), and the bytes read
+from disk per decode step (/proc/self/io: a checkpoint streamed from disk re-reads its weights).
+In the same run: the machine's memory bandwidth (a matrix-vector read over 2 GiB, BLAS on every
+core) and the decode bound it implies (weight bytes read per token / bandwidth). The
 table's ratios are against transformers float32 (or the first transformers engine) and against
 the bound. `--resolution 224,896` with `--make` writes and runs each resolution's checkpoint.
 """
@@ -47,6 +51,43 @@ def _rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+def _read_bytes() -> int:
+    """Bytes this process has had read from disk (/proc/self/io read_bytes; 0 where absent):
+    page-cache hits do not count, so a streamed checkpoint shows what each pass re-reads."""
+    try:
+        with open("/proc/self/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("read_bytes:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+class AnonPeak:
+    """Peak anonymous RSS (RssAnon in /proc/self/status, sampled every 0.1 s by a thread: the
+    kernel keeps a peak of the whole RSS only, and that counts memory-mapped file pages too)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak, self._stop = 0, threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.now())
+            self._stop.wait(0.1)
+
+    @staticmethod
+    def now() -> int:
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+        except (OSError, StopIteration):
+            return 0
+
+    def gib(self) -> float:
+        return max(self.peak, self.now()) / 2**30
+
+
 def _npgemma_runs(model, backend, dtype, device, batches, new_tokens):
     import npgemma
     from npgemma.generation.generate import GenerationConfig, generate_tokens
@@ -58,15 +99,16 @@ def _npgemma_runs(model, backend, dtype, device, batches, new_tokens):
     for b in batches:
         batch = pipe.processor.batch([image] * b, [PROMPT] * b)
         gen = GenerationConfig(max_new_tokens=new_tokens)
-        stamps, tokens = [time.perf_counter()], []
+        stamps, reads, tokens = [time.perf_counter()], [_read_bytes()], []
         for tok in generate_tokens(pipe.backend, pipe.params, pipe.cfg, batch.input_ids,
                                    batch.pixel_values, gen, attention_mask=batch.attention_mask):
             stamps.append(time.perf_counter())
+            reads.append(_read_bytes())
             tokens.append(int(tok[0]))
-        yield load_s, b, np.diff(stamps), tokens, int(batch.input_ids.shape[1])
+        yield load_s, b, np.diff(stamps), tokens, int(batch.input_ids.shape[1]), reads
 
 
-def _transformers_runs(model, dtype, device, attn, batches, new_tokens):
+def _transformers_runs(model, dtype, device, attn, batches, new_tokens, offload_gib=None):
     import torch
     from transformers import LogitsProcessor, PaliGemmaForConditionalGeneration
 
@@ -75,17 +117,26 @@ def _transformers_runs(model, dtype, device, attn, batches, new_tokens):
 
     class Stamp(LogitsProcessor):
         def __init__(self):
-            self.stamps = []
+            self.stamps, self.reads = [], []
 
         def __call__(self, input_ids, scores):
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             self.stamps.append(time.perf_counter())
+            self.reads.append(_read_bytes())
             return scores
 
     t0 = time.perf_counter()
-    hf = PaliGemmaForConditionalGeneration.from_pretrained(
-        model, dtype=getattr(torch, dtype), attn_implementation=attn).to(device).eval()
+    if offload_gib is None:
+        hf = PaliGemmaForConditionalGeneration.from_pretrained(
+            model, dtype=getattr(torch, dtype), attn_implementation=attn).to(device).eval()
+    else:  # accelerate's big-model inference: what fits in RAM stays, the rest is read from disk
+        import tempfile
+
+        hf = PaliGemmaForConditionalGeneration.from_pretrained(
+            model, dtype=getattr(torch, dtype), attn_implementation=attn, device_map="auto",
+            max_memory={"cpu": f"{offload_gib}GiB"},
+            offload_folder=tempfile.mkdtemp(prefix="hf-offload-")).eval()
     load_s = time.perf_counter() - t0
     proc = Processor.from_pretrained(model, load_config(model))  # = HF's processor, exactly
     image = _test_image(hf.config.vision_config.image_size)
@@ -96,13 +147,13 @@ def _transformers_runs(model, dtype, device, attn, batches, new_tokens):
                     token_type_ids=torch.from_numpy(batch.token_type_ids).to(device),
                     pixel_values=torch.from_numpy(batch.pixel_values).to(device, getattr(torch, dtype)))
         stamp = Stamp()
-        start = time.perf_counter()
+        start, read0 = time.perf_counter(), _read_bytes()
         with torch.inference_mode():
             out = hf.generate(**args, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                               do_sample=False, logits_processor=[stamp])
         steps = np.diff([start, *stamp.stamps])
         tokens = out[0, batch.input_ids.shape[1]:].tolist()
-        yield load_s, b, steps, tokens, int(batch.input_ids.shape[1])
+        yield load_s, b, steps, tokens, int(batch.input_ids.shape[1]), [read0, *stamp.reads]
 
 
 def blas_kernels() -> str:
@@ -133,25 +184,30 @@ def cpu_extensions(cpuinfo: str = "/proc/cpuinfo") -> str:
     return " ".join(f for f in wanted if f in flags) or "none of " + ", ".join(wanted)
 
 
-def run_engine(spec: str, model: str, batches: list[int], new_tokens: int) -> list[dict]:
+def run_engine(spec: str, model: str, batches: list[int], new_tokens: int,
+               offload_gib: float | None = None) -> list[dict]:
     """Rows for one engine, measured in this process."""
     name, *opts = spec.split(":")
     dtype = opts[0] if opts else "float32"
     device = opts[1] if len(opts) > 1 else "cpu"
+    anon = AnonPeak()
     if name == "transformers":
-        runs = _transformers_runs(model, dtype, device, opts[2] if len(opts) > 2 else None,
-                                  batches, new_tokens)
+        runs = _transformers_runs(model, dtype, device, (opts[2] or None) if len(opts) > 2 else None,
+                                  batches, new_tokens, offload_gib)
     elif name in ("npgemma-numpy", "npgemma-torch"):
         runs = _npgemma_runs(model, name.split("-")[1], dtype, device, batches, new_tokens)
     else:
         raise SystemExit(f"unknown engine {spec!r}")
     rows = []
-    for load_s, b, steps, tokens, prompt_len in runs:
+    for load_s, b, steps, tokens, prompt_len, reads in runs:
         decode = float(np.median(steps[1:])) if len(steps) > 1 else float("nan")
+        per_token = (reads[-1] - reads[1]) / (len(reads) - 2) if len(reads) > 2 else float("nan")
         rows.append({"engine": spec, "batch": b, "load_s": load_s, "prefill_s": float(steps[0]),
                      "ms_per_token": 1000 * decode, "tokens_per_s": b / decode,
                      "decode_steps": len(steps) - 1, "prompt_tokens": prompt_len,
-                     "peak_rss_gib": _rss_gib(), "tokens": tokens, "blas": blas_kernels()})
+                     "peak_rss_gib": _rss_gib(), "anon_peak_gib": anon.gib(),
+                     "disk_gb_per_token": per_token / 1e9, "tokens": tokens,
+                     "blas": blas_kernels()})
     return rows
 
 
@@ -199,8 +255,8 @@ def _table(rows: list[dict], bound_ms: dict[str, float]) -> str:
         return (f32 or hf or [None])[0]
 
     out = ["| engine | batch | load s | prefill s | ms/token | tokens/s | decode × HF | "
-           "prefill ÷ HF | % of bound | peak GiB | BLAS kernel |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "prefill ÷ HF | % of bound | peak GiB | anon GiB | disk GB/token | BLAS kernel |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = base(r["batch"])
         speed = f"{ref['ms_per_token'] / r['ms_per_token']:.2f}" if ref else "-"
@@ -209,7 +265,8 @@ def _table(rows: list[dict], bound_ms: dict[str, float]) -> str:
         pct = f"{100 * bound / r['ms_per_token']:.0f}%" if bound else "-"
         out.append(f"| {r['engine']} | {r['batch']} | {r['load_s']:.1f} | {r['prefill_s']:.2f} | "
                    f"{r['ms_per_token']:.0f} | {r['tokens_per_s']:.2f} | {speed} | {pre} | {pct} | "
-                   f"{r['peak_rss_gib']:.2f} | {r.get('blas', '?')} |")
+                   f"{r['peak_rss_gib']:.2f} | {r.get('anon_peak_gib', float('nan')):.2f} | "
+                   f"{r.get('disk_gb_per_token', float('nan')):.2f} | {r.get('blas', '?')} |")
     return "\n".join(out)
 
 
@@ -239,6 +296,12 @@ def main(argv=None) -> int:
                          "kernel users get) and the numpy engines with them too, beside")
     ap.add_argument("--json", help="write every row (and the bandwidth) to this JSON file")
     ap.add_argument("--results", help="append the markdown tables to this file (e.g. RESULTS.md)")
+    ap.add_argument("--offload", type=float, metavar="GIB",
+                    help="transformers engines load with accelerate's device_map='auto' and "
+                         "max_memory={'cpu': GIB}: the layers that do not fit are offloaded to disk")
+    ap.add_argument("--hf-python", metavar="PATH",
+                    help="the interpreter for the transformers engines (a venv of their own, e.g. "
+                         "with accelerate for --offload); npgemma's engines run in this one")
     ap.add_argument("--single", help=argparse.SUPPRESS)
     ap.add_argument("--bandwidth", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -248,7 +311,7 @@ def main(argv=None) -> int:
         return 0
 
     if args.single:
-        print(json.dumps(run_engine(args.single, args.model, batches, args.new_tokens)))
+        print(json.dumps(run_engine(args.single, args.model, batches, args.new_tokens, args.offload)))
         return 0
     models = []
     if args.make:
@@ -288,9 +351,11 @@ def main(argv=None) -> int:
             env.pop("OPENBLAS_L2_SIZE", None)
         spec = engine.split(" ")[0]
         tqdm.write(f"{name}: {engine} ...", file=sys.stderr)
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--model", model,
+        python = args.hf_python if args.hf_python and spec.startswith("transformers") else sys.executable
+        offload = ["--offload", str(args.offload)] if args.offload is not None else []
+        proc = subprocess.run([python, os.path.abspath(__file__), "--model", model,
                                "--single", spec, "--batch", args.batch,
-                               "--new-tokens", str(args.new_tokens)],
+                               "--new-tokens", str(args.new_tokens), *offload],
                               stdout=subprocess.PIPE, text=True, env=env)
         if proc.returncode:
             tqdm.write(f"{name}: {engine}: failed (exit {proc.returncode})", file=sys.stderr)
