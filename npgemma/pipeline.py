@@ -153,7 +153,7 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
             print(f"npgemma: {model_dir.name}: {need.file_total / 1e9:.1f} GB of weights, "
                   f"{need.streams.available.bytes / 1e9:.1f} GB of memory available: "
                   f"{need.streams}", file=sys.stderr)
-            be.stream = True
+            be.stream, be.keep = True, need.streams.resident_layers
     processor = Processor.from_pretrained(model_dir, cfg)
     params = be.load_weights(model_dir, cfg, progress=progress)
     mask_vae = None if vae is None else be.from_numpy(load_vae(vae))

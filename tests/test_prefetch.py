@@ -33,8 +33,8 @@ def _run(pipe):
 class Spy(prefetch.Streamer):
     """The real streamer, recording what it was told and what it asked for."""
 
-    def __init__(self, params, drop):
-        super().__init__(params, drop)
+    def __init__(self, params, drop, keep=0):
+        super().__init__(params, drop, keep)
         self.entered, self.fetched, self.dropped = [], [], []
 
     def __call__(self, name):
@@ -74,6 +74,22 @@ def test_prefetch_and_dropping_pages_never_change_the_results(folder, drop):
     if drop:  # two blocks behind the one computing, never the one computing
         assert all(d != e for d, e in zip(spy.dropped, [n for n in spy.entered
                                                          if n.startswith("decoder")]))
+
+
+def test_kept_layers_are_never_dropped_and_change_nothing(folder):
+    """A streamed run keeping its first decoder layer cached drops every other block it passes,
+    never that one, with the same numbers bit for bit."""
+    plain = npgemma.load(folder, dtype="bfloat16")
+    plain.backend.streamer = None
+    want_logits, want_tokens = _run(plain)
+    pipe = npgemma.load(folder, dtype="bfloat16")
+    spy = pipe.backend.streamer = Spy(pipe.params, drop=True, keep=1)
+    logits, tokens = _run(pipe)
+    spy.close()
+    np.testing.assert_array_equal(logits, want_logits)
+    assert tokens == want_tokens
+    assert spy.kept == {"decoder.blocks.0"} and "decoder.blocks.0" not in spy.dropped
+    assert {"decoder.blocks.1", "lm_head"} <= set(spy.dropped)
 
 
 def test_every_weight_of_a_block_is_found_in_its_file(folder):

@@ -75,18 +75,23 @@ class Need:
 @dataclass(frozen=True)
 class Streaming:
     """The verdict for a memory-mapped checkpoint larger than the memory available: each pass
-    reads the weights it uses from disk. Per token: the decoder's layers and the output table."""
+    reads the weights it uses from disk — per token the decoder's layers and the output table —
+    except the first `resident_layers` decoder layers, whose pages stay cached between passes."""
 
     bytes_per_token: int
     read_bytes_per_s: float | None   # measured (`prefetch.read_speed`), None if not
     seconds_per_token: float | None
     available: Available             # the memory reading the verdict was made against
+    resident_layers: int = 0
+    resident_bytes: int = 0
 
     def __str__(self) -> str:
         where = (f"about {self.seconds_per_token:.0f} s per token at the measured read speed "
                  f"({self.read_bytes_per_s / GB:.2f} GB/s)" if self.seconds_per_token is not None
                  else "the read speed could not be measured")
-        return f"streams {self.bytes_per_token / GB:.1f} GB from disk per token: {where}"
+        kept = (f"keeps {self.resident_layers} decoder layers ({self.resident_bytes / GB:.1f} GB) "
+                "cached, " if self.resident_layers else "")
+        return f"{kept}streams {self.bytes_per_token / GB:.1f} GB from disk per token: {where}"
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,27 @@ def per_token_params(cfg: PaliGemmaConfig) -> int:
     table, tied to the embedding); not the vision tower or the projector."""
     return sum(math.prod(s) for k, s in expected_shapes(cfg).items()
                if k.startswith(("language_model.", "lm_head.")))
+
+
+def decoder_layer_params(cfg: PaliGemmaConfig) -> int:
+    """Parameters of one decoder layer (every layer has the same shapes)."""
+    return sum(math.prod(s) for k, s in expected_shapes(cfg).items()
+               if k.startswith("language_model.layers.0."))
+
+
+# Streamed, the kernel is left this much page cache beside the blocks in flight.
+_CACHE_SLACK = 2**30
+
+
+def resident_layers(cfg: PaliGemmaConfig, itemsize: int, spare: int) -> int:
+    """How many decoder layers, from the first, can stay in the page cache of a streamed run
+    with `spare` bytes of memory beyond its anonymous part: what is left after the blocks in
+    flight and some slack. In flight are three blocks in a row (the one computing, the one asked
+    for next, the one about to be dropped): three layers, or two and the output table."""
+    layer = decoder_layer_params(cfg) * itemsize
+    table = math.prod(expected_shapes(cfg)["language_model.embed_tokens.weight"]) * itemsize
+    budget = spare - 2 * layer - max(layer, table) - _CACHE_SLACK
+    return max(0, min(cfg.text_config.num_hidden_layers, budget // layer)) if layer else 0
 
 
 def kv_cache_bytes(cfg: PaliGemmaConfig, seq_len: int, itemsize: int, batch: int = 1) -> int:
@@ -366,10 +392,14 @@ def check(cfg: PaliGemmaConfig, what: str, *, backend: str = "numpy", dtype: str
     avail = available_memory()
     if avail is not None and need.file and need.ram_total <= avail.bytes \
             and need.ram_total + need.file_total > avail.bytes:
-        per_token = per_token_params(cfg) * _ITEMSIZE.get(disk_dtype, 4)
+        itemsize = _ITEMSIZE.get(disk_dtype, 4)
+        kept = resident_layers(cfg, itemsize, avail.bytes - need.ram_total)
+        kept_bytes = kept * decoder_layer_params(cfg) * itemsize
+        per_token = per_token_params(cfg) * itemsize - kept_bytes
         speed = read_speed(list(files)) if read_speed is not None and files else None
         return Need(need.ram, need.gpu, need.file,
-                    Streaming(per_token, speed, per_token / speed if speed else None, avail))
+                    Streaming(per_token, speed, per_token / speed if speed else None, avail,
+                              kept, kept_bytes))
     if avail is not None and need.ram_total > avail.bytes:
         hints = _alternatives(cfg, disk_dtype, text_tokens, avail, backend, dtype)
         raise InputError(f"{what}: not enough memory for {mode} in {dtype}: needs "

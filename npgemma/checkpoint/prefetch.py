@@ -13,7 +13,9 @@ at the disk's speed and leave other processes their memory:
 - drop: block i-2's pages are unmapped from this process (`madvise(DONTNEED)`: a later touch
   reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`), so the file's
   pages never crowd out anyone's memory. Only when streaming: a checkpoint that fits keeps its
-  pages cached between passes.
+  pages cached between passes, and so does a streamed run for its first `keep` decoder layers,
+  as many as the memory check found room for (`memory.resident_layers`): each pass then reads
+  only the rest from disk.
 
 Neither changes a number: both are hints about *when* bytes are read, the arrays are the same
 read-only maps. Anonymous memory (what the kernel cannot reclaim) stays the activations, the
@@ -63,7 +65,7 @@ class Streamer:
     output table (the tied embedding), after which a decode step starts again at decoder layer 0.
     """
 
-    def __init__(self, params: dict, drop: bool):
+    def __init__(self, params: dict, drop: bool, keep: int = 0):
         vision = params["vision_tower"]["encoder"]["layers"]
         text = params["language_model"]
         table = params.get("lm_head", {}).get("weight", text["embed_tokens"]["weight"])
@@ -80,6 +82,7 @@ class Streamer:
         self.next[decoder[-1]] = ["lm_head"] + decoder[:1]
         cycle = decoder + ["lm_head"]
         self.behind = {name: cycle[i - 2] for i, name in enumerate(cycle)}
+        self.kept = set(decoder[:keep])  # never dropped: cached from the first pass on
         self.drop = drop
         self.bytes_prefetched = 0
         self._fds: dict[str, int] = {}
@@ -99,8 +102,9 @@ class Streamer:
     def __call__(self, name: str) -> None:
         for nxt in self.next.get(name, ()):
             self._reader.submit(self._willneed, nxt)
-        if self.drop and name in self.behind and name != self.behind[name]:
-            self._dontneed(self.behind[name])
+        old = self.behind.get(name)
+        if self.drop and old is not None and old != name and old not in self.kept:
+            self._dontneed(old)
 
     def _fd(self, filename: str) -> int:
         fd = self._fds.get(filename)

@@ -49,7 +49,7 @@ def _parity(args) -> int:
                             files=files, read_speed=prefetch.read_speed, reference=reference)
         if need.streams is not None:
             print(f"npgemma: {model_dir.name}: {need.streams}", file=sys.stderr)
-            ref.stream = True
+            ref.stream, ref.keep = True, need.streams.resident_layers
     processor = Processor.from_pretrained(model_dir, cfg)
     inputs = processor(args.image, args.prompt)
     params = ref.load_weights(model_dir, cfg)

@@ -50,11 +50,12 @@ class NumpyBackend:
 
     name = "numpy"
 
-    def __init__(self, dtype: str = "float32", stream: bool = False):
+    def __init__(self, dtype: str = "float32", stream: bool = False, keep: int = 0):
         self.dtype = dtype
         # Low memory only: prefetch each next block (always), drop used pages (`stream`: the
-        # checkpoint is larger than the memory available). See checkpoint/prefetch.py.
-        self.stream = stream
+        # checkpoint is larger than the memory available) but those of the first `keep` decoder
+        # layers, which stay cached. See checkpoint/prefetch.py.
+        self.stream, self.keep = stream, keep
         self.streamer: Streamer | None = None
 
     def load_weights(self, model_dir, cfg, progress=None):
@@ -63,7 +64,7 @@ class NumpyBackend:
         if self.dtype == "float32":
             return load_weights(model_dir, cfg, dtype=np.float32, progress=progress)
         params = load_weights(model_dir, cfg, mmap=True)
-        self.streamer = Streamer(params, drop=self.stream)
+        self.streamer = Streamer(params, drop=self.stream, keep=self.keep)
         return params
 
     def from_numpy(self, tree):
