@@ -11,11 +11,12 @@ at the disk's speed and leave other processes their memory:
   block i+1's bytes (`posix_fadvise(WILLNEED)`: asynchronous read-ahead), so the disk reads while
   the cores multiply;
 - drop: block i-2's pages are unmapped from this process (`madvise(DONTNEED)`: a later touch
-  reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`), so the file's
-  pages never crowd out anyone's memory. Only when streaming: a checkpoint that fits keeps its
-  pages cached between passes, and so does a streamed run for its first `keep` decoder layers,
-  as many as the memory check found room for (`memory.resident_layers`): each pass then reads
-  only the rest from disk.
+  reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`), by the same
+  thread once it has asked for block i+1, so the file's pages never crowd out anyone's memory
+  and the cores never wait for the unmapping. Only when streaming: a checkpoint that fits keeps
+  its pages cached between passes, and so does a streamed run for its first `keep` decoder
+  layers, as many as the memory check found room for (`memory.resident_layers`): each pass then
+  reads only the rest from disk.
 
 Neither changes a number: both are hints about *when* bytes are read, the arrays are the same
 read-only maps. Anonymous memory (what the kernel cannot reclaim) stays the activations, the
@@ -104,7 +105,7 @@ class Streamer:
             self._reader.submit(self._willneed, nxt)
         old = self.behind.get(name)
         if self.drop and old is not None and old != name and old not in self.kept:
-            self._dontneed(old)
+            self._reader.submit(self._dontneed, old)  # unmapping 1 GB of pages takes a while
 
     def _fd(self, filename: str) -> int:
         fd = self._fds.get(filename)
