@@ -74,9 +74,10 @@ def widen_bf16_pairs(slab: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray,
     subnormals too). Read as uint32, a row of bfloat16 is its columns in pairs, the even column
     in each low half and the odd one in each high half (little-endian). So the odd columns
     widened are the pairs with their low halves cleared, and the even ones the pairs shifted up
-    16 bits: two contiguous passes that NumPy vectorizes. Measured on one core over half of
-    paligemma-3b's output table: 44 ms, against 86 ms for storing the 16 bits into every other
-    uint16 of a float32 buffer (a strided copy) and ~100 ms for ml_dtypes' cast.
+    16 bits: two contiguous passes that NumPy vectorizes, where storing the 16 bits into every
+    other uint16 of a float32 buffer is a strided copy: a paligemma-3b low-memory decode step
+    took 664 ms that way (1 MiB slabs) and 509 ms this way (4 MiB; benchmarks/RESULTS.md runs
+    11 and 12).
     """
     pairs = slab.view(np.uint32)  # [R, C] bfloat16 -> [R, C/2] uint32: (even, odd) halves
     wide = scratch[:slab.size].view(np.uint32).reshape(2, *pairs.shape)  # [2, R, C/2]
