@@ -5,6 +5,7 @@ float32 and in bfloat16 (the low-memory mode), multiplied by 1 and by B activati
     python benchmarks/kernels.py [--out 16384] [--in 2048] [--rows 8]
     python benchmarks/kernels.py --step   # every decode-step weight of paligemma-3b (10 GB)
     python benchmarks/kernels.py --slabs  # the same in bfloat16, by slab size (5 GB)
+    python benchmarks/kernels.py --slabs --model DIR  # over a checkpoint's memory-mapped weights
 
 Rows (best of 7, ms; ratios against the one-row float32 product on BLAS's threads, same run):
 - float32, 1 row / B rows, `x @ W.T`: one BLAS call on BLAS's own threads (what a prefill-sized
@@ -20,7 +21,8 @@ paligemma-3b's shapes: 18 Gemma layers and the 257216-row lm_head, filled with a
 
 `--slabs`: the same decode step's products in bfloat16 (the low-memory mode, one row, inside
 `on_our_threads()`), by `_kernels.SLAB_BYTES` from 256 KiB to 16 MiB; best of 3, each size
-twice. Needs ~5.5 GB of memory.
+twice. Needs ~5.5 GB of memory. With `--model DIR` the weights are that checkpoint's decoder and
+output table, memory-mapped as the low-memory mode maps them (its file pages, not RAM arrays).
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ def main(argv=None) -> int:
     ap.add_argument("--step", action="store_true", help="time a whole decode step's products")
     ap.add_argument("--slabs", action="store_true",
                     help="time a whole low-memory decode step's products by slab size")
+    ap.add_argument("--model", help="with --slabs: a checkpoint folder whose mapped weights to use")
     args = ap.parse_args(argv)
     if args.step:
         return whole_step(args.rows)
     if args.slabs:
-        return slab_sizes()
+        return slab_sizes(args.model)
     rng = np.random.default_rng(0)
     w = rng.standard_normal((args.out, args.inp), dtype=np.float32)
     w16 = w.astype(ml_dtypes.bfloat16)
@@ -97,13 +100,23 @@ def step_shapes() -> list[tuple[int, int]]:
     return one * LAYERS + [(VOCAB, HIDDEN)]
 
 
-def slab_sizes() -> int:
+def mapped_step_weights(model: str) -> list[np.ndarray]:
+    """Every matrix a decode step of `model` multiplies by, memory-mapped in its file dtype."""
+    from npgemma.checkpoint.config_json import load_config
+    from npgemma.checkpoint.weights import flatten, load_weights
+
+    flat = flatten(load_weights(model, load_config(model), mmap=True))
+    return [a for k, a in flat.items() if a.ndim == 2 and k.startswith(("language_model.", "lm_head."))]
+
+
+def slab_sizes(model: str | None = None) -> int:
     rng = np.random.default_rng(0)
-    weights = [rng.standard_normal(s, dtype=np.float32).astype(ml_dtypes.bfloat16)
-               for s in step_shapes()]
+    weights = (mapped_step_weights(model) if model else
+               [rng.standard_normal(s, dtype=np.float32).astype(ml_dtypes.bfloat16)
+                for s in step_shapes()])
     xs = {w.shape[1]: rng.standard_normal((1, w.shape[1]), dtype=np.float32) for w in weights}
-    print(f"{len(weights)} weights, {sum(w.nbytes for w in weights) / 1e9:.1f} GB bfloat16, "
-          f"{_kernels.WORKERS} threads")
+    print(f"{len(weights)} weights, {sum(w.nbytes for w in weights) / 1e9:.1f} GB "
+          f"{weights[0].dtype}{' memory-mapped' if model else ''}, {_kernels.WORKERS} threads")
 
     def step() -> None:
         with _kernels.on_our_threads():
