@@ -29,7 +29,7 @@ BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 # The size is measured, not derived: every weight of a paligemma-3b decode step in bfloat16, one
 # row, on our two threads (`benchmarks/kernels.py --slabs`, benchmarks/RESULTS.md run 12):
 # 256 KiB 967-1089 ms, 1 MiB 516-527, 2 MiB 426-450, 4 MiB 330-347, 8 MiB 485-536, 16 MiB
-# 746-805; over a checkpoint's memory-mapped pages (run 16) 4 MiB was best too, 473-501 ms.
+# 746-805; over a checkpoint's memory-mapped pages (run 16) 4 MiB was best too.
 # Smaller slabs pay a few numpy calls each (thousands a step); larger ones leave cache.
 # A float32 slab has nothing to widen and measured a little faster in 4 MiB than in 1 MiB too
 # (8 rows over the same weights on BLAS's threads: 1119/1126 ms in 1 MiB, 1070/1007 in 4 MiB).
