@@ -20,8 +20,8 @@ paligemma-3b's shapes: 18 Gemma layers and the 257216-row lm_head, filled with a
 1 MiB and 4 MiB; best of 2, each configuration twice. Needs ~10.5 GB of memory.
 
 `--slabs`: the same decode step's products in bfloat16 (the low-memory mode, one row, inside
-`on_our_threads()`), by `_kernels.SLAB_BYTES` from 256 KiB to 16 MiB; best of 3, each size
-twice. Needs ~5.5 GB of memory. With `--model DIR` the weights are that checkpoint's decoder and
+`on_our_threads()`), by `_kernels.SLAB_BYTES` from 256 KiB to 16 MiB, widened as even/odd pairs
+(`_kernels`) and, beside, by run 11's strided store into the high halves; best of 3, each twice. Needs ~5.5 GB of memory. With `--model DIR` the weights are that checkpoint's decoder and
 output table, memory-mapped as the low-memory mode maps them (its file pages, not RAM arrays).
 """
 
@@ -109,6 +109,27 @@ def mapped_step_weights(model: str) -> list[np.ndarray]:
     return [a for k, a in flat.items() if a.ndim == 2 and k.startswith(("language_model.", "lm_head."))]
 
 
+def strided_matmul_t(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Run 11's low-memory product, for comparison: each bfloat16 slab widened by storing its 16
+    bits into the high half of every float32 of a zeroed buffer (a strided copy), then one
+    product per slab, on our threads. [M, in] -> [M, out]."""
+    rows = max(1, _kernels.SLAB_BYTES // (4 * weight.shape[1]))
+    xt = np.ascontiguousarray(x.T)
+    yt = np.empty((weight.shape[0], x.shape[0]), np.float32)
+    scratch = {}
+
+    def work(first: int, stride: int) -> None:
+        buf = scratch.setdefault(first, np.zeros(rows * weight.shape[1], np.float32))
+        for i in range(first * rows, weight.shape[0], stride * rows):
+            slab = weight[i:i + rows]
+            wide = buf[:slab.size].reshape(slab.shape)
+            wide.view(np.uint16).reshape(*slab.shape, 2)[..., 1] = slab.view(np.uint16)
+            np.dot(wide, xt, out=yt[i:i + rows])
+
+    _kernels.share_out(work, -(-weight.shape[0] // rows))
+    return yt.T
+
+
 def slab_sizes(model: str | None = None) -> int:
     rng = np.random.default_rng(0)
     weights = (mapped_step_weights(model) if model else
@@ -118,16 +139,21 @@ def slab_sizes(model: str | None = None) -> int:
     print(f"{len(weights)} weights, {sum(w.nbytes for w in weights) / 1e9:.1f} GB "
           f"{weights[0].dtype}{' memory-mapped' if model else ''}, {_kernels.WORKERS} threads")
 
-    def step() -> None:
+    def step(product) -> None:
         with _kernels.on_our_threads():
             for w in weights:
-                layers.linear(xs[w.shape[1]], w)
+                product(xs[w.shape[1]], w)
 
-    print("| slab | ms (run 1) | ms (run 2) |\n|---|---|---|")
+    w = weights[0]
+    np.testing.assert_allclose(strided_matmul_t(xs[w.shape[1]], w), _kernels.matmul_t(xs[w.shape[1]], w),
+                               rtol=1e-4, atol=1e-3)
+    print("| slab | even/odd pairs, ms (run 1) | (run 2) | strided store, ms (run 1) | (run 2) |\n"
+          "|---|---|---|---|---|")
     for kib in (256, 512, 1024, 2048, 4096, 8192, 16384):
         _kernels.SLAB_BYTES = kib << 10
-        ms = [best_ms(step, repeats=3) for _ in range(2)]
-        print(f"| {kib} KiB | {ms[0]:.0f} | {ms[1]:.0f} |", flush=True)
+        ms = [best_ms(lambda: step(product), repeats=3)
+              for product in (_kernels.matmul_t, _kernels.matmul_t, strided_matmul_t, strided_matmul_t)]
+        print(f"| {kib} KiB | {ms[0]:.0f} | {ms[1]:.0f} | {ms[2]:.0f} | {ms[3]:.0f} |", flush=True)
     return 0
 
 

@@ -76,9 +76,9 @@ def widen_bf16_pairs(slab: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray,
     in each low half and the odd one in each high half (little-endian). So the odd columns
     widened are the pairs with their low halves cleared, and the even ones the pairs shifted up
     16 bits: two contiguous passes that NumPy vectorizes, where storing the 16 bits into every
-    other uint16 of a float32 buffer is a strided copy: a paligemma-3b low-memory decode step
-    took 664 ms that way (1 MiB slabs) and 509 ms this way (4 MiB; benchmarks/RESULTS.md runs
-    11 and 12).
+    other uint16 of a float32 buffer is a strided copy. Over every weight of a paligemma-3b
+    decode step in 4 MiB slabs, one run: 435-472 ms this way, 497-537 ms the strided way
+    (`benchmarks/kernels.py --slabs`, benchmarks/RESULTS.md run 17).
     """
     pairs = slab.view(np.uint32)  # [R, C] bfloat16 -> [R, C/2] uint32: (even, odd) halves
     wide = scratch[:slab.size].view(np.uint32).reshape(2, *pairs.shape)  # [2, R, C/2]
@@ -87,7 +87,7 @@ def widen_bf16_pairs(slab: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray,
     return wide[0].view(np.float32), wide[1].view(np.float32)
 
 
-def _pairs_apply(weight: np.ndarray) -> bool:
+def _reads_as_pairs(weight: np.ndarray) -> bool:
     """Can `weight`'s rows be read as uint32 pairs of bfloat16 (see `widen_bf16_pairs`)?"""
     return (weight.dtype == BFLOAT16 and sys.byteorder == "little" and weight.ndim == 2
             and weight.shape[1] % 2 == 0 and weight.strides[1] == 2)
@@ -140,28 +140,29 @@ def slab_matmul(x: np.ndarray, weight: np.ndarray, parallel: bool) -> np.ndarray
     in float32 rounding only, as BLAS's own blocking does between kernels.
     """
     rows = max(1, SLAB_BYTES // (4 * weight.shape[1]))
-    xt = np.ascontiguousarray(x.T)  # [M, in] -> [in, M]
     yt = np.empty((weight.shape[0], x.shape[0]), np.float32)  # [out, M]
-
-    pairs = _pairs_apply(weight)
-    if pairs:
-        x_even, x_odd = np.ascontiguousarray(xt[0::2]), np.ascontiguousarray(xt[1::2])  # [in/2, M]
+    as_pairs = _reads_as_pairs(weight)
+    if as_pairs:
+        x_even = np.ascontiguousarray(x[:, 0::2].T)  # [M, in] -> [in/2, M]
+        x_odd = np.ascontiguousarray(x[:, 1::2].T)
+    else:
+        xt = np.ascontiguousarray(x.T)  # [M, in] -> [in, M]
 
     def work(first: int, stride: int) -> None:
         scratch = _slab_buffer(rows * weight.shape[1])
         for i in range(first * rows, weight.shape[0], stride * rows):
             slab = weight[i:i + rows]
             out = yt[i:i + rows]
-            if pairs:
+            if as_pairs:
                 even, odd = widen_bf16_pairs(slab, scratch)  # [rows, in] -> 2 x [rows, in/2]
                 np.dot(even, x_even, out=out)  # [rows, in/2] @ [in/2, M] -> [rows, M]
                 out += odd @ x_odd
-                continue
-            if slab.dtype != np.float32:
-                wide = scratch[:slab.size].reshape(slab.shape)
-                np.copyto(wide, slab, casting="unsafe")  # exact widening (ml_dtypes' cast)
-                slab = wide
-            np.dot(slab, xt, out=out)  # [rows, in] @ [in, M] -> [rows, M]
+            else:
+                if slab.dtype != np.float32:
+                    wide = scratch[:slab.size].reshape(slab.shape)
+                    np.copyto(wide, slab, casting="unsafe")  # exact widening (ml_dtypes' cast)
+                    slab = wide
+                np.dot(slab, xt, out=out)  # [rows, in] @ [in, M] -> [rows, M]
 
     if parallel:
         share_out(work, -(-weight.shape[0] // rows))

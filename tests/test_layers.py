@@ -518,18 +518,19 @@ def test_linear_low_memory_slabs_equal_whole_matrix(monkeypatch, ours):
 
 
 def test_linear_low_memory_odd_width_and_strided_weights():
-    """A bfloat16 weight whose rows cannot be read as pairs (an odd width, a strided view) takes
-    the plain widening, with the same numbers."""
+    """A bfloat16 weight whose rows cannot be read as pairs (an odd width, a strided view of an
+    even width) takes the plain widening: the product to float32 rounding."""
     import ml_dtypes
 
     from npgemma import _kernels
 
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((1, 9)).astype(np.float32)
     for w in (rng.standard_normal((11, 9)).astype(ml_dtypes.bfloat16),
-              rng.standard_normal((11, 18)).astype(ml_dtypes.bfloat16)[:, ::2]):
-        assert not _kernels._pairs_apply(w)
+              rng.standard_normal((11, 36)).astype(ml_dtypes.bfloat16)[:, ::2]):
+        assert not _kernels._reads_as_pairs(w) and (w.shape[1] % 2 or w.strides[1] != 2)
+        x = rng.standard_normal((1, w.shape[1])).astype(np.float32)
         np.testing.assert_allclose(_kernels.matmul_t(x, w), x @ w.astype(np.float32).T, rtol=1e-6, atol=1e-6)
+    assert _kernels._reads_as_pairs(np.ascontiguousarray(w))  # the same weight, contiguous
 
 
 def test_bf16_pair_widening_is_exact_for_every_bit_pattern():

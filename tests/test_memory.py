@@ -364,27 +364,34 @@ def test_a_checkpoint_larger_than_memory_streams_with_a_time_estimate(monkeypatc
         memory.check(cfg, "ck", dtype="bfloat16", read_speed=speed)
 
 
-def test_a_streamed_run_keeps_what_fits_of_the_decoder_cached(monkeypatch):
-    """Beyond its anonymous part, the memory a streamed run has holds the blocks in flight (three
-    of the largest: the one computing, the next, the one being dropped) and then as many decoder
-    layers as fit, from the first: those stay cached and are not read again per token."""
-    cfg = config_from_dict(tiny_config(text="gemma2", num_hidden_layers=12, intermediate_size=1024))
+@pytest.mark.parametrize("layers, inter", [(12, 1024), (12, 64)], ids=["layer-largest", "table-largest"])
+def test_a_streamed_run_keeps_what_fits_of_the_decoder_cached(monkeypatch, layers, inter):
+    """Beyond its anonymous part, the memory a streamed run has holds the vision tower (never
+    dropped), three blocks in flight (three layers, or two and the output table where that is
+    larger, as in every real PaliGemma) and then as many decoder layers as fit, from the
+    first: those stay cached and are not read again per token."""
+    cfg = config_from_dict(tiny_config(text="gemma2", num_hidden_layers=layers,
+                                       intermediate_size=inter))
     monkeypatch.setattr(memory, "_CACHE_SLACK", 0)
     shapes = expected_shapes(cfg)
     layer = 2 * sum(math.prod(s) for k, s in shapes.items() if k.startswith("language_model.layers.3."))
     table = 2 * math.prod(shapes["language_model.embed_tokens.weight"])
-    assert layer > table  # so the blocks in flight are layers
+    vision = 2 * sum(math.prod(s) for k, s in shapes.items()
+                     if k.startswith(("vision_tower", "multi_modal_projector")))
+    in_flight = 2 * layer + max(layer, table)
     need = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16")
-    fake_available(monkeypatch, need.ram_total + 3 * layer + 2 * layer + layer // 2)
+    spare = vision + in_flight + 2 * layer + layer // 2
+    assert spare < need.file_total  # so it streams
+    fake_available(monkeypatch, need.ram_total + spare)
     got = memory.check(cfg, "ck", dtype="bfloat16", files=["a"], read_speed=lambda files: 1e6)
     text = 2 * memory.per_token_params(cfg)
     assert (got.streams.resident_layers, got.streams.resident_bytes) == (2, 2 * layer)
     assert got.streams.bytes_per_token == text - 2 * layer
     assert got.streams.seconds_per_token == pytest.approx((text - 2 * layer) / 1e6)
     assert str(got.streams).startswith(f"keeps 2 decoder layers ({2 * layer / 1e9:.1f} GB) cached, streams")
-    fake_available(monkeypatch, need.ram_total + 3 * layer - 1)  # not even the blocks in flight
+    fake_available(monkeypatch, need.ram_total + vision + in_flight - 1)  # not even those
     assert memory.check(cfg, "ck", dtype="bfloat16").streams.resident_layers == 0
-    assert memory.resident_layers(cfg, 2, 10**15) == 12  # never more than the model has
+    assert memory.resident_layers(cfg, 2, 10**15) == layers  # never more than the model has
 
 
 def test_load_streams_without_force_and_says_so(monkeypatch, demo, capsys):

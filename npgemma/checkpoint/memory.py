@@ -145,11 +145,16 @@ _CACHE_SLACK = 2**30
 def resident_layers(cfg: PaliGemmaConfig, itemsize: int, spare: int) -> int:
     """How many decoder layers, from the first, can stay in the page cache of a streamed run
     with `spare` bytes of memory beyond its anonymous part: what is left after the blocks in
-    flight and some slack. In flight are three blocks in a row (the one computing, the one asked
-    for next, the one about to be dropped): three layers, or two and the output table."""
+    flight, the vision tower (read once a prefill, never dropped) and some slack. In flight are
+    three blocks in a row (the one done, the one computing, the one asked for next:
+    `prefetch.Streamer` drops the block before those before it asks for the next): three
+    layers, or two and the output table."""
+    shapes = expected_shapes(cfg)
     layer = decoder_layer_params(cfg) * itemsize
-    table = math.prod(expected_shapes(cfg)["language_model.embed_tokens.weight"]) * itemsize
-    budget = spare - 2 * layer - max(layer, table) - _CACHE_SLACK
+    table = math.prod(shapes["language_model.embed_tokens.weight"]) * itemsize
+    vision = sum(math.prod(s) for k, s in shapes.items()
+                 if k.startswith(("vision_tower.", "multi_modal_projector."))) * itemsize
+    budget = spare - 2 * layer - max(layer, table) - vision - _CACHE_SLACK
     return max(0, min(cfg.text_config.num_hidden_layers, budget // layer)) if layer else 0
 
 
@@ -209,8 +214,8 @@ def parity_estimate(cfg: PaliGemmaConfig, dtype: str, device: str, disk_dtype: s
     """`npgemma parity`: the NumPy float32 reference plus the torch copy, both runs' caches and
     activations. `reference` is how the reference holds its weights: "float32" in RAM (shared
     with torch on the CPU in float32), or the checkpoint's own narrow dtype, memory-mapped and
-    widened as used (the same float32 numbers; file pages, shared with torch on the CPU when
-    torch computes in that dtype)."""
+    widened as used (float32 compute on the exact weights; file pages, shared with torch on the
+    CPU when torch computes in that dtype)."""
     mapped = reference != "float32"
     ref = estimate(cfg, "numpy", reference, "cpu", disk_dtype, text_tokens)
     twin = estimate(cfg, "torch", dtype, device, disk_dtype, text_tokens)
@@ -225,11 +230,12 @@ def parity_estimate(cfg: PaliGemmaConfig, dtype: str, device: str, disk_dtype: s
 
 
 def parity_reference(cfg: PaliGemmaConfig, dtype: str, device: str, disk_dtype: str,
-                     text_tokens: int) -> str:
+                     text_tokens: int, avail: "Available | None" = None) -> str:
     """How `npgemma parity` holds its reference's weights: "float32" in RAM when that fits (or
     memory cannot be read), else the checkpoint's narrow dtype memory-mapped when that needs
-    less anonymous memory (PaliGemma 2 10B in float32 is 38.7 GB; its bfloat16 file 19.3 GB)."""
-    avail = available_memory()
+    less anonymous memory (PaliGemma 2 10B in float32 is 38.7 GB; its bfloat16 file 19.3 GB).
+    `avail`: the memory reading to judge by (read now when not given)."""
+    avail = available_memory() if avail is None else avail
     whole = parity_estimate(cfg, dtype, device, disk_dtype, text_tokens)
     if avail is None or whole.ram_total <= avail.bytes or disk_dtype not in NARROW:
         return "float32"
@@ -377,19 +383,20 @@ def _alternatives(cfg, disk_dtype: str, text_tokens: int, avail: Available, back
 def check(cfg: PaliGemmaConfig, what: str, *, backend: str = "numpy", dtype: str = "float32",
           device: str = "cpu", disk_dtype: str = "bfloat16", text_tokens: int = TEXT_TOKENS,
           parity: bool = False, batch: int = 1, files=(), read_speed=None,
-          reference: str = "float32") -> Need:
+          reference: str = "float32", available: "Available | None" = None) -> Need:
     """Raise one InputError, before anything is allocated, when the run cannot fit; else
     return the estimate. `what` names the checkpoint in the message.
 
     The low-memory mode's weights are file pages: when they and the anonymous memory exceed
     what is available but the anonymous memory alone fits, the run streams the weights from
     disk and the returned Need says how (`streams`: bytes and seconds per token, from the read
-    speed of `files` measured by `read_speed(files)`). `reference`: parity's (`parity_estimate`)."""
+    speed of `files` measured by `read_speed(files)`). `reference`: parity's (`parity_estimate`).
+    `available`: a memory reading already taken (read now when not given)."""
     need = (parity_estimate(cfg, dtype, device, disk_dtype, text_tokens, reference) if parity
             else estimate(cfg, backend, dtype, device, disk_dtype, text_tokens, batch=batch))
     mode = "npgemma parity" if parity else f"the {backend} backend"
     tail = "--force (load(..., force=True)) tries anyway"
-    avail = available_memory()
+    avail = available_memory() if available is None else available
     if avail is not None and need.file and need.ram_total <= avail.bytes \
             and need.ram_total + need.file_total > avail.bytes:
         itemsize = _ITEMSIZE.get(disk_dtype, 4)

@@ -12,7 +12,7 @@ at the disk's speed and leave other processes their memory:
   the cores multiply;
 - drop: block i-2's pages are unmapped from this process (`madvise(DONTNEED)`: a later touch
   reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`), by the same
-  thread once it has asked for block i+1, so the file's pages never crowd out anyone's memory
+  thread just before it asks for block i+1, so the file's pages never crowd out anyone's memory
   and the cores never wait for the unmapping. Only when streaming: a checkpoint that fits keeps
   its pages cached between passes, and so does a streamed run for its first `keep` decoder
   layers, as many as the memory check found room for (`memory.resident_layers`): each pass then
@@ -101,11 +101,13 @@ class Streamer:
         return out
 
     def __call__(self, name: str) -> None:
-        for nxt in self.next.get(name, ()):
-            self._reader.submit(self._willneed, nxt)
+        # On the reader thread, in this order: block i-2 handed back first, so that no more than
+        # three blocks (i-1, i, i+1) are ever in the page cache at once; then block i+1 asked for.
         old = self.behind.get(name)
         if self.drop and old is not None and old != name and old not in self.kept:
             self._reader.submit(self._dontneed, old)  # unmapping 1 GB of pages takes a while
+        for nxt in self.next.get(name, ()):
+            self._reader.submit(self._willneed, nxt)
 
     def _fd(self, filename: str) -> int:
         fd = self._fds.get(filename)

@@ -34,19 +34,22 @@ def _parity(args) -> int:
     """numpy float32 against npgemma's torch backend, stage by stage, then greedy tokens.
 
     The reference holds float32 weights in RAM when they fit; otherwise a bfloat16/float16
-    checkpoint is memory-mapped and widened as used (the low-memory mode: the same float32
-    numbers), and torch on the CPU in that dtype computes on the same mapped pages."""
+    checkpoint is memory-mapped and widened as used (the low-memory mode: float32 compute on the
+    exact weights, its products' terms summed in another order), and torch on the CPU in that
+    dtype computes on the same mapped pages."""
     tb = get_backend("torch", device=args.device, dtype=args.dtype)
     model_dir = resolve(args.model)
     cfg = load_config(model_dir)
     files, headers = header_summary(model_dir)
     disk_dtype, tokens = memory.stored_dtype(headers), text_tokens(args.prompt, args.max_new_tokens)
-    reference = memory.parity_reference(cfg, args.dtype, args.device, disk_dtype, tokens)
+    avail = memory.available_memory()
+    reference = memory.parity_reference(cfg, args.dtype, args.device, disk_dtype, tokens, avail)
     ref = NumpyBackend(dtype=reference)
     if not args.force:
         need = memory.check(cfg, str(model_dir), dtype=args.dtype, device=args.device,
                             disk_dtype=disk_dtype, parity=True, text_tokens=tokens,
-                            files=files, read_speed=prefetch.read_speed, reference=reference)
+                            files=files, read_speed=prefetch.read_speed, reference=reference,
+                            available=avail)
         if need.streams is not None:
             print(f"npgemma: {model_dir.name}: {need.streams}", file=sys.stderr)
             ref.stream, ref.keep = True, need.streams.resident_layers

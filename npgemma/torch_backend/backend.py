@@ -31,9 +31,9 @@ _KEPT_CACHES = 4  # static (cache, state, graph) sets kept for reuse, oldest dro
 
 
 def _shared(a: np.ndarray) -> torch.Tensor:
-    """A tensor over the array's own memory. A read-only array is the low-memory mode's memory
-    map: torch computes on those pages (it never writes a weight) and would only warn that it
-    cannot mark a tensor read-only."""
+    """A tensor over the array's own memory. Weights come read-only from the low-memory mode's
+    memory map (parity's mapped reference): torch computes on those pages and never writes a
+    weight, so its warning that it cannot mark a tensor read-only is silenced for them."""
     if a.flags.writeable:
         return torch.from_numpy(a)
     with warnings.catch_warnings():
