@@ -230,11 +230,9 @@ def decode_weight_bytes(model: str, itemsize: int) -> int:
     """Bytes of weights one decode step reads: every decoder matrix, the norms and the output
     table (the tied embedding), not the vision tower (it runs once, in the prefill)."""
     from npgemma.checkpoint.config_json import load_config
-    from npgemma.checkpoint.weights import expected_shapes
+    from npgemma.checkpoint.memory import per_token_params
 
-    shapes = expected_shapes(load_config(model))
-    return itemsize * sum(int(np.prod(s)) for k, s in shapes.items()
-                          if k.startswith(("language_model", "lm_head")))
+    return itemsize * per_token_params(load_config(model))
 
 
 def _make(name: str, out: str) -> str:

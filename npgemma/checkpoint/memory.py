@@ -125,17 +125,20 @@ def _largest_tensor(cfg: PaliGemmaConfig) -> int:
     return max(math.prod(s) for s in expected_shapes(cfg).values())
 
 
+def _params_under(cfg: PaliGemmaConfig, *prefixes: str) -> int:
+    """Parameters of the canonical tensors whose keys start with one of `prefixes`."""
+    return sum(math.prod(s) for k, s in expected_shapes(cfg).items() if k.startswith(prefixes))
+
+
 def per_token_params(cfg: PaliGemmaConfig) -> int:
     """Parameters one decode step reads: the decoder's (its layers, final norm, and the output
     table, tied to the embedding); not the vision tower or the projector."""
-    return sum(math.prod(s) for k, s in expected_shapes(cfg).items()
-               if k.startswith(("language_model.", "lm_head.")))
+    return _params_under(cfg, "language_model.", "lm_head.")
 
 
 def decoder_layer_params(cfg: PaliGemmaConfig) -> int:
     """Parameters of one decoder layer (every layer has the same shapes)."""
-    return sum(math.prod(s) for k, s in expected_shapes(cfg).items()
-               if k.startswith("language_model.layers.0."))
+    return _params_under(cfg, "language_model.layers.0.")
 
 
 # Streamed, the kernel is left this much page cache beside the blocks in flight.
@@ -149,11 +152,9 @@ def resident_layers(cfg: PaliGemmaConfig, itemsize: int, spare: int) -> int:
     three blocks in a row (the one done, the one computing, the one asked for next:
     `prefetch.Streamer` drops the block before those before it asks for the next): three
     layers, or two and the output table."""
-    shapes = expected_shapes(cfg)
     layer = decoder_layer_params(cfg) * itemsize
-    table = math.prod(shapes["language_model.embed_tokens.weight"]) * itemsize
-    vision = sum(math.prod(s) for k, s in shapes.items()
-                 if k.startswith(("vision_tower.", "multi_modal_projector."))) * itemsize
+    table = _params_under(cfg, "language_model.embed_tokens.weight") * itemsize
+    vision = _params_under(cfg, "vision_tower.", "multi_modal_projector.") * itemsize
     budget = spare - 2 * layer - max(layer, table) - vision - _CACHE_SLACK
     return max(0, min(cfg.text_config.num_hidden_layers, budget // layer)) if layer else 0
 
