@@ -230,7 +230,7 @@ def decode_weight_bytes(model: str, itemsize: int) -> int:
     """Bytes of weights one decode step reads: every decoder matrix, the norms and the output
     table (the tied embedding), not the vision tower (it runs once, in the prefill)."""
     from npgemma.checkpoint.config_json import load_config
-    from npgemma.checkpoint.memory import per_token_params
+    from npgemma.checkpoint.estimate import per_token_params
 
     return itemsize * per_token_params(load_config(model))
 

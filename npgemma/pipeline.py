@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .checkpoint import bundled, memory, prefetch
+from .checkpoint import bundled, estimate, memory, prefetch
 from .checkpoint.config_json import load_config
 from .checkpoint.hub import resolve
 from .checkpoint.vae_file import load_vae
@@ -123,7 +123,7 @@ class Pipeline:
 
 def load(model: str | os.PathLike | None = None, backend: str = "numpy", device: str = "cpu",
          dtype: str = "float32", progress: Callable[[int, int, str], None] | None = None, *,
-         force: bool = False, text_tokens: int = memory.TEXT_TOKENS, batch: int = 1,
+         force: bool = False, text_tokens: int = estimate.TEXT_TOKENS, batch: int = 1,
          vae: str | os.PathLike | None = None) -> Pipeline:
     """Load a Hugging Face PaliGemma checkpoint: a folder (config.json, *.safetensors,
     tokenizer.json) or a model id `org/name[@revision]` in the local Hugging Face cache; None
@@ -147,7 +147,7 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
         files, headers = header_summary(model_dir)
         need = memory.check(cfg, str(model_dir) if model is None else os.fspath(model),
                             backend=backend, dtype=dtype, device=device,
-                            disk_dtype=memory.stored_dtype(headers), text_tokens=text_tokens,
+                            disk_dtype=estimate.stored_dtype(headers), text_tokens=text_tokens,
                             batch=batch, files=files, read_speed=prefetch.read_speed)
         if need.streams is not None:  # larger than RAM, run from disk: say so, and how fast
             print(f"npgemma: {model_dir.name}: {need.file_total / 1e9:.1f} GB of weights, "

@@ -144,7 +144,7 @@ def test_cli_generate_by_id_from_the_environment(cache, demo, where):
 
 def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_network,
                                                   monkeypatch):
-    from npgemma.checkpoint import memory
+    from npgemma.checkpoint import estimate, machine, memory
     from npgemma.checkpoint.config_json import load_config
 
     _, main, v2 = hf_cache
@@ -185,14 +185,14 @@ def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_ne
     tree = npgemma.load(main).params
     assert row["params"] == sum(a.size for a in npgemma.checkpoint.flatten(tree).values())
     cfg = load_config(main)
-    low = memory.estimate(cfg, "numpy", "bfloat16", "cpu", "float32")  # anonymous + file pages
+    low = estimate.estimate(cfg, "numpy", "bfloat16", "cpu", "float32")  # anonymous + file pages
     assert row["ram"]["numpy bf16"] == low.ram_total + low.file_total
 
 
 def test_models_table_marks_what_does_not_fit(hf_cache, capsys, monkeypatch):
-    from npgemma.checkpoint import memory
+    from npgemma.checkpoint import estimate, machine, memory
 
-    monkeypatch.setattr(memory, "available_memory", lambda: memory.Available(10**9, "fake"))
+    monkeypatch.setattr(machine, "available_memory", lambda: machine.Available(10**9, "fake"))
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"Hugging Face cache {hf_cache[0]}: 2 PaliGemma checkpoint(s);")
@@ -201,9 +201,9 @@ def test_models_table_marks_what_does_not_fit(hf_cache, capsys, monkeypatch):
     # Room for the low-memory mode's anonymous memory but not its file pages: it streams.
     from npgemma.checkpoint.config_json import load_config
 
-    low = memory.estimate(load_config(hf_cache[1]), "numpy", "bfloat16", "cpu", "float32")
-    monkeypatch.setattr(memory, "available_memory",
-                        lambda: memory.Available(low.ram_total + low.file_total // 2, "fake"))
+    low = estimate.estimate(load_config(hf_cache[1]), "numpy", "bfloat16", "cpu", "float32")
+    monkeypatch.setattr(machine, "available_memory",
+                        lambda: machine.Available(low.ram_total + low.file_total // 2, "fake"))
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[2].count(" streams") == 1  # the low-memory column only

@@ -16,7 +16,7 @@ import pytest
 
 import npgemma
 from npgemma import gemma, hooks, layers, paligemma, siglip
-from npgemma.checkpoint.memory import Available
+from npgemma.checkpoint.machine import Available
 from npgemma.errors import InputError
 from npgemma.generation.slots import Slots
 from npgemma.inspection import analysis, capture

@@ -12,7 +12,7 @@ import pytest
 
 import npgemma
 from npgemma import cli, paligemma
-from npgemma.checkpoint import memory, weights
+from npgemma.checkpoint import estimate, machine, memory, weights
 from npgemma.checkpoint.config_json import config_from_dict, load_config
 from npgemma.checkpoint.weights import expected_shapes, flatten
 from npgemma.errors import InputError
@@ -38,7 +38,7 @@ def demo(tmp_path_factory):
 
 
 def fake_available(monkeypatch, nbytes: int):
-    monkeypatch.setattr(memory, "available_memory", lambda: memory.Available(nbytes, "fake"))
+    monkeypatch.setattr(machine, "available_memory", lambda: machine.Available(nbytes, "fake"))
 
 
 # --- the figures --------------------------------------------------------------------------
@@ -55,8 +55,8 @@ def test_weight_bytes_are_what_the_numpy_backend_loads(tmp_path, tied, dtype, di
     folder = write_checkpoint(tmp_path / "ck", raw, dtype=disk)
     cfg = load_config(folder)
     tree = flatten(get_backend("numpy", dtype=dtype).load_weights(folder, cfg))
-    assert memory.num_params(cfg) == sum(a.size for a in tree.values())
-    need = memory.estimate(cfg, "numpy", dtype, disk_dtype=disk)
+    assert estimate.num_params(cfg) == sum(a.size for a in tree.values())
+    need = estimate.estimate(cfg, "numpy", dtype, disk_dtype=disk)
     if dtype == "float32":
         assert need.ram["weights"] == sum(a.nbytes for a in tree.values()) and not need.file
     else:  # memory-mapped: file pages, not anonymous memory
@@ -68,7 +68,7 @@ def test_kv_cache_bytes_are_what_init_cache_allocates():
     cfg = config_from_dict(tiny_config(text="gemma2", num_key_value_heads=2))
     cache = paligemma.init_cache(cfg, batch=3, max_length=37)
     allocated = sum(a.nbytes for a in cache.keys + cache.values)
-    assert memory.kv_cache_bytes(cfg, 37, 4, batch=3) == allocated
+    assert estimate.kv_cache_bytes(cfg, 37, 4, batch=3) == allocated
 
 
 def test_kv_cache_bytes_match_the_torch_cache():
@@ -80,7 +80,7 @@ def test_kv_cache_bytes_match_the_torch_cache():
     tensors = [t for t in vars(cache).values() if isinstance(t, list)]
     allocated = sum(t.numel() * t.element_size() for part in tensors for t in part
                     if isinstance(t, torch.Tensor))
-    assert allocated == memory.kv_cache_bytes(cfg, 19, 2, batch=2)
+    assert allocated == estimate.kv_cache_bytes(cfg, 19, 2, batch=2)
 
 
 def test_real_configs_match_the_independent_parameter_count():
@@ -89,34 +89,34 @@ def test_real_configs_match_the_independent_parameter_count():
     mc = _make_checkpoint_module()
     configs = mc._build_real_configs()
     for name, raw in configs.items():
-        assert memory.num_params(config_from_dict(raw)) == mc.count_parameters(name), name
+        assert estimate.num_params(config_from_dict(raw)) == mc.count_parameters(name), name
     cfg = config_from_dict(configs["paligemma2-10b-pt-224"])
-    assert round(memory.estimate(cfg, "numpy", "float32").ram["weights"] / 1e9, 1) == 38.7
-    assert round(memory.estimate(cfg, "numpy", "bfloat16").file["weights"] / 1e9, 1) == 19.3
+    assert round(estimate.estimate(cfg, "numpy", "float32").ram["weights"] / 1e9, 1) == 38.7
+    assert round(estimate.estimate(cfg, "numpy", "bfloat16").file["weights"] / 1e9, 1) == 19.3
 
 
 def test_attention_scores_are_bounded_by_the_chunk_limit():
     mc = _make_checkpoint_module()
     cfg = config_from_dict(mc._build_real_configs()["paligemma-3b-pt-896"])
     # SigLIP at 896 px: 16 heads x 4096 x 4096 float32 scores = 1 GiB per copy, unbounded.
-    assert 16 * 4096**2 * 4 > memory.MAX_SCORE_BYTES
-    act = memory.activation_bytes(cfg, 4096 + 40, 4)
-    mlp = 4136 * cfg.text_config.intermediate_size * 4 * memory._MLP_COPIES  # the decoder MLP
-    assert act == max(memory.MAX_SCORE_BYTES, mlp)
+    assert 16 * 4096**2 * 4 > estimate.MAX_SCORE_BYTES
+    act = estimate.activation_bytes(cfg, 4096 + 40, 4)
+    mlp = 4136 * cfg.text_config.intermediate_size * 4 * estimate._MLP_COPIES  # the decoder MLP
+    assert act == max(estimate.MAX_SCORE_BYTES, mlp)
     small = config_from_dict(tiny_config())
-    assert memory.activation_bytes(small, 10, 4) < memory.MAX_SCORE_BYTES
+    assert estimate.activation_bytes(small, 10, 4) < estimate.MAX_SCORE_BYTES
 
 
 def test_more_tokens_never_need_less():
     cfg = config_from_dict(tiny_config(text="gemma2"))
-    totals = [memory.estimate(cfg, text_tokens=n).ram_total for n in (1, 100, 10_000, 100_000)]
+    totals = [estimate.estimate(cfg, text_tokens=n).ram_total for n in (1, 100, 10_000, 100_000)]
     assert totals == sorted(totals) and totals[0] < totals[-1]
 
 
 def test_torch_on_a_gpu_splits_host_and_device():
     cfg = config_from_dict(tiny_config())
-    need = memory.estimate(cfg, "torch", "bfloat16", "cuda", disk_dtype="bfloat16")
-    assert need.gpu["weights"] == memory.num_params(cfg) * 2
+    need = estimate.estimate(cfg, "torch", "bfloat16", "cuda", disk_dtype="bfloat16")
+    assert need.gpu["weights"] == estimate.num_params(cfg) * 2
     # Tensors reach the device one at a time: host RAM holds the largest, read and cast.
     largest = max(math.prod(s) for s in expected_shapes(cfg).values())
     assert need.ram["loading"] == largest * (2 + 2) and "weights" not in need.ram
@@ -134,8 +134,8 @@ def write(path: Path, text: str) -> Path:
 def test_meminfo_available(tmp_path):
     f = write(tmp_path / "meminfo", "MemTotal:       24683584 kB\nMemFree:  1 kB\n"
                                     "MemAvailable:   11552644 kB\nBuffers: 2 kB\n")
-    assert memory.meminfo_available(f) == 11552644 * 1024
-    assert memory.meminfo_available(tmp_path / "absent") is None
+    assert machine.meminfo_available(f) == 11552644 * 1024
+    assert machine.meminfo_available(tmp_path / "absent") is None
 
 
 def test_cgroup_v2_tightest_ancestor_minus_working_set(tmp_path):
@@ -148,20 +148,20 @@ def test_cgroup_v2_tightest_ancestor_minus_working_set(tmp_path):
     write(parent / "memory.max", f"{8 * GiB}\n")
     write(parent / "memory.current", f"{3 * GiB}\n")
     write(parent / "memory.stat", f"anon 5\ninactive_file {1 * GiB}\nactive_file 7\n")
-    assert memory.cgroup_headroom(proc, root) == (6 * GiB, f"cgroup {parent / 'memory.max'}")
+    assert machine.cgroup_headroom(proc, root) == (6 * GiB, f"cgroup {parent / 'memory.max'}")
     write(job / "memory.max", f"{2 * GiB}\n")  # now the job's own limit is tighter
     write(job / "memory.current", f"{GiB // 2}\n")
-    assert memory.cgroup_headroom(proc, root)[0] == GiB + GiB // 2
+    assert machine.cgroup_headroom(proc, root)[0] == GiB + GiB // 2
 
 
 def test_cgroup_v2_without_limits_and_v1_unlimited(tmp_path):
     root = tmp_path / "cgroup"
     write(root / "memory.max", "max\n")
     write(root / "memory.current", "5\n")
-    assert memory.cgroup_headroom(write(tmp_path / "c2", "0::/\n"), root) is None
+    assert machine.cgroup_headroom(write(tmp_path / "c2", "0::/\n"), root) is None
     write(root / "memory" / "x" / "memory.limit_in_bytes", "9223372036854771712\n")
     write(root / "memory" / "x" / "memory.usage_in_bytes", "128495616\n")
-    assert memory.cgroup_headroom(write(tmp_path / "c1", "4:memory:/x\n"), root) is None
+    assert machine.cgroup_headroom(write(tmp_path / "c1", "4:memory:/x\n"), root) is None
 
 
 def test_cgroup_v1_hierarchical_limit(tmp_path):
@@ -172,7 +172,7 @@ def test_cgroup_v1_hierarchical_limit(tmp_path):
     write(d / "memory.stat", f"cache 1\nhierarchical_memory_limit {16 * GiB}\n"
                              f"total_inactive_file {2 * GiB}\n")
     proc = write(tmp_path / "pc", "5:cpu,cpuacct:/\n4:memory:/process_api/abc\n0::/\n")
-    assert memory.cgroup_headroom(proc, root)[0] == 13 * GiB
+    assert machine.cgroup_headroom(proc, root)[0] == 13 * GiB
 
 
 def test_available_is_the_smaller_reading(tmp_path):
@@ -181,20 +181,20 @@ def test_available_is_the_smaller_reading(tmp_path):
     write(root / "memory.current", f"{1 * GiB}\n")
     proc = write(tmp_path / "pc", "0::/\n")
     mem = write(tmp_path / "meminfo", f"MemAvailable: {10 * GiB // 1024} kB\n")
-    got = memory.available_memory(mem, proc, root)
+    got = machine.available_memory(mem, proc, root)
     assert got.bytes == 3 * GiB and "memory.max" in got.source
     write(root / "memory.max", f"{40 * GiB}\n")
-    assert memory.available_memory(mem, proc, root) == memory.Available(10 * GiB, "MemAvailable")
-    assert memory.available_memory(tmp_path / "no", tmp_path / "no", tmp_path / "no") is None
+    assert machine.available_memory(mem, proc, root) == machine.Available(10 * GiB, "MemAvailable")
+    assert machine.available_memory(tmp_path / "no", tmp_path / "no", tmp_path / "no") is None
 
 
 # --- the refusal ----------------------------------------------------------------------------
 
 def test_refused_with_the_figures_and_what_fits(monkeypatch, demo):
     cfg = load_config(demo[0])  # as if stored in bfloat16 (the low-memory mode maps the file's dtype)
-    monkeypatch.setattr(memory, "_WIDENING_BYTES", 0)  # the demo's weights are smaller than them
-    f32 = memory.estimate(cfg, "numpy", "float32", disk_dtype="bfloat16").ram_total
-    lowest = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16")
+    monkeypatch.setattr(estimate, "_WIDENING_BYTES", 0)  # the demo's weights are smaller than them
+    f32 = estimate.estimate(cfg, "numpy", "float32", disk_dtype="bfloat16").ram_total
+    lowest = estimate.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16")
     low = lowest.ram_total + lowest.file_total
     assert low < f32
     fake_available(monkeypatch, (low + f32) // 2)
@@ -215,11 +215,11 @@ def test_refused_with_the_figures_and_what_fits(monkeypatch, demo):
 def test_gpu_memory_checked_for_torch_on_cuda(monkeypatch):
     cfg = config_from_dict(tiny_config())
     fake_available(monkeypatch, 10**15)
-    monkeypatch.setattr(memory, "gpu_free", lambda device: 1000)
+    monkeypatch.setattr(machine, "gpu_free", lambda device: 1000)
     with pytest.raises(InputError, match=r"not enough GPU memory on cuda:1 .* 0\.0 GB free"):
         memory.check(cfg, "ck", backend="torch", dtype="float32", device="cuda:1")
-    monkeypatch.setattr(memory, "available_memory", lambda: None)  # unknown RAM: no RAM check
-    monkeypatch.setattr(memory, "gpu_free", lambda device: None)
+    monkeypatch.setattr(machine, "available_memory", lambda: None)  # unknown RAM: no RAM check
+    monkeypatch.setattr(machine, "gpu_free", lambda device: None)
     assert memory.check(cfg, "ck", backend="torch", device="cuda").gpu_total > 0
 
 
@@ -278,30 +278,30 @@ def test_parity_cli_refuses_too(monkeypatch, demo, capsys):
 
 def test_parity_needs_both_runs_and_a_narrow_copy_of_the_weights():
     cfg = config_from_dict(tiny_config())
-    ref = memory.estimate(cfg, "numpy", "float32", disk_dtype="float32")
-    shared = memory.parity_estimate(cfg, "float32", "cpu", "float32", memory.TEXT_TOKENS)
-    narrow = memory.parity_estimate(cfg, "bfloat16", "cpu", "float32", memory.TEXT_TOKENS)
+    ref = estimate.estimate(cfg, "numpy", "float32", disk_dtype="float32")
+    shared = estimate.parity_estimate(cfg, "float32", "cpu", "float32", estimate.TEXT_TOKENS)
+    narrow = estimate.parity_estimate(cfg, "bfloat16", "cpu", "float32", estimate.TEXT_TOKENS)
     assert shared.ram_total > ref.ram_total and "torch weights" not in shared.ram
-    assert narrow.ram["torch weights"] == memory.num_params(cfg) * 2
+    assert narrow.ram["torch weights"] == estimate.num_params(cfg) * 2
     assert narrow.ram["torch run"] > 0
 
 
 def test_parity_reference_maps_a_narrow_checkpoint_when_float32_cannot_fit(monkeypatch):
     """parity's reference holds float32 weights when they fit; else a bfloat16 checkpoint is
     memory-mapped (file pages), and torch in bfloat16 on the CPU shares those pages."""
-    monkeypatch.setattr(memory, "_WIDENING_BYTES", 0)  # sized for real models: above tiny weights
+    monkeypatch.setattr(estimate, "_WIDENING_BYTES", 0)  # sized for real models: above tiny weights
     cfg = config_from_dict(tiny_config(text="gemma2"))
-    tokens = memory.TEXT_TOKENS
-    whole = memory.parity_estimate(cfg, "bfloat16", "cpu", "bfloat16", tokens)
-    mapped = memory.parity_estimate(cfg, "bfloat16", "cpu", "bfloat16", tokens, reference="bfloat16")
-    assert whole.ram["weights"] == memory.num_params(cfg) * 4 and not whole.file
-    assert mapped.file["weights"] == memory.num_params(cfg) * 2
+    tokens = estimate.TEXT_TOKENS
+    whole = estimate.parity_estimate(cfg, "bfloat16", "cpu", "bfloat16", tokens)
+    mapped = estimate.parity_estimate(cfg, "bfloat16", "cpu", "bfloat16", tokens, reference="bfloat16")
+    assert whole.ram["weights"] == estimate.num_params(cfg) * 4 and not whole.file
+    assert mapped.file["weights"] == estimate.num_params(cfg) * 2
     assert "weights" not in mapped.ram and "torch weights" not in mapped.ram  # shared pages
     assert mapped.ram["torch run"] > 0 and mapped.ram_total < whole.ram_total
-    copy = memory.parity_estimate(cfg, "float32", "cpu", "bfloat16", tokens, reference="bfloat16")
-    assert copy.ram["torch weights"] == memory.num_params(cfg) * 4  # torch float32: its own copy
-    gpu = memory.parity_estimate(cfg, "bfloat16", "cuda", "bfloat16", tokens, reference="bfloat16")
-    assert gpu.file == mapped.file and gpu.gpu["weights"] == memory.num_params(cfg) * 2
+    copy = estimate.parity_estimate(cfg, "float32", "cpu", "bfloat16", tokens, reference="bfloat16")
+    assert copy.ram["torch weights"] == estimate.num_params(cfg) * 4  # torch float32: its own copy
+    gpu = estimate.parity_estimate(cfg, "bfloat16", "cuda", "bfloat16", tokens, reference="bfloat16")
+    assert gpu.file == mapped.file and gpu.gpu["weights"] == estimate.num_params(cfg) * 2
 
     choose = lambda dtype="bfloat16", disk="bfloat16": memory.parity_reference(  # noqa: E731
         cfg, dtype, "cpu", disk, tokens)
@@ -310,7 +310,7 @@ def test_parity_reference_maps_a_narrow_checkpoint_when_float32_cannot_fit(monke
     fake_available(monkeypatch, whole.ram_total - 1)
     assert choose() == "bfloat16" and choose(disk="float16") == "float16"
     assert choose(disk="float32") == "float32"  # nothing narrower to map: refused by the check
-    monkeypatch.setattr(memory, "available_memory", lambda: None)
+    monkeypatch.setattr(machine, "available_memory", lambda: None)
     assert choose() == "float32"
 
 
@@ -320,15 +320,15 @@ def test_parity_cli_maps_the_reference_and_passes(monkeypatch, tmp_path, capsys)
     pytest.importorskip("torch")
     from PIL import Image
 
-    monkeypatch.setattr(memory, "_WIDENING_BYTES", 0)
+    monkeypatch.setattr(estimate, "_WIDENING_BYTES", 0)
     from npgemma.testing.random_model import example_image
 
     folder = write_checkpoint(tmp_path / "ck", tiny_config(text="gemma2", sliding_window=4),
                               dtype="bfloat16", seed=3, decisive=True)
     Image.fromarray(example_image()).save(tmp_path / "img.png")
     cfg = load_config(folder)
-    tokens = memory.text_tokens("caption en", 4)
-    whole = memory.parity_estimate(cfg, "bfloat16", "cpu", "bfloat16", tokens)
+    tokens = estimate.text_tokens("caption en", 4)
+    whole = estimate.parity_estimate(cfg, "bfloat16", "cpu", "bfloat16", tokens)
     fake_available(monkeypatch, whole.ram_total - 1)
     rc = cli.main(["parity", "--model", str(folder), "--image", str(tmp_path / "img.png"),
                    "--prompt", "caption en", "--dtype", "bfloat16", "--max-new-tokens", "4"])
@@ -345,7 +345,7 @@ def test_a_checkpoint_larger_than_memory_streams_with_a_time_estimate(monkeypatc
     memory does, the check predicts instead of refusing — bytes per token (the decoder and the
     tied output table, in the file's dtype) over the measured read speed."""
     cfg = config_from_dict(tiny_config(text="gemma2"))
-    need = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16")
+    need = estimate.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16")
     fake_available(monkeypatch, need.ram_total + need.file_total // 2)
     seen = []
     speed = lambda files: seen.append(files) or 1e6  # noqa: E731
@@ -372,33 +372,33 @@ def test_a_streamed_run_keeps_what_fits_of_the_decoder_cached(monkeypatch, layer
     first: those stay cached and are not read again per token."""
     cfg = config_from_dict(tiny_config(text="gemma2", num_hidden_layers=layers,
                                        intermediate_size=inter))
-    monkeypatch.setattr(memory, "_CACHE_SLACK", 0)
+    monkeypatch.setattr(estimate, "_CACHE_SLACK", 0)
     shapes = expected_shapes(cfg)
     layer = 2 * sum(math.prod(s) for k, s in shapes.items() if k.startswith("language_model.layers.3."))
     table = 2 * math.prod(shapes["language_model.embed_tokens.weight"])
     vision = 2 * sum(math.prod(s) for k, s in shapes.items()
                      if k.startswith(("vision_tower", "multi_modal_projector")))
     in_flight = 2 * layer + max(layer, table)
-    need = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16")
+    need = estimate.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16")
     spare = vision + in_flight + 2 * layer + layer // 2
     assert spare < need.file_total  # so it streams
     fake_available(monkeypatch, need.ram_total + spare)
     got = memory.check(cfg, "ck", dtype="bfloat16", files=["a"], read_speed=lambda files: 1e6)
-    text = 2 * memory.per_token_params(cfg)
+    text = 2 * estimate.per_token_params(cfg)
     assert (got.streams.resident_layers, got.streams.resident_bytes) == (2, 2 * layer)
     assert got.streams.bytes_per_token == text - 2 * layer
     assert got.streams.seconds_per_token == pytest.approx((text - 2 * layer) / 1e6)
     assert str(got.streams).startswith(f"keeps 2 decoder layers ({2 * layer / 1e9:.1f} GB) cached, streams")
     fake_available(monkeypatch, need.ram_total + vision + in_flight - 1)  # not even those
     assert memory.check(cfg, "ck", dtype="bfloat16").streams.resident_layers == 0
-    assert memory.resident_layers(cfg, 2, 10**15) == layers  # never more than the model has
+    assert estimate.resident_layers(cfg, 2, 10**15) == layers  # never more than the model has
 
 
 def test_load_streams_without_force_and_says_so(monkeypatch, demo, capsys):
     """A checkpoint whose file pages exceed the memory available loads without --force, says
     before loading what it will read per token and how fast, and drops used pages."""
     cfg = load_config(demo[0])
-    need = memory.estimate(cfg, "numpy", "bfloat16", disk_dtype="float32")
+    need = estimate.estimate(cfg, "numpy", "bfloat16", disk_dtype="float32")
     fake_available(monkeypatch, need.ram_total + 1)
     pipe = npgemma.load(demo[0], dtype="bfloat16")
     err = capsys.readouterr().err

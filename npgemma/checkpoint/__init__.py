@@ -7,7 +7,9 @@
     read.py         safetensors files, headers, tensors (read, memory-mapped or streamed)
     problems.py     every problem in one WeightsError
     hub.py          model ids in the local Hugging Face cache
-    memory.py       the memory a run needs, against what this machine has
+    estimate.py     the bytes a run needs, from config.json alone
+    machine.py      the memory this machine has (RAM, cgroups, GPU)
+    memory.py       will it fit: the check and its verdict in words
     vae_file.py     PaliGemma's mask VQ-VAE file (vae-oid.npz)
     bundled.py      where the bundled demo model and its VQ-VAE lie
 """

@@ -8,7 +8,7 @@ import time
 
 from PIL import Image
 
-from ..checkpoint.memory import text_tokens
+from ..checkpoint.estimate import text_tokens
 from ..demo.run import run as run_demo
 from ..errors import InputError
 from ..generation.postprocess import draw_objects, parse_objects

@@ -7,7 +7,7 @@ import sys
 
 from tqdm import tqdm
 
-from ..checkpoint.memory import text_tokens
+from ..checkpoint.estimate import text_tokens
 from ..errors import InputError
 from ..generation.processing import load_image
 from ..inspection.capture import Capture

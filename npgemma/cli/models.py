@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..checkpoint import hub, memory
+from ..checkpoint import estimate, hub, machine
 from ..checkpoint.config_json import load_config
 from ..errors import NpgemmaError
 
@@ -33,13 +33,13 @@ class Summary:
     streams: dict[str, bool] = field(default_factory=dict)  # mode label -> runs from disk
 
 
-def summarize(folder: Path, name: str, avail: memory.Available | None) -> Summary:
+def summarize(folder: Path, name: str, avail: machine.Available | None) -> Summary:
     from ..checkpoint.weights import header_summary
 
     cfg = load_config(folder)
     files, headers = header_summary(folder)
-    on_disk = memory.stored_dtype(headers)
-    needs = {label: memory.estimate(cfg, backend, dtype, "cpu", on_disk)
+    on_disk = estimate.stored_dtype(headers)
+    needs = {label: estimate.estimate(cfg, backend, dtype, "cpu", on_disk)
              for label, backend, dtype in MODES}
     ram = {k: n.ram_total + n.file_total for k, n in needs.items()}
     fits = {k: avail is None or v <= avail.bytes for k, v in ram.items()}
@@ -47,7 +47,7 @@ def summarize(folder: Path, name: str, avail: memory.Available | None) -> Summar
     streams = {k: not fits[k] and bool(n.file) and avail is not None and n.ram_total <= avail.bytes
                for k, n in needs.items()}
     return Summary(name, str(folder), 2 if cfg.text_config.is_gemma2 else 1,
-                   memory.num_params(cfg), cfg.vision_config.image_size, on_disk,
+                   estimate.num_params(cfg), cfg.vision_config.image_size, on_disk,
                    sum(f.stat().st_size for f in files), ram, fits, streams)
 
 
@@ -70,7 +70,7 @@ def _table(rows: list[Summary]) -> list[str]:
 
 
 def run_models_cli(args) -> int:
-    avail = memory.available_memory()
+    avail = machine.available_memory()
     found: list[tuple[Path, str]] = []
     notes: list[str] = []
     try:
@@ -87,7 +87,7 @@ def run_models_cli(args) -> int:
             if name in args.folders:
                 raise
             notes.append(f"{name}: skipped: {str(e).splitlines()[0]}")
-    budget = f"{memory.TEXT_TOKENS} text tokens"
+    budget = f"{estimate.TEXT_TOKENS} text tokens"
     have = f"{_gb(avail.bytes)} ({avail.source})" if avail else "unknown"
     if args.json:
         print(json.dumps({"cache": hub.cache_dir(), "available_bytes": avail and avail.bytes,

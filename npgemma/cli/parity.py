@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 
-from ..checkpoint import memory, prefetch
+from ..checkpoint import estimate, machine, memory, prefetch
 from ..checkpoint.config_json import load_config
 from ..checkpoint.hub import resolve
-from ..checkpoint.memory import text_tokens
+from ..checkpoint.estimate import text_tokens
 from ..checkpoint.weights import header_summary
 from ..compare import against
 from ..compare.stages import parity_rows
@@ -41,8 +41,8 @@ def _parity(args) -> int:
     model_dir = resolve(args.model)
     cfg = load_config(model_dir)
     files, headers = header_summary(model_dir)
-    disk_dtype, tokens = memory.stored_dtype(headers), text_tokens(args.prompt, args.max_new_tokens)
-    avail = memory.available_memory()
+    disk_dtype, tokens = estimate.stored_dtype(headers), text_tokens(args.prompt, args.max_new_tokens)
+    avail = machine.available_memory()
     reference = memory.parity_reference(cfg, args.dtype, args.device, disk_dtype, tokens, avail)
     ref = NumpyBackend(dtype=reference)
     if not args.force:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint.memory import available_memory
+from ..checkpoint.machine import available_memory
 from ..checkpoint.read import checkpoint_hash
 from ..errors import InputError
 from ..generation.backend import Observed
@@ -71,7 +71,7 @@ def hook_shapes(cfg, prompt_len: int, new_tokens: int, batch: int = 1) -> dict[s
 def check_fits(cap: Capture, shapes: dict[str, tuple]) -> int:
     """Bytes the selection will keep (float32; stitching briefly holds a second copy); an
     InputError naming the total and the budget when that exceeds the memory available
-    (`checkpoint.memory.available_memory`: MemAvailable, or a cgroup's headroom when tighter)."""
+    (`checkpoint.machine.available_memory`: MemAvailable, or a cgroup's headroom when tighter)."""
     total = 0
     for name, shape in shapes.items():
         if cap.wants(name):

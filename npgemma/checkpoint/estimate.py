@@ -1,0 +1,193 @@
+"""What a run needs: the bytes a checkpoint takes on a backend, from config.json alone.
+
+Computed before any weight is read (`memory.check` holds it against what the machine has,
+`machine.available_memory`), so a checkpoint too big for the machine ends in one clear error
+instead of the kernel's OOM killer. The estimate, per part:
+
+  weights      parameters × bytes of the weight dtype (numpy float32: 4; numpy low-memory
+               bfloat16/float16: 2; torch: its compute dtype). While loading, one on-disk
+               copy of the largest tensor lives next to them when it is cast
+               (`weights.load_weights` reads one tensor at a time).
+  KV-cache     2 (k, v) × layers × B × K × S × H × bytes (numpy keeps it in float32, torch in
+               its compute dtype); S = image tokens + text tokens (prompt + new tokens).
+  activations  the largest live intermediate, vision or text: the attention scores
+               float32[B, N, L, S] with the copies softmax keeps alive (bounded by query-chunked
+               attention at MAX_SCORE_BYTES), or the MLP's [B, L, F] with its temporaries.
+  runtime      a fixed allowance (RUNTIME_BYTES): interpreter, NumPy/BLAS, tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .. import _kernels
+from ..config import PaliGemmaConfig
+from .checks import DTYPES
+from .layout import expected_shapes
+
+MAX_SCORE_BYTES = 256 * 2**20  # attention scores alive at once, with query chunking
+TEXT_TOKENS = 256              # prompt + new tokens budgeted when the caller does not say
+# Interpreter, NumPy/BLAS buffers, tokenizer, allocator slack: on the README's benchmark rows
+# peak RSS minus weights (and the cast copy) was 0.8-2.0 GB, part of it mapped safetensors pages.
+RUNTIME_BYTES = 2**30
+_SCORE_COPIES = 3              # scores, exp(scores - max), the normalized probabilities
+_MLP_COPIES = 4                # gate, up, and tanh-GELU's temporaries, all [B, L, F]
+ITEMSIZE = {name: d.itemsize for name, d in DTYPES.items()}
+# One widened float32 slab per thread of ours (`_kernels`: a reused scratch buffer each).
+_WIDENING_BYTES = _kernels.SLAB_BYTES * (_kernels.WORKERS + 1)
+
+
+@dataclass(frozen=True)
+class Need:
+    """Bytes a run needs, by part, in host RAM and (torch on a GPU) in GPU memory."""
+
+    ram: dict[str, int]
+    gpu: dict[str, int] = field(default_factory=dict)
+    # Memory-mapped file pages (the low-memory mode's weights): reclaimable, so they may exceed
+    # what is available; the run then streams them from disk (`streams`).
+    file: dict[str, int] = field(default_factory=dict)
+    streams: "Streaming | None" = None  # memory.Streaming, the verdict
+
+    @property
+    def ram_total(self) -> int:
+        """Anonymous memory: what the kernel cannot reclaim (file pages not counted)."""
+        return sum(self.ram.values())
+
+    @property
+    def file_total(self) -> int:
+        return sum(self.file.values())
+
+    @property
+    def gpu_total(self) -> int:
+        return sum(self.gpu.values())
+
+
+def text_tokens(prompt: str, max_new_tokens: int) -> int:
+    """An upper bound on the text tokens of a run, for the memory check: a token covers at
+    least one UTF-8 byte (byte fallback), plus <bos> and the "\n" separator."""
+    return len(prompt.encode("utf-8")) + 2 + max_new_tokens
+
+
+def num_params(cfg: PaliGemmaConfig) -> int:
+    """Parameters the model runs (a tied lm_head counted once, the unused vision head not)."""
+    return sum(math.prod(s) for s in expected_shapes(cfg).values())
+
+
+def stored_dtype(headers: dict[str, tuple[str, tuple[int, ...]]]) -> str:
+    """The dtype holding most of a checkpoint's elements (from `weights.header_summary`);
+    "mixed" only when another dtype holds a tenth of them or more."""
+    counts: dict[str, int] = {}
+    for dtype, shape in headers.values():
+        counts[dtype] = counts.get(dtype, 0) + math.prod(shape)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1]) or [("?", 0)]
+    return "mixed" if len(ranked) > 1 and ranked[1][1] * 10 >= ranked[0][1] else ranked[0][0]
+
+
+def _largest_tensor(cfg: PaliGemmaConfig) -> int:
+    return max(math.prod(s) for s in expected_shapes(cfg).values())
+
+
+def _params_under(cfg: PaliGemmaConfig, *prefixes: str) -> int:
+    """Parameters of the canonical tensors whose keys start with one of `prefixes`."""
+    return sum(math.prod(s) for k, s in expected_shapes(cfg).items() if k.startswith(prefixes))
+
+
+def per_token_params(cfg: PaliGemmaConfig) -> int:
+    """Parameters one decode step reads: the decoder's (its layers, final norm, and the output
+    table, tied to the embedding); not the vision tower or the projector."""
+    return _params_under(cfg, "language_model.", "lm_head.")
+
+
+def decoder_layer_params(cfg: PaliGemmaConfig) -> int:
+    """Parameters of one decoder layer (every layer has the same shapes)."""
+    return _params_under(cfg, "language_model.layers.0.")
+
+
+# Streamed, the kernel is left this much page cache beside the blocks in flight.
+_CACHE_SLACK = 2**30
+
+
+def resident_layers(cfg: PaliGemmaConfig, itemsize: int, spare: int) -> int:
+    """How many decoder layers, from the first, can stay in the page cache of a streamed run
+    with `spare` bytes of memory beyond its anonymous part: what is left after the blocks in
+    flight, the vision tower (read once a prefill, never dropped) and some slack. In flight are
+    three blocks in a row (the one done, the one computing, the one asked for next:
+    `prefetch.Streamer` drops the block before those before it asks for the next): three
+    layers, or two and the output table."""
+    layer = decoder_layer_params(cfg) * itemsize
+    table = _params_under(cfg, "language_model.embed_tokens.weight") * itemsize
+    vision = _params_under(cfg, "vision_tower.", "multi_modal_projector.") * itemsize
+    budget = spare - 2 * layer - max(layer, table) - vision - _CACHE_SLACK
+    return max(0, min(cfg.text_config.num_hidden_layers, budget // layer)) if layer else 0
+
+
+def kv_cache_bytes(cfg: PaliGemmaConfig, seq_len: int, itemsize: int, batch: int = 1) -> int:
+    t = cfg.text_config
+    return 2 * t.num_hidden_layers * batch * t.num_key_value_heads * seq_len * t.head_dim * itemsize
+
+
+def activation_bytes(cfg: PaliGemmaConfig, seq_len: int, itemsize: int, batch: int = 1) -> int:
+    """The largest intermediate of one forward over the prefix (vision tower or decoder)."""
+    v, t = cfg.vision_config, cfg.text_config
+    p = v.num_patches
+    # float32[B, N, L, S] scores (softmax is always float32), with their copies, chunk-bounded.
+    scores = max(batch * v.num_attention_heads * p * p, batch * t.num_attention_heads * seq_len**2)
+    attention = min(scores * 4 * _SCORE_COPIES, MAX_SCORE_BYTES)
+    mlp = max(batch * p * v.intermediate_size, batch * seq_len * t.intermediate_size)
+    return max(attention, mlp * itemsize * _MLP_COPIES)
+
+
+def _run(cfg: PaliGemmaConfig, backend: str, dtype: str, text_tokens: int, batch: int) -> dict:
+    """KV-cache and largest activation: float32 on numpy, the compute dtype on torch."""
+    seq = cfg.num_image_tokens + text_tokens
+    size = 4 if backend == "numpy" else ITEMSIZE[dtype]
+    return {"KV-cache": kv_cache_bytes(cfg, seq, size, batch),
+            "activations": activation_bytes(cfg, seq, size, batch)}
+
+
+def estimate(cfg: PaliGemmaConfig, backend: str = "numpy", dtype: str = "float32",
+             device: str = "cpu", disk_dtype: str = "bfloat16", text_tokens: int = TEXT_TOKENS,
+             batch: int = 1) -> Need:
+    """What loading `cfg` on backend/dtype/device and generating `text_tokens` needs."""
+    weights = num_params(cfg) * ITEMSIZE[dtype]  # numpy float32 / torch: the compute dtype
+    loading = _largest_tensor(cfg) * ITEMSIZE.get(disk_dtype, 4) if disk_dtype != dtype else 0
+    run = _run(cfg, backend, dtype, text_tokens, batch)
+    if backend == "numpy" and dtype != "float32":
+        # Low memory: the weights are the file's pages, memory-mapped in its dtype (reclaimable);
+        # the anonymous memory is the run's, plus one widened slab per thread.
+        mapped = num_params(cfg) * ITEMSIZE.get(disk_dtype, 4)
+        return Need(ram={"runtime": RUNTIME_BYTES, "widening": _WIDENING_BYTES} | run,
+                    file={"weights": mapped})
+    host = {"weights": weights, "runtime": RUNTIME_BYTES}
+    if backend == "torch" and device != "cpu":
+        # Tensors go to the device one at a time as they are read (`iter_weights`): host RAM
+        # holds about one (the largest, in the file's dtype and the compute dtype).
+        one = _largest_tensor(cfg) * (ITEMSIZE.get(disk_dtype, 4) + ITEMSIZE[dtype])
+        return Need(ram={"runtime": RUNTIME_BYTES, "loading": one}, gpu={"weights": weights} | run)
+    # Loading and running are not alive at once: the cast copy is gone before the cache exists.
+    worst = max([{"loading": loading}, run], key=lambda d: sum(d.values()))
+    return Need(ram=host | worst)
+
+
+NARROW = ("bfloat16", "float16")  # stored dtypes the low-memory mode maps and widens exactly
+
+
+def parity_estimate(cfg: PaliGemmaConfig, dtype: str, device: str, disk_dtype: str,
+                    text_tokens: int, reference: str = "float32") -> Need:
+    """`npgemma parity`: the NumPy float32 reference plus the torch copy, both runs' caches and
+    activations. `reference` is how the reference holds its weights: "float32" in RAM (shared
+    with torch on the CPU in float32), or the checkpoint's own narrow dtype, memory-mapped and
+    widened as used (float32 compute on the exact weights; file pages, shared with torch on the
+    CPU when torch computes in that dtype)."""
+    mapped = reference != "float32"
+    ref = estimate(cfg, "numpy", reference, "cpu", disk_dtype, text_tokens)
+    twin = estimate(cfg, "torch", dtype, device, disk_dtype, text_tokens)
+    if device != "cpu":
+        return Need(ram=ref.ram, gpu=twin.gpu, file=ref.file)
+    ram = dict(ref.ram)
+    shared = dtype == (disk_dtype if mapped else "float32")
+    if not shared:  # a second copy of the weights, in torch's dtype
+        ram["torch weights"] = twin.ram["weights"]
+    ram["torch run"] = sum(_run(cfg, "torch", dtype, text_tokens, 1).values())
+    return Need(ram=ram, file=ref.file)
