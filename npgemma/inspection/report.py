@@ -221,7 +221,7 @@ li{{margin:3px 0}}</style></head><body>
 <h2>{html.escape(title)}</h2>
 <p>Answer: <b id="answer"></b> — pick a generated token (click it) to see what produced it.</p><div id="tokens"></div>
 <div class="row"><figure><img class="view" src="{data['image']}" width="{v}" height="{v}" alt="the image">
-<figcaption>the image, as the model saw it</figcaption></figure>
+<figcaption>the image, in its own colours</figcaption></figure>
 <div><canvas id="heatmap" width="{v}" height="{v}"></canvas>
 <div id="scale"><canvas id="scale-bar" width="{v}" height="14"></canvas>
 <div style="position:relative;height:16px;width:{v}px;font-size:12px"><span id="scale-0" style="position:absolute;left:0">0</span>
