@@ -176,18 +176,18 @@ def test_report_masks_use_pure_white(made):
 
 
 def test_png_panels_are_titled_with_a_numbered_colour_bar(made):
-    """The --png figures: a title strip, the image in colour beside the heat panels, and a
-    colour bar with tick marks and numbers under it."""
+    """The --png figures: a title strip, the image in its own colours beside the heat panels,
+    and a colour bar with tick marks and numbers under it."""
     root = made[0]
-    fig = np.asarray(Image.open(root / "png" / "token00_attention_by_layer.png").convert("RGB")).astype(int)
-    image = np.asarray(Image.open(root / "image.png").convert("RGB"))
-    assert fig.shape[1] >= 3 * 192   # the image and one panel per layer (2 layers)
-    dark = (fig.sum(-1) < 200)
-    assert dark[:26].sum() > 50                     # the heading's text
-    rows = np.flatnonzero(dark.any(axis=1))
-    bottom = fig[rows.max() - 40:]                  # the colour bar's numbers and caption
-    assert (bottom.sum(-1) < 200).sum() > 40
-    assert image.shape[-1] == 3 and np.ptp(fig, axis=-1).max() > 0
+    for name, panels in (("token00_attention_by_layer.png", 3), ("token00_rollout.png", 2)):
+        fig = np.asarray(Image.open(root / "png" / name).convert("RGB")).astype(int)
+        assert fig.shape[1] >= panels * 192                 # the image and one panel per map
+        dark = fig.sum(-1) < 200
+        assert dark[:26].sum() > 50                         # the heading's text
+        rows = np.flatnonzero(dark.any(axis=1))
+        assert dark[rows.max() - 40:].sum() > 40            # the colour bar's numbers and caption
+        # example_image's red square (32 px, drawn 3x): whole, in its colour, in the image panel
+        assert (fig == (220, 30, 30)).all(-1).sum() == 96 * 96, name
 
 
 def test_without_room_for_siglip_patterns_the_report_drops_that_view(made, tmp_path, monkeypatch):
