@@ -161,8 +161,10 @@ def _svg_lines(series: list[list[float]], labels, title: str, y_label: str, widt
         parts.append(f'<polyline fill="none" stroke="{colors[c % 4]}" stroke-width="2" points="{pts}"/>')
         parts += [f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colors[c % 4]}"/>'
                   for i, v in enumerate(a[:, c])]
-        parts.append(f'<text x="{left + c * (right - left) / a.shape[1]:.1f}" y="{height + 19}" font-size="11" '
-                     f'fill="{colors[c % 4]}">{html.escape(labels[c])}</text>')
+        lx = left + c * (right - left) / a.shape[1]  # legend: a swatch of the line, dark text
+        parts.append(f'<line x1="{lx:.1f}" y1="{height + 15}" x2="{lx + 14:.1f}" y2="{height + 15}" '
+                     f'stroke="{colors[c % 4]}" stroke-width="3"/><text x="{lx + 18:.1f}" y="{height + 19}" '
+                     f'font-size="11" fill="#222">{html.escape(labels[c])}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
