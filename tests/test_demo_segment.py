@@ -99,3 +99,36 @@ def test_fine_tune_from_a_model_folder_lowers_the_segment_loss(tmp_path):
     with torch.no_grad():
         after = float(T.loss_fn(trainer.params, trainer.cfg, fixed))
     assert after < before - 0.5, (before, after)
+
+
+def test_demo_picture_is_large_crisp_coloured_per_object_with_a_legend():
+    """`npgemma demo --out`: the 64-px scene at 512 px in whole pixel blocks, each object's box
+    in its own colour, the segmented object striped, and a legend strip under the scene."""
+    import npgemma
+    from npgemma.demo.run import SHOW_SCALE, picture
+
+    pipe = npgemma.load(None)               # the bundled model and its VQ-VAE; nothing generated
+    rng = np.random.default_rng([15, 0x5EED])
+    scene = scenes.draw_scene(rng)
+    shapes = [o.shape for o in scene.objects]
+    detect = ("detect " + " ; ".join(shapes), tasks.detect_answer(scene, shapes))
+    segment = (f"segment {shapes[0]}", tasks.make_task(scene, "segment", rng)[1])
+    if not segment[1].endswith(shapes[0]):   # make_task picked another shape: ask for that one
+        segment = (f"segment {segment[1].split('>')[-1].strip()}", segment[1])
+    pic = np.asarray(picture(pipe, scene, [detect[1], segment[1]], [detect[0], segment[0]]))
+    side = 64 * SHOW_SCALE
+    assert side >= 512 and pic.shape[1] == side and pic.shape[0] > side + 40
+    crisp = np.kron(scene.image, np.ones((SHOW_SCALE, SHOW_SCALE, 1), np.uint8))
+    assert (pic[:side] == crisp).all(-1).mean() > 0.6          # untouched pixels: whole blocks
+    edges = {tuple(pic[(o.box[1] + o.box[3]) * SHOW_SCALE // 2, o.box[0] * SHOW_SCALE])
+             for o in scene.objects}
+    assert len(edges) == len(scene.objects)                     # one colour per object
+    legend = pic[side:]
+    assert (legend.sum(-1) < 150).sum() > 200                   # the legend's text
+    from npgemma.generation.drawing import PALETTE
+
+    k = shapes.index(segment[0].split()[-1])                    # the segmented object ...
+    x0, y0, x1, y1 = (v * SHOW_SCALE for v in scene.objects[k].box)
+    colour = np.array(PALETTE[k], np.uint8)
+    assert (pic[y0 + 8:y1 - 8, x0 + 8:x1 - 8] == colour).all(-1).sum() > 100   # ... striped
+    assert (legend == colour).all(-1).sum() > 20                # and its swatch in the legend

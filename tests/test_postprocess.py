@@ -44,9 +44,62 @@ def test_invalid_or_absent_boxes_are_dropped(text):
 def test_draw_marks_the_box_pixels():
     img = Image.fromarray(np.zeros((40, 40, 3), np.uint8))
     obj = DetectedObject("", (10.0, 10.0, 30.0, 30.0), (256, 256, 768, 768))
-    out = np.array(draw_objects(img, [obj]))
+    out = np.array(draw_objects(img, [obj], colors=[(255, 0, 0)]))
     assert tuple(out[10, 20]) == (255, 0, 0) and tuple(out[20, 20]) == (0, 0, 0)
     assert np.array(img).sum() == 0  # the input is not modified
+
+
+# ---- legible drawings: judged from the drawn pixels, with WCAG 2's formulas written out here --
+
+def _wcag_luminance(rgb) -> float:
+    """WCAG 2.x relative luminance (https://www.w3.org/TR/WCAG21/#dfn-relative-luminance)."""
+    out = 0.0
+    for c, weight in zip(rgb, (0.2126, 0.7152, 0.0722)):
+        c = c / 255
+        out += weight * (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4)
+    return out
+
+
+def _wcag_contrast(a, b) -> float:
+    hi, lo = sorted((_wcag_luminance(a), _wcag_luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def _label_contrast(out: np.ndarray, fill) -> tuple[float, int]:
+    """(contrast of the label's text against its box, text pixels): the label box is the
+    bounding box of the pixels exactly `fill` above the object's box; text pixels are the
+    others inside it, judged by the one farthest in luminance from the fill."""
+    ys, xs = np.nonzero((out == np.array(fill, np.uint8)).all(-1))
+    inside = out[ys.min():ys.max() + 1, xs.min():xs.max() + 1].reshape(-1, 3)
+    text = inside[(inside != np.array(fill, np.uint8)).any(-1)]
+    far = max(text.tolist(), key=lambda c: abs(_wcag_luminance(c) - _wcag_luminance(fill)))
+    return _wcag_contrast(far, fill), len(text)
+
+
+@pytest.mark.parametrize("fill", [(0, 229, 255), (255, 64, 255), (41, 121, 255), (255, 255, 255),
+                                  (90, 90, 90), (128, 20, 20), (255, 200, 0)])
+@pytest.mark.parametrize("background", [0, 110, 255])
+def test_label_text_contrasts_with_its_box(fill, background):
+    """On any background, the label sits on a box of the object's colour and its text reaches
+    WCAG's 4.5:1 against it (black or white, by luminance)."""
+    img = Image.fromarray(np.full((256, 256, 3), background, np.uint8))
+    obj = DetectedObject("star", (60.0, 100.0, 200.0, 200.0), (400, 240, 800, 800))
+    out = np.array(draw_objects(img, [obj], colors=[fill]))[:100]   # above the box: the label
+    ratio, text_pixels = _label_contrast(out, fill)
+    assert ratio >= 4.5 and text_pixels >= 30
+
+
+def test_each_object_its_own_colour_and_lines_grow_with_the_image():
+    objs = [DetectedObject("a", (100.0, 100.0, 400.0, 400.0), (0, 0, 1, 1)),
+            DetectedObject("b", (500.0, 500.0, 900.0, 900.0), (0, 0, 1, 1))]
+    out = np.array(draw_objects(Image.fromarray(np.zeros((1024, 1024, 3), np.uint8)), objs))
+    a, b = tuple(out[250, 100]), tuple(out[700, 500])   # each box's left edge, mid-height
+    assert a != b and max(a) > 0 and max(b) > 0
+    row = out[250, 95:130]
+    assert (row == np.array(a)).all(-1).sum() >= 6   # 8 px at 1024 px (2 px at 256)
+    one = [DetectedObject("a", (50.0, 50.0, 200.0, 200.0), (0, 0, 1, 1))]
+    small = np.array(draw_objects(Image.fromarray(np.zeros((256, 256, 3), np.uint8)), one))
+    assert (small[120, 45:60] == np.array(a)).all(-1).sum() == 2
 
 
 def test_cli_objects_are_in_original_image_pixels(tmp_path):
@@ -143,6 +196,9 @@ def test_draw_paints_the_mask_translucently():
     mask = np.zeros((40, 40), bool)
     mask[12:28, 12:28] = True
     obj = DetectedObject("", (10.0, 10.0, 30.0, 30.0), (256, 256, 768, 768), (0,) * 16, mask)
-    out = np.array(draw_objects(img, [obj], color=(255, 0, 0), alpha=0.5))
-    assert tuple(out[20, 20]) == (178, 50, 50)      # 0.5 · 100 + 0.5 · (255, 0, 0), rounded
+    out = np.array(draw_objects(img, [obj], colors=[(255, 0, 0)], alpha=0.5))
+    inside = out[14:26, 14:26].reshape(-1, 3).tolist()  # within the mask, off its solid edge
+    assert (178, 50, 50) in map(tuple, inside)           # 0.5 · 100 + 0.5 · (255, 0, 0), rounded
+    assert (255, 0, 0) in map(tuple, inside)             # and stripes in the full colour
+    assert {tuple(c) for c in inside} <= {(178, 50, 50), (255, 0, 0)}
     assert tuple(out[5, 5]) == (100, 100, 100) and tuple(out[10, 20]) == (255, 0, 0)

@@ -76,6 +76,120 @@ def test_report_is_self_contained(made):
     assert set(data["masks"]) == {"full", "sliding"} and np.shape(data["occlusion"]) == (2, 2)
 
 
+def _data(page: str) -> dict:
+    return json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>',
+                                page, re.S).group(1).replace("<\\/", "</"))
+
+
+def _png(data_url: str) -> np.ndarray:
+    import base64
+    import io
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+
+
+def test_every_layer_is_a_tick_on_the_layer_axis(made):
+    page = made[1].read_text()
+    layers = _data(page)["layers"]
+    for svg in re.findall(r'<svg .*?</svg>', page, re.S):
+        assert svg.count('class="xtick"') == layers
+        assert re.findall(r'class="xlabel"[^>]*>(\d+)</text>', svg) == [str(i) for i in range(layers)]
+
+
+def test_layer_numbers_thin_out_on_deep_models_but_every_layer_keeps_a_tick():
+    from npgemma.inspection.report import _svg_lines
+
+    svg = _svg_lines([[float(i), 1.0] for i in range(46)], ["a", "b"], "t", "y")   # PaliGemma 2 28B
+    assert svg.count('class="xtick"') == 46
+    labels = [int(v) for v in re.findall(r'class="xlabel"[^>]*>(\d+)</text>', svg)]
+    xs = [float(v) for v in re.findall(r'class="xlabel" x="([\d.]+)"', svg)]
+    assert labels[0] == 0 and labels[-1] == 45 and min(np.diff(xs[:-1])) >= 16   # legible, not crowded
+
+
+def test_the_heat_map_leaves_the_scene_its_colours(made):
+    """The image is shown as it is beside the heat map; under the heat map it is grey, so the
+    heat colours are the only colours there."""
+    data = _data(made[1].read_text())
+    image, dimmed = _png(data["image"]), _png(data["dimmed"]).astype(int)
+    assert image.shape == dimmed.shape and np.ptp(image, axis=-1).max() > 0   # the scene has colour
+    assert (dimmed[..., 0] == dimmed[..., 1]).all() and (dimmed[..., 1] == dimmed[..., 2]).all()
+    assert f'src="{data["image"]}"' in made[1].read_text()   # the original, undimmed, on the page
+    assert len(data["colormap"]) == 256 and data["colormap"][0] != data["colormap"][-1]
+
+
+def test_each_analysis_is_explained_in_one_sentence(made):
+    page = made[1].read_text()
+    for what in ("Logit lens: each layer's residual stream read out as if it were the last layer",
+                 "Attention rollout (Abnar &amp; Zuidema 2020)", "Occlusion: each cell of the image",
+                 "Attention masks: which key (column) each query (row) may attend to"):
+        assert what in page, what
+
+
+def _expected_mask(prompt_len: int, steps: int, window: int | None) -> np.ndarray:
+    """PaliGemma's prefix-LM rule written out: the prefix sees itself whole, a generated token
+    sees the prefix and the generated tokens up to itself (within `window` keys of itself on a
+    sliding layer, 5.24 semantics); nothing sees a later generated token."""
+    s = prompt_len + steps
+    out = np.zeros((s, s), bool)
+    for q in range(s):
+        for k in range(s):
+            if q < prompt_len:
+                out[q, k] = k < prompt_len
+            else:
+                out[q, k] = k <= q and (window is None or q - k < window)
+    return out
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_mask_picture_is_pure_white_where_a_query_may_attend(sliding):
+    """Every cell pixel is pure white exactly where the rule above allows attention, and dark
+    elsewhere; a generated token's row is at least 8 px tall."""
+    from npgemma.checkpoint.bundled import model_dir
+    from npgemma.checkpoint.config_json import load_config
+    from npgemma.inspection.pictures import MASK_MARGIN, SEPARATOR, mask_axis, mask_picture
+
+    cfg = load_config(model_dir())   # 16 image tokens, a sliding window of 8
+    prompt_len, steps = 26, 11
+    pic = mask_picture(cfg, prompt_len, steps, sliding)
+    axis = mask_axis(cfg.num_image_tokens, prompt_len, steps)
+    top, left = MASK_MARGIN
+    cells = pic[top:top + len(axis), left:left + len(axis)]
+    want = _expected_mask(prompt_len, steps, cfg.text_config.sliding_window if sliding else None)
+    keep = axis != SEPARATOR
+    tokens = axis[keep]
+    seen = cells[np.ix_(keep, keep)]
+    white = (seen == 255).all(-1)
+    assert (white == want[np.ix_(tokens, tokens)]).all()
+    assert (seen[~white] == 40).all()   # the masked cells: one dark grey, no light grey
+    assert min(np.bincount(tokens)[prompt_len:]) >= 8
+
+
+def test_report_masks_use_pure_white(made):
+    from npgemma.inspection.pictures import MASK_MARGIN
+
+    top, left = MASK_MARGIN
+    for src in _data(made[1].read_text())["masks"].values():
+        cells = _png(src)[top:-1, left:-1]
+        colours = {tuple(c) for c in cells.reshape(-1, 3).tolist()}
+        assert (255, 255, 255) in colours and (40, 40, 40) in colours
+        assert colours <= {(255, 255, 255), (40, 40, 40), (60, 120, 255), (255, 120, 0)}
+
+
+def test_png_panels_are_titled_with_a_numbered_colour_bar(made):
+    """The --png figures: a title strip, the image in its own colours beside the heat panels,
+    and a colour bar with tick marks and numbers under it."""
+    root = made[0]
+    for name, panels in (("token00_attention_by_layer.png", 3), ("token00_rollout.png", 2)):
+        fig = np.asarray(Image.open(root / "png" / name).convert("RGB")).astype(int)
+        assert fig.shape[1] >= panels * 192                 # the image and one panel per map
+        dark = fig.sum(-1) < 200
+        assert dark[:26].sum() > 50                         # the heading's text
+        rows = np.flatnonzero(dark.any(axis=1))
+        assert dark[rows.max() - 40:].sum() > 40            # the colour bar's numbers and caption
+        # example_image's red square (32 px, drawn 3x): whole, in its colour, in the image panel
+        assert (fig == (220, 30, 30)).all(-1).sum() == 96 * 96, name
+
+
 def test_without_room_for_siglip_patterns_the_report_drops_that_view(made, tmp_path, monkeypatch):
     from npgemma.cli import inspect as inspect_cli
 
@@ -122,7 +236,13 @@ def test_report_renders_in_headless_chromium(made, tmp_path):
     url = made[1].as_uri()
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     assert '<canvas id="heatmap"' in dom and 'id="token-slider"' in dom
-    assert '<span id="scale-label">attention weight on the patch</span>' in dom  # drawn by the script
+    assert 'id="scale-label">attention weight on the patch</div>' in dom  # drawn by the script
+    data = _data(made[1].read_text())
+    top = data["mean_top"][data["layers"] - 1][0]   # the view shown first: last layer, token 0
+    shown = re.search(r'id="scale-max"[^>]*>([^<]*)<', dom).group(1)
+    assert float(shown) == pytest.approx(top, rel=5e-3) and top > 0   # the bar has numbers
+    assert float(re.search(r'id="scale-mid"[^>]*>([^<]*)<', dom).group(1)) == pytest.approx(top / 2, rel=5e-3)
+    assert "Attention: at the chosen layer" in dom   # the view's one-sentence explanation
     assert re.search(r'<table id="lens"><tbody><tr><th>layer</th>', dom)  # built by the script
     assert dom.count('class="tok') >= 1
     for view in ("mode=head&head=1&layer=0", "mode=pixel&token=1", "mode=occlusion"):

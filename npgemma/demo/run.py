@@ -7,12 +7,13 @@ The scene comes from the same generator the model was trained on, with a seed of
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from ..generation import drawing
 from ..generation.postprocess import draw_objects, parse_objects
 from . import scenes, tasks
 
-SHOW_SCALE = 4  # the 64-pixel scene is drawn 4x larger in the picture
+SHOW_SCALE = 8  # the 64-pixel scene is drawn 8x larger (512 px) in the picture
 
 
 def questions(scene: scenes.Scene, rng: np.random.Generator, segment: bool) -> list[tuple[str, str]]:
@@ -55,17 +56,51 @@ def _short(answer: str) -> str:
     return re.sub(r"((?:<seg\d{3}>){2})(?:<seg\d{3}>){12}((?:<seg\d{3}>){2})", r"\1…\2", answer)
 
 
-def picture(pipe, scene: scenes.Scene, answers: list[str]) -> Image.Image:
-    """The scene enlarged, with the predicted boxes and labels drawn; a segmented object is
-    drawn with its mask in place of its detection box."""
-    big = Image.fromarray(scene.image).resize((scenes.IMAGE_SIZE * SHOW_SCALE,) * 2,
-                                              Image.Resampling.NEAREST)
+def picture(pipe, scene: scenes.Scene, answers: list[str], prompts: list[str]) -> Image.Image:
+    """The scene enlarged (nearest pixels, crisp), each answered object in its own colour with
+    its box and label, a segmented object also with its mask; a legend under it says which
+    prompt drew what."""
+    side = scenes.IMAGE_SIZE * SHOW_SCALE
+    big = Image.fromarray(scene.image).resize((side, side), Image.Resampling.NEAREST)
     found = {}
     for text in answers:  # the detection first, then the segmentation replaces its object
-        objs = (pipe.objects(text, big.width, big.height) if pipe.vae is not None
-                else parse_objects(text, big.width, big.height))
+        objs = (pipe.objects(text, side, side) if pipe.vae is not None
+                else parse_objects(text, side, side))
         found |= {o.label: o for o in objs}
-    return draw_objects(big, list(found.values()), color=(255, 255, 255))
+    objects = list(found.values())
+    return _with_legend(draw_objects(big, objects), objects, prompts)
+
+
+def _with_legend(drawn: Image.Image, objects, prompts: list[str]) -> Image.Image:
+    """`drawn` above a white strip: an outlined swatch 'box and label: <the detect prompt>'
+    and, when a mask was drawn, a striped one 'mask: <the segment prompt>'."""
+    fnt, line, sw = drawing.font(18), 24, 36
+    masked = [o for o in objects if o.mask is not None]
+    rows = [("box", f"box and label: the answer to '{p}'") for p in prompts if p.startswith("detect")]
+    rows += [("mask", f"striped mask: the answer to '{p}'") for p in prompts
+             if p.startswith("segment") and masked]
+    probe = ImageDraw.Draw(drawn)
+    wrapped = [(kind, drawing.wrap(probe, text, fnt, drawn.width - sw - 24)) for kind, text in rows]
+    height = sum(8 + line * len(lines) for _, lines in wrapped) + 10
+    out = Image.new("RGB", (drawn.width, drawn.height + height), (255, 255, 255))
+    out.paste(drawn, (0, 0))
+    draw = ImageDraw.Draw(out)
+    y = drawn.height + 10
+    for kind, lines in wrapped:
+        sample = (12, y + 1, 12 + sw - 8, y + 19)
+        if kind == "box":
+            drawing.box(draw, sample, drawing.PALETTE[0], 3)
+        else:
+            c = drawing.PALETTE[objects.index(masked[0]) % len(drawing.PALETTE)]
+            sample_mask = np.zeros((out.height, out.width), bool)
+            sample_mask[sample[1]:sample[3], sample[0]:sample[2]] = True
+            out.paste(Image.fromarray(drawing.paint_mask(np.asarray(out, np.float32), sample_mask, c,
+                                                         0.45, 3).round().astype(np.uint8)))
+            draw = ImageDraw.Draw(out)
+        for i, text in enumerate(lines):
+            drawing.text_at(draw, (sw + 16, y + line * i), text, fnt)
+        y += 8 + line * len(lines)
+    return out
 
 
 def run(pipe, seed: int, out: str | None, print_fn=print) -> int:
@@ -73,7 +108,7 @@ def run(pipe, seed: int, out: str | None, print_fn=print) -> int:
     rng = np.random.default_rng([seed, 0x5EED])
     scene = scenes.draw_scene(rng)
     print_fn(f"scene (seed {seed}): {tasks.caption(scene)} on a {scene.background} background")
-    wrong, drawn = 0, []
+    wrong, drawn, asked = 0, [], []
     for prompt, truth in questions(scene, rng, segment=pipe.vae is not None):
         answer = pipe.generate(scene.image, prompt, max_new_tokens=48).text
         shown = answer
@@ -86,7 +121,8 @@ def run(pipe, seed: int, out: str | None, print_fn=print) -> int:
         print_fn(f"  {prompt!r}\n      model: {shown!r}\n      truth: {truth!r}   {verdict}")
         if prompt.startswith(("detect", "segment")):
             drawn.append(answer)
+            asked.append(prompt)
     if out:
-        picture(pipe, scene, drawn).save(out)
+        picture(pipe, scene, drawn, asked).save(out)
         print_fn(f"wrote {out} (the scene with the model's boxes and mask)")
     return wrong

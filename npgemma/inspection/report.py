@@ -14,17 +14,17 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from ..errors import InputError
+from ..generation import drawing
 from ..generation.postprocess import parse_objects
-from ..generation.slots import Slots
 from . import analysis
+from .pictures import mask_picture, write_pngs  # noqa: F401  (write_pngs: the CLI's --png)
 from .report_js import SCRIPT
 
 VIEW = 384            # displayed image side, pixels
 HEAD_VALUES = 4_000_000  # per-head maps are embedded only below this many numbers
-HEAT = np.array([255, 40, 0], np.float32)
 
 
 def lens_weights(pipe):
@@ -49,29 +49,17 @@ def _u8(maps: np.ndarray) -> str:
     return base64.b64encode(q.round().astype(np.uint8).tobytes()).decode()
 
 
-def overlay(rgb: np.ndarray, heat: np.ndarray, alpha: float = 0.75) -> np.ndarray:
-    """uint8[H, W, 3] image blended with a g x g map (its max -> full heat colour), nearest cells."""
-    h, w = rgb.shape[:2]
-    v = np.asarray(heat, np.float64)
-    v = v / v.max() if v.max() > 0 else v * 0
-    cells = np.asarray(Image.fromarray((v * 255).astype(np.uint8)).resize((w, h), Image.NEAREST))
-    a = (alpha * cells / 255.0)[..., None]
-    return (rgb * (1 - a) + HEAT * a).clip(0, 255).astype(np.uint8)
+def _tops(maps: np.ndarray) -> list:
+    """Each map's own max (what 255 stands for in `_u8`), for the colour bar's numbers."""
+    return np.asarray(maps, np.float64).max(axis=(-1, -2)).round(6).tolist()
 
 
-def mask_picture(cfg, prompt_len: int, steps: int, sliding: bool) -> np.ndarray:
-    """uint8[S, S, 3]: the prefix-LM mask (white = may attend) of the whole traced sequence,
-    with the image / text / generated boundaries as coloured lines."""
-    slots = Slots.full(1, prompt_len).append(steps)
-    masks = slots.masks(cfg)
-    m = masks["sliding_attention" if sliding else "full_attention"][0]
-    k = max(1, min(8, 512 // m.shape[0]))  # cells of k x k pixels, lines between them
-    pic = np.where(m[..., None], 235, 40).astype(np.uint8).repeat(3, axis=-1)
-    pic = pic.repeat(k, axis=0).repeat(k, axis=1)
-    for at, color in ((cfg.num_image_tokens, (60, 120, 255)), (prompt_len, (255, 120, 0))):
-        if at * k < pic.shape[0]:
-            pic[at * k, :] = pic[:, at * k] = color
-    return pic
+def _lut() -> list[list[int]]:
+    """The heat colour map at 256 steps, [r, g, b, alpha·1000]: the JS draws exactly what
+    `drawing.heat_over` draws in the PNGs."""
+    v = np.linspace(0, 1, 256)
+    rgb = drawing.colormap(v).round().astype(int)
+    return [[*c, int(round(a * 1000))] for c, a in zip(rgb.tolist(), drawing.heat_alpha(v))]
 
 
 def _token_text(pipe, i: int) -> str:
@@ -89,7 +77,8 @@ def report_data(pipe, trace, rgb: np.ndarray, occlusion_grid: int = 0, progress=
     cfg = pipe.cfg
     if not trace.token_ids:
         raise InputError("inspect: the model generated no token (EOS first): nothing to attribute")
-    view = np.asarray(Image.fromarray(rgb).resize((VIEW, VIEW), Image.BICUBIC))
+    resample = Image.NEAREST if 2 * rgb.shape[0] <= VIEW else Image.BICUBIC  # small: crisp pixels
+    view = np.asarray(Image.fromarray(rgb).resize((VIEW, VIEW), resample))
     norm_w, head = lens_weights(pipe)
     ids, probs = analysis.logit_lens(trace, norm_w, head, cfg, k=5)
     steps = trace["decoder.blocks.0.attn.hook_pattern"].shape[-1] - trace.prompt_len
@@ -97,26 +86,33 @@ def report_data(pipe, trace, rgb: np.ndarray, occlusion_grid: int = 0, progress=
     n = cfg.text_config.num_attention_heads
     g = trace.grid
     boxes = [dict(o.as_dict()) for o in parse_objects(trace.text, VIEW, VIEW)]
+    for k, b in enumerate(boxes):
+        c = drawing.PALETTE[k % len(drawing.PALETTE)]
+        b["color"], b["text_color"] = "#%02x%02x%02x" % c, "#%02x%02x%02x" % drawing.text_colour(c)
+    mean, roll = analysis.image_attention(trace), analysis.decoder_rollout(trace)
     data = {
         "tokens": _display_tokens(pipe, trace), "text": trace.text, "grid": g, "layers": y,
         "heads": n if y * n * t * g * g <= HEAD_VALUES else 0,
-        "mean": _u8(analysis.image_attention(trace)),
-        "rollout": _u8(analysis.decoder_rollout(trace)),
+        "mean": _u8(mean), "mean_top": _tops(mean), "rollout": _u8(roll), "rollout_top": _tops(roll),
+        "colormap": _lut(),
         "lens": [[[[_token_text(pipe, i), round(float(p), 4)] for i, p in zip(ids[l, k], probs[l, k])]
                   for l in range(y)] for k in range(t)],
         "mass": analysis.attention_mass(trace).round(4).tolist(), "mass_groups": analysis.MASS_GROUPS,
         "norms": analysis.residual_norms(trace).round(3).tolist(),
         "boxes": boxes, "image": _png(view), "view": VIEW,
+        "dimmed": _png(drawing.dim(view).round().astype(np.uint8)),
         "masks": {"full": _png(mask_picture(cfg, trace.prompt_len, steps, False))},
         "checkpoint_hash": trace.checkpoint_hash,
     }
     if "vision.blocks.0.attn.hook_pattern" in trace:
-        data["pixel"] = _u8(analysis.pixel_rollout(trace))
+        pix = analysis.pixel_rollout(trace)
+        data["pixel"], data["pixel_top"] = _u8(pix), _tops(pix)
     if cfg.text_config.is_gemma2 and cfg.text_config.sliding_window is not None:
         data["masks"]["sliding"] = _png(mask_picture(cfg, trace.prompt_len, steps, True))
     if data["heads"]:
         per_head = [analysis.image_attention(trace, head=h) for h in range(n)]  # [N][Y, T, g, g]
         data["head_maps"] = _u8(np.stack(per_head, axis=1))  # [Y, N, T, g, g]
+        data["head_top"] = _tops(np.stack(per_head, axis=1))
     if occlusion_grid:
         occ = analysis.occlusion(pipe, trace.pixel_values, trace.input_ids, trace.token_ids[0],
                                  grid=occlusion_grid, progress=progress)
@@ -124,10 +120,17 @@ def report_data(pipe, trace, rgb: np.ndarray, occlusion_grid: int = 0, progress=
     return data
 
 
-def _svg_lines(series: list[list[float]], labels, title: str, y_label: str, width=320,
+def layer_ticks(layers: int, pixels: float) -> list[int]:
+    """The layers whose tick gets a number: all of them when each has 16 px, else every 2nd,
+    5th or 10th (and the last). Every layer gets a tick line."""
+    step = next(s for s in (1, 2, 5, 10, 20, 50) if pixels * s / max(1, layers - 1) >= 16 or s == 50)
+    return sorted(set(range(0, layers, step)) | {layers - 1})
+
+
+def _svg_lines(series: list[list[float]], labels, title: str, y_label: str, width=400,
                height=150) -> str:
     """A small inline SVG line plot, one line per column of `series` [Y][C], with axes: x the
-    layer (ticks at the first, middle and last), y from 0 to the largest value (`y_label`)."""
+    layer (a tick at every layer, numbered as room allows), y from 0 to the largest value."""
     a = np.asarray(series, np.float64)
     top = a.max() if a.size and a.max() > 0 else 1.0
     colors = ["#e4572e", "#17becf", "#76b041", "#9467bd"]
@@ -142,9 +145,13 @@ def _svg_lines(series: list[list[float]], labels, title: str, y_label: str, widt
     for v in (0.0, top / 2, top):  # y ticks
         parts.append(f'<line x1="{left - 3}" y1="{y(v):.1f}" x2="{left}" y2="{y(v):.1f}" stroke="#444"/>'
                      f'<text x="{left - 5}" y="{y(v) + 4:.1f}" font-size="10" text-anchor="end">{v:.3g}</text>')
-    for i in sorted({0, last // 2, last}):  # x ticks
-        parts.append(f'<line x1="{x(i):.1f}" y1="{y1}" x2="{x(i):.1f}" y2="{y1 + 3}" stroke="#444"/>'
-                     f'<text x="{x(i):.1f}" y="{y1 + 14}" font-size="10" text-anchor="middle">{i}</text>')
+    numbered = layer_ticks(a.shape[0], right - left)
+    for i in range(a.shape[0]):  # x ticks: every layer
+        parts.append(f'<line class="xtick" x1="{x(i):.1f}" y1="{y1}" x2="{x(i):.1f}" y2="{y1 + 3}" '
+                     f'stroke="#444"/>')
+        if i in numbered:
+            parts.append(f'<text class="xlabel" x="{x(i):.1f}" y="{y1 + 14}" font-size="10" '
+                         f'text-anchor="middle">{i}</text>')
     parts.append(f'<text x="{(left + right) / 2:.1f}" y="{height + 4}" font-size="11" '
                  f'text-anchor="middle">layer</text>'
                  f'<text x="10" y="{(y0 + y1) / 2:.1f}" font-size="11" text-anchor="middle" '
@@ -152,10 +159,50 @@ def _svg_lines(series: list[list[float]], labels, title: str, y_label: str, widt
     for c in range(a.shape[1]):
         pts = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(a[:, c]))
         parts.append(f'<polyline fill="none" stroke="{colors[c % 4]}" stroke-width="2" points="{pts}"/>')
-        parts.append(f'<text x="{left + c * (right - left) / a.shape[1]:.1f}" y="{height + 19}" font-size="11" '
-                     f'fill="{colors[c % 4]}">{html.escape(labels[c])}</text>')
+        parts += [f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="2.5" fill="{colors[c % 4]}"/>'
+                  for i, v in enumerate(a[:, c])]
+        lx = left + c * (right - left) / a.shape[1]  # legend: a swatch of the line, dark text
+        parts.append(f'<line x1="{lx:.1f}" y1="{height + 15}" x2="{lx + 14:.1f}" y2="{height + 15}" '
+                     f'stroke="{colors[c % 4]}" stroke-width="3"/><text x="{lx + 18:.1f}" y="{height + 19}" '
+                     f'font-size="11" fill="#222">{html.escape(labels[c])}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+# One sentence per analysis: what it shows (the JS shows the chosen view's under the heat map).
+EXPLAIN = {
+    "mean": "Attention: at the chosen layer, how much the query that produced this token looks at "
+            "each image patch (its softmax row, restricted to the image tokens, mean of the heads).",
+    "head": "Attention of one head: the same row for a single head instead of the mean.",
+    "rollout": "Attention rollout (Abnar & Zuidema 2020): the mean-of-heads attention of layers 0 "
+               "to the chosen one, each plus the identity for the residual path and renormalised, "
+               "multiplied together: how much of the token's input, through all those layers, "
+               "came from each image token.",
+    "pixel": "Rollout through SigLIP: the decoder rollout onto the image tokens carried on "
+             "through the vision tower's own rollout, back to the input patches (pixels).",
+    "occlusion": "Occlusion: each cell of the image set to mid-grey in turn, the drop in the "
+                 "first answer token's logit; a large drop means the answer depended on that cell.",
+    "lens": "Logit lens: each layer's residual stream read out as if it were the last layer "
+            "(final norm, then the output embedding): the top-5 next tokens the model would "
+            "predict there, so you see at which layer the answer appears.",
+    "mass": "Attention mass: of the answer rows' attention (mean of heads), the share that goes to "
+            "the image tokens, <bos>, the prompt text and the tokens generated so far, per layer.",
+    "norms": "Residual stream norm: the mean length of each layer's output vector over the image "
+             "tokens, the prompt and the answer; it grows as layers add to the stream.",
+    "masks": "Attention masks: which key (column) each query (row) may attend to; the prefix "
+             "(image, <bos>, prompt) sees itself whole, generated tokens see only what came before.",
+}
+
+
+def _mask_figures(masks: dict) -> str:
+    legend = ('<span class="sw" style="background:#fff"></span> may attend '
+              '<span class="sw" style="background:#282828"></span> masked '
+              '<span class="sw" style="background:#3c78ff"></span> image | text '
+              '<span class="sw" style="background:#ff7800"></span> prompt | generated')
+    figs = "".join(f'<figure><img class="mask" src="{src}" alt="{k} attention mask"><figcaption>{k} '
+                   f'attention mask: rows = queries, columns = keys</figcaption></figure>'
+                   for k, src in masks.items())
+    return f'<p>{html.escape(EXPLAIN["masks"])}</p><p>{legend}</p><div class="row">{figs}</div>'
 
 
 def render_html(data: dict, title: str) -> str:
@@ -163,32 +210,41 @@ def render_html(data: dict, title: str) -> str:
                         "share of attention")
              + _svg_lines(data["norms"], ["image", "prompt", "answer"], "residual stream norm",
                           "mean L2 norm"))
-    masks = "".join(f'<figure><img class="mask" src="{src}" alt="{k} mask"><figcaption>{k} attention '
-                    f'mask, rows = queries, columns = keys (white = may attend; blue line: image | text, orange line: prompt | generated)</figcaption>'
-                    f'</figure>' for k, src in data["masks"].items())
-    payload = json.dumps(data).replace("</", "<\\/")
+    explain = "".join(f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in EXPLAIN.items())
+    payload = json.dumps(data | {"explain": EXPLAIN}).replace("</", "<\\/")
+    v = data["view"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font:14px sans-serif;margin:16px;max-width:1200px}} .row{{display:flex;gap:24px;flex-wrap:wrap}}
-canvas{{border:1px solid #999}} table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 5px}}
-.mask{{width:256px;image-rendering:pixelated;border:1px solid #999}} .tok{{padding:1px 3px;margin:1px;border-radius:3px;cursor:pointer}}
-.tok.on{{background:#ffd27f}} figure{{margin:0}}</style></head><body>
+<style>body{{font:14px sans-serif;margin:16px;max-width:1280px}} .row{{display:flex;gap:24px;flex-wrap:wrap}}
+canvas,.view{{border:1px solid #999}} table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 5px}}
+.mask{{image-rendering:pixelated;border:1px solid #999;max-width:600px}} .tok{{padding:1px 3px;margin:1px;border-radius:3px;cursor:pointer;border:1px solid #ccc}}
+.tok.on{{background:#ffd27f}} figure{{margin:0}} .help{{max-width:{v}px;font-size:13px;color:#333}}
+.sw{{display:inline-block;width:14px;height:14px;border:1px solid #666;vertical-align:middle;margin-left:8px}}
+li{{margin:3px 0}}</style></head><body>
 <h2>{html.escape(title)}</h2>
-<p>Answer: <b id="answer"></b></p><div id="tokens"></div>
-<div class="row"><div><canvas id="heatmap" width="{data['view']}" height="{data['view']}"></canvas>
+<p>Answer: <b id="answer"></b> — pick a generated token (click it) to see what produced it.</p><div id="tokens"></div>
+<div class="row"><figure><img class="view" src="{data['image']}" width="{v}" height="{v}" alt="the image">
+<figcaption>the image, in its own colours</figcaption></figure>
+<div><canvas id="heatmap" width="{v}" height="{v}"></canvas>
+<div id="scale"><canvas id="scale-bar" width="{v}" height="14"></canvas>
+<div style="position:relative;height:16px;width:{v}px;font-size:12px"><span id="scale-0" style="position:absolute;left:0">0</span>
+<span id="scale-mid" style="position:absolute;left:50%;transform:translateX(-50%)"></span>
+<span id="scale-max" style="position:absolute;right:0"></span></div>
+<div style="text-align:center;width:{v}px;font-size:12px" id="scale-label"></div></div>
 <div>token <input type="range" id="token-slider" min="0" max="{len(data['tokens']) - 1}" value="0"> <span id="token-label"></span></div>
 <div>layer <input type="range" id="layer-slider" min="0" max="{data['layers'] - 1}" value="{data['layers'] - 1}"> <span id="layer-label"></span></div>
 <div>show <select id="mode"><option value="mean">attention (mean of heads)</option>
 {'<option value="head">attention (one head)</option>' if data['heads'] else ''}<option value="rollout">decoder rollout to layer</option>
 {'<option value="pixel">rollout through SigLIP (all layers)</option>' if 'pixel' in data else ''}{'<option value="occlusion">occlusion (first token)</option>' if 'occlusion' in data else ''}</select>
 head <input type="number" id="head" min="0" max="{max(0, data['heads'] - 1)}" value="0" style="width:4em"></div>
-<div id="scale"><canvas id="scale-bar" width="{data['view']}" height="12"></canvas>
-<div style="display:flex;justify-content:space-between;width:{data['view']}px;font-size:12px"><span>0</span>
-<span id="scale-label"></span><span id="scale-max"></span></div></div></div>
-<div><h3>Logit lens <small id="lens-token"></small></h3><table id="lens"></table></div></div>
+<p class="help" id="mode-help"></p></div>
+<div><h3>Logit lens <small id="lens-token"></small></h3><p class="help">{html.escape(EXPLAIN['lens'])}</p>
+<table id="lens"></table></div></div>
+<h3>What each view shows</h3><ul>{explain}</ul>
 <h3>Per-layer statistics</h3><div class="row">{plots}</div>
-<h3>Attention masks</h3><div class="row">{masks}</div>
+<h3>Attention masks</h3>{_mask_figures(data["masks"])}
 <p><small>checkpoint sha256: {html.escape(str(data['checkpoint_hash']))}. Heatmaps: the row of the
-query that produced each token; each map scaled to its own max.</small></p>
+query that produced each token, one value per image patch (the model's g x g grid), over the image
+in dimmed grey; the colour bar gives the values of the map shown.</small></p>
 <script id="data" type="application/json">{payload}</script>
 <script>{SCRIPT}</script></body></html>"""
 
@@ -201,35 +257,3 @@ def write_html(pipe, trace, rgb, out, occlusion_grid=4, progress=None, title=Non
     except OSError as e:
         raise InputError(f"--out {out}: cannot write the report ({e.strerror})") from None
     return out
-
-
-def write_pngs(pipe, trace, rgb, folder) -> list[Path]:
-    """Plain pictures: per generated token the rollout to pixels and each layer's mean attention
-    (one strip), plus the attention mask."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"--png {folder}: cannot create the folder ({e.strerror})") from None
-    view = np.asarray(Image.fromarray(rgb).resize((VIEW // 2, VIEW // 2), Image.BICUBIC))
-    att = analysis.image_attention(trace)
-    pix = (analysis.pixel_rollout(trace) if "vision.blocks.0.attn.hook_pattern" in trace
-           else analysis.decoder_rollout(trace)[-1])  # without SigLIP's patterns: the decoder's
-    steps = trace["decoder.blocks.0.attn.hook_pattern"].shape[-1] - trace.prompt_len
-    written = []
-    for t in range(len(trace.token_ids)):
-        p = folder / f"token{t:02d}_rollout.png"
-        Image.fromarray(overlay(view, pix[t])).save(p)
-        strip = np.concatenate([overlay(view, att[l, t]) for l in range(att.shape[0])], axis=1)
-        q = folder / f"token{t:02d}_attention_by_layer.png"
-        Image.fromarray(strip).save(q)
-        written += [p, q]
-    m = folder / "mask_full.png"
-    Image.fromarray(mask_picture(pipe.cfg, trace.prompt_len, steps, False)).save(m)
-    boxes = Image.fromarray(view)
-    draw = ImageDraw.Draw(boxes)
-    for o in parse_objects(trace.text, view.shape[1], view.shape[0]):
-        draw.rectangle(o.box, outline=(255, 0, 0), width=2)
-    b = folder / "boxes.png"
-    boxes.save(b)
-    return written + [m, b]
