@@ -133,3 +133,34 @@ def _finite(value):
     if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
         return None
     return value
+
+
+def tables(lines: list[str]) -> list[dict]:
+    """The markdown tables among printed `lines`, as {"columns": [...], "rows": [[...], ...]}."""
+    out, cur = [], None
+    for line in "\n".join(lines).split("\n"):
+        if not line.startswith("|"):
+            cur = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cur is None:
+            cur = {"columns": cells, "rows": []}
+            out.append(cur)
+        elif not set("".join(cells)) <= set("-: "):
+            cur["rows"].append(cells)
+    return out
+
+
+class Printed:
+    """print() that also keeps what it printed, for `--record`."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def __call__(self, *parts, **kwargs) -> None:
+        print(*parts, **kwargs)
+        if kwargs.get("file") is None:
+            self.lines.append(" ".join(map(str, parts)))
+
+    def figures(self) -> dict:
+        return {"output": self.lines, "tables": tables(self.lines)}
