@@ -59,7 +59,9 @@ def memory_gib() -> float | None:
 
 
 def blas() -> list[dict]:
-    """The BLAS libraries loaded in this process, the kernel and the threads of each."""
+    """The BLAS libraries loaded in this process, the kernel and the threads of each (numpy's
+    at least: imported here, so a script that has not loaded it yet still names it)."""
+    import numpy  # noqa: F401
     from threadpoolctl import threadpool_info
 
     return [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
