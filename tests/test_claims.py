@@ -8,6 +8,10 @@ benchmarks/results/*.json: their numbers in text ("28.0 s per token"), their tab
 unit from the column: "ms/token", "% of bound"), and their named numbers (`ms_per_token`,
 `prefill_s`, ...). A range "77–97%" is two figures. A page that needs a number that is not a
 measurement (a design size, a default) writes it in code (`4 MiB`) or without a unit.
+
+A page that cites its sources — `benchmarks/results/NAME.json`, or RESULTS.md's "run 13",
+"runs 12 and 15", "runs 1–15" — is checked against those files only; a page that cites none
+(the README) against all of them.
 """
 
 from __future__ import annotations
@@ -85,9 +89,24 @@ def harvest(node, key: str = "", out: set | None = None) -> set:
     return out
 
 
-def known_figures() -> set:
+RUNS = re.compile(r"\bruns? (\d+[a-d]?(?:(?:\s*[–,-]\s*|,? and )\d+[a-d]?)*)")
+CITED_FILE = re.compile(r"benchmarks/results/([\w.*-]+)\.json")
+
+
+def cited(text: str) -> list[Path]:
+    """The result files `text` names: by file name, or RESULTS.md's run numbers (a range
+    "1–15" is every run in it)."""
+    names = set(CITED_FILE.findall(text))
+    for group in RUNS.findall(text):
+        for part in re.split(r"\s*,\s*|,? and ", group):
+            ends = [int(re.match(r"\d+", e).group()) for e in re.split(r"\s*[–-]\s*", part)]
+            names |= {f"run-{n:02d}" for n in range(ends[0], ends[-1] + 1)}
+    return [p for n in sorted(names) for p in sorted(RESULTS[0].parent.glob(f"{n}.json"))]
+
+
+def known_figures(paths: list[Path] | None = None) -> set:
     known = set()
-    for path in RESULTS:
+    for path in RESULTS if paths is None else paths:
         harvest(json.loads(path.read_text(encoding="utf-8")), out=known)
     # Derived units: seconds from milliseconds, minutes and hours from seconds, GB from GiB and back.
     known |= {(v / 1000, "s") for v, u in known if u == "ms"}
@@ -130,9 +149,18 @@ def test_results_carry_their_provenance():
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_quoted_figure_is_in_a_result(page, known):
-    absent = [f"{v:g} {u}" for v, u, d in figures_in_text(prose(page.read_text(encoding="utf-8")))
-              if not _matches(v, u, d, known)]
-    assert absent == [], f"{page.name} quotes figures found in no benchmarks/results/*.json"
+    text = page.read_text(encoding="utf-8")
+    sources = cited(text)
+    pool = known_figures(sources) if sources else known
+    absent = [f"{v:g} {u}" for v, u, d in figures_in_text(prose(text)) if not _matches(v, u, d, pool)]
+    where = ", ".join(p.name for p in sources) or "any benchmarks/results/*.json"
+    assert absent == [], f"{page.name} quotes figures found in none of {where}"
+
+
+def test_citations_are_read():
+    names = [p.stem for p in cited("runs 1–3, run 14b and runs 12 and 15; "
+                                   "benchmarks/results/eval_demo.json")]
+    assert names == ["eval_demo", "run-01", "run-02", "run-03", "run-12", "run-14", "run-15"]
 
 
 def test_the_check_finds_figures_and_refuses_unknown_ones(known):
