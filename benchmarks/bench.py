@@ -1,7 +1,8 @@
 """npgemma against transformers, side by side in one run: load, prefill, decode, peak RSS.
 
     python benchmarks/bench.py --make paligemma-3b-pt-224 --out /tmp/pg1-3b \\
-        --engines npgemma-numpy:float32,npgemma-numpy:bfloat16,transformers:float32 --batch 1,8
+        --engines npgemma-numpy:float32,npgemma-numpy:bfloat16,transformers:float32 --batch 1,8 \\
+        --record benchmarks/results/NAME.json   # the rows, with machine, BLAS kernel, versions, command
 
 Engines (comma list): `npgemma-numpy:float32`, `npgemma-numpy:bfloat16` (the low-memory mode),
 `npgemma-torch:DTYPE[:DEVICE]`, `transformers:DTYPE[:DEVICE[:ATTN]]` (ATTN sdpa or eager, default: transformers' choice;
