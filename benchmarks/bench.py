@@ -1,7 +1,8 @@
 """npgemma against transformers, side by side in one run: load, prefill, decode, peak RSS.
 
     python benchmarks/bench.py --make paligemma-3b-pt-224 --out /tmp/pg1-3b \\
-        --engines npgemma-numpy:float32,npgemma-numpy:bfloat16,transformers:float32 --batch 1,8
+        --engines npgemma-numpy:float32,npgemma-numpy:bfloat16,transformers:float32 --batch 1,8 \\
+        --record benchmarks/results/NAME.json   # the rows, with machine, BLAS kernel, versions, command
 
 Engines (comma list): `npgemma-numpy:float32`, `npgemma-numpy:bfloat16` (the low-memory mode),
 `npgemma-torch:DTYPE[:DEVICE]`, `transformers:DTYPE[:DEVICE[:ATTN]]` (ATTN sdpa or eager, default: transformers' choice;
@@ -36,6 +37,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # record.py
 
 PROMPT = "caption en"
 
@@ -293,6 +295,12 @@ def main(argv=None) -> int:
                          "OPENBLAS_CORETYPE is set: every engine then runs with both unset (the "
                          "kernel users get) and the numpy engines with them too, beside")
     ap.add_argument("--json", help="write every row (and the bandwidth) to this JSON file")
+    ap.add_argument("--record", metavar="FILE",
+                    help="write the rows with the machine, BLAS kernel, versions and this command "
+                         "(benchmarks/record.py) to FILE, e.g. benchmarks/results/NAME.json")
+    ap.add_argument("--bandwidth-gib", type=float, default=2.0,
+                    help="the matrix the read bandwidth is measured over (default 2 GiB; a tiny "
+                         "value for a smoke run on a tiny checkpoint)")
     ap.add_argument("--results", help="append the markdown tables to this file (e.g. RESULTS.md)")
     ap.add_argument("--offload", type=float, metavar="GIB",
                     help="transformers engines load with accelerate's device_map='auto' and "
@@ -305,7 +313,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batch.split(",")]
     if args.bandwidth:
-        print(bandwidth_gbs())
+        print(bandwidth_gbs(args.bandwidth_gib))
         return 0
 
     if args.single:
@@ -323,9 +331,11 @@ def main(argv=None) -> int:
         ap.error("--model or --make is required")
 
     # In a child process, so that the 2 GiB buffer never counts in an engine's peak RSS.
-    bw = float(subprocess.run([sys.executable, os.path.abspath(__file__), "--bandwidth"],
+    bw = float(subprocess.run([sys.executable, os.path.abspath(__file__), "--bandwidth",
+                               "--bandwidth-gib", str(args.bandwidth_gib)],
                               stdout=subprocess.PIPE, text=True, check=True).stdout)
-    print(f"memory read bandwidth: {bw:.1f} GB/s ({os.cpu_count()} threads, 2 GiB)", file=sys.stderr)
+    print(f"memory read bandwidth: {bw:.1f} GB/s ({os.cpu_count()} threads, "
+          f"{args.bandwidth_gib:g} GiB)", file=sys.stderr)
     forced = os.environ.get("OPENBLAS_CORETYPE")
     print(f"CPU vector extensions: {cpu_extensions()}; OPENBLAS_CORETYPE "
           f"{forced or 'unset'}, OPENBLAS_L2_SIZE {os.environ.get('OPENBLAS_L2_SIZE') or 'unset'}",
@@ -361,6 +371,7 @@ def main(argv=None) -> int:
         for row in json.loads(proc.stdout.strip().splitlines()[-1]):
             row |= {"checkpoint": name, "engine": engine}
             report["rows"].append(row)
+    failed = len(runs) - len({(r["checkpoint"], r["engine"]) for r in report["rows"]})
     text = [f"machine: {report['machine']}; read bandwidth {bw:.1f} GB/s; CPU vector extensions: "
             f"{report['cpu_extensions']}; {args.new_tokens} new tokens, `{PROMPT}`"]
     for name, model in models:
@@ -380,7 +391,18 @@ def main(argv=None) -> int:
     if args.results:
         with open(args.results, "a") as f:
             f.write("\n".join(text) + "\n\n")
-    return 0
+    if args.record:
+        from record import write
+
+        for name, model in models:  # the bound and the ratios the table prints, as numbers
+            rows = [r for r in report["rows"] if r["checkpoint"] == name]
+            for r in rows:
+                if _itemsize(r["engine"]):  # as the table: none for the beside-runs
+                    bound = 1000 * decode_weight_bytes(model, _itemsize(r["engine"]))
+                    r["bound_ms"] = bound / (bw * 1e9)
+                    r["pct_of_bound"] = 100 * r["bound_ms"] / r["ms_per_token"]
+        write(args.record, "bench.py", report, argv)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

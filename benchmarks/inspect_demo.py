@@ -1,6 +1,7 @@
 """Does the demo model look at what it is asked about? Rollout on held-out color questions.
 
     python benchmarks/inspect_demo.py [--model DIR] [--scenes 100] [--seed 10000]
+                                      [--record benchmarks/results/inspect_demo.json]
 
 For each held-out scene (`npgemma.demo.evaluate.held_out("color", ...)`, never seen in training)
 the question `answer en what color is the <shape> ?` is traced (one greedy token: colours are one
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -40,6 +42,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="default: the bundled demo model")
     ap.add_argument("--scenes", type=int, default=100)
     ap.add_argument("--seed", type=int, default=10_000)
+    ap.add_argument("--record", metavar="FILE",
+                    help="write the rates with the machine, versions and this command "
+                         "(benchmarks/record.py), e.g. benchmarks/results/inspect_demo.json")
     args = ap.parse_args(argv)
     if args.model is None:
         from npgemma.checkpoint.bundled import model_dir
@@ -63,9 +68,17 @@ def main(argv=None) -> int:
         if n % 10 == 0:
             print(f"{n}/{len(examples)} scenes", file=sys.stderr, flush=True)
     count = len(examples)
-    print(json.dumps({"model": args.model, "scenes": count,
-                      **{f"hit_{k}": v / count for k, v in hits.items()},
-                      "answer_accuracy": correct / count, "chance": float(np.mean(chance))}))
+    rates = {"model": args.model, "scenes": count,
+             **{f"hit_{k}": v / count for k, v in hits.items()},
+             "answer_accuracy": correct / count, "chance": float(np.mean(chance))}
+    print(json.dumps(rates))
+    if args.record:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from record import write
+
+        rates["model"] = os.path.relpath(args.model)  # not this machine's absolute path
+        write(args.record, "inspect_demo.py", {**rates, **{
+            f"{k}_pct": 100 * v for k, v in rates.items() if isinstance(v, float)}}, argv)
     return 0
 
 

@@ -28,6 +28,8 @@ output table, memory-mapped as the low-memory mode maps them (its file pages, no
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
 import ml_dtypes
@@ -35,9 +37,15 @@ import numpy as np
 
 from npgemma import _kernels, layers
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # record.py
+from record import Printed, write  # noqa: E402
+
+out = Printed()  # print(), kept for --record
+PAUSE = 0.5  # s before each timing: BLAS's threads stop spinning after their last call (layers.py)
+
 
 def best_ms(fn, repeats: int = 7) -> float:
-    time.sleep(0.5)  # BLAS's threads stop spinning after their last call (see layers.py)
+    time.sleep(PAUSE)
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -56,11 +64,26 @@ def main(argv=None) -> int:
     ap.add_argument("--slabs", action="store_true",
                     help="time a whole low-memory decode step's products by slab size")
     ap.add_argument("--model", help="with --slabs: a checkpoint folder whose mapped weights to use")
+    ap.add_argument("--shrink", type=int, default=1, metavar="N",
+                    help="with --step/--slabs: every dimension ÷ N and 2 layers (a smoke run)")
+    ap.add_argument("--record", metavar="FILE",
+                    help="write the tables with the machine, BLAS kernel, versions and this "
+                         "command (benchmarks/record.py), e.g. benchmarks/results/NAME.json")
     args = ap.parse_args(argv)
+    global PAUSE
+    PAUSE = PAUSE if args.shrink == 1 else 0.0  # a smoke run: its timings mean nothing
     if args.step:
-        return whole_step(args.rows)
-    if args.slabs:
-        return slab_sizes(args.model)
+        status = whole_step(args.rows, args.shrink)
+    elif args.slabs:
+        status = slab_sizes(args.model, args.shrink)
+    else:
+        status = one_weight(args)
+    if args.record:
+        write(args.record, "kernels.py", out.figures(), argv)
+    return status
+
+
+def one_weight(args) -> int:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((args.out, args.inp), dtype=np.float32)
     w16 = w.astype(ml_dtypes.bfloat16)
@@ -83,21 +106,23 @@ def main(argv=None) -> int:
     np.testing.assert_allclose(ours(xb, w16), xb @ w16.astype(np.float32).T, rtol=1e-4, atol=1e-2)
     times = [(name, best_ms(fn)) for name, fn in cases]
     base = times[0][1]
-    print(f"weight [{args.out}, {args.inp}] ({w.nbytes / 1e6:.0f} MB float32)")
-    print("| product | ms | × one row |\n|---|---|---|")
+    out(f"weight [{args.out}, {args.inp}] ({w.nbytes / 1e6:.0f} MB float32)")
+    out("| product | ms | × one row |\n|---|---|---|")
     for name, ms in times:
-        print(f"| {name} | {ms:.2f} | {ms / base:.2f} |")
+        out(f"| {name} | {ms:.2f} | {ms / base:.2f} |")
     return 0
 
 
 HIDDEN, INTER, VOCAB, LAYERS = 2048, 16384, 257216, 18  # paligemma-3b's Gemma
 
 
-def step_shapes() -> list[tuple[int, int]]:
-    """[out, in] of every weight a paligemma-3b decode step multiplies by."""
+def step_shapes(shrink: int = 1) -> list[tuple[int, int]]:
+    """[out, in] of every weight a paligemma-3b decode step multiplies by (`shrink` > 1: every
+    dimension divided by it and 2 layers, a smoke run)."""
     one = [(2048, HIDDEN), (256, HIDDEN), (256, HIDDEN), (HIDDEN, 2048),  # q, k, v, o
            (INTER, HIDDEN), (INTER, HIDDEN), (HIDDEN, INTER)]            # gate, up, down
-    return one * LAYERS + [(VOCAB, HIDDEN)]
+    shapes = one * (LAYERS if shrink == 1 else 2) + [(VOCAB, HIDDEN)]
+    return [(o // shrink, i // shrink) for o, i in shapes]
 
 
 def mapped_step_weights(model: str) -> list[np.ndarray]:
@@ -130,13 +155,13 @@ def strided_matmul_t(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return yt.T
 
 
-def slab_sizes(model: str | None = None) -> int:
+def slab_sizes(model: str | None = None, shrink: int = 1) -> int:
     rng = np.random.default_rng(0)
     weights = (mapped_step_weights(model) if model else
                [rng.standard_normal(s, dtype=np.float32).astype(ml_dtypes.bfloat16)
-                for s in step_shapes()])
+                for s in step_shapes(shrink)])
     xs = {w.shape[1]: rng.standard_normal((1, w.shape[1]), dtype=np.float32) for w in weights}
-    print(f"{len(weights)} weights, {sum(w.nbytes for w in weights) / 1e9:.1f} GB "
+    out(f"{len(weights)} weights, {sum(w.nbytes for w in weights) / 1e9:.1f} GB "
           f"{weights[0].dtype}{' memory-mapped' if model else ''}, {_kernels.WORKERS} threads")
 
     def step(product) -> None:
@@ -147,28 +172,28 @@ def slab_sizes(model: str | None = None) -> int:
     w = weights[0]
     np.testing.assert_allclose(strided_matmul_t(xs[w.shape[1]], w), _kernels.matmul_t(xs[w.shape[1]], w),
                                rtol=1e-4, atol=1e-3)
-    print("| slab | even/odd pairs, ms (run 1) | (run 2) | strided store, ms (run 1) | (run 2) |\n"
+    out("| slab | even/odd pairs, ms (run 1) | (run 2) | strided store, ms (run 1) | (run 2) |\n"
           "|---|---|---|---|---|")
     for kib in (256, 512, 1024, 2048, 4096, 8192, 16384):
         _kernels.SLAB_BYTES = kib << 10
         ms = [best_ms(lambda: step(product), repeats=3)
               for product in (_kernels.matmul_t, _kernels.matmul_t, strided_matmul_t, strided_matmul_t)]
-        print(f"| {kib} KiB | {ms[0]:.0f} | {ms[1]:.0f} | {ms[2]:.0f} | {ms[3]:.0f} |", flush=True)
+        out(f"| {kib} KiB | {ms[0]:.0f} | {ms[1]:.0f} | {ms[2]:.0f} | {ms[3]:.0f} |", flush=True)
     return 0
 
 
-def whole_step(b: int) -> int:
+def whole_step(b: int, shrink: int = 1) -> int:
     import contextlib
 
-    weights = [np.full(s, 0.01, np.float32) for s in step_shapes()]
-    print(f"{len(weights)} weights, {sum(w.nbytes for w in weights) / 1e9:.1f} GB float32")
+    weights = [np.full(s, 0.01, np.float32) for s in step_shapes(shrink)]
+    out(f"{len(weights)} weights, {sum(w.nbytes for w in weights) / 1e9:.1f} GB float32")
 
     def step(rows: int, ours: bool) -> None:
         with _kernels.on_our_threads() if ours else contextlib.nullcontext():
             for w in weights:
                 layers.linear(np.ones((rows, w.shape[1]), np.float32), w)
 
-    print("| rows | float32 slab | threads | ms (run 1) | ms (run 2) |\n|---|---|---|---|---|")
+    out("| rows | float32 slab | threads | ms (run 1) | ms (run 2) |\n|---|---|---|---|---|")
     for rows in (1, b):
         for slab in (1 << 20, 4 << 20):
             if rows == 1 and slab != 1 << 20:
@@ -176,7 +201,7 @@ def whole_step(b: int) -> int:
             for ours in (False, True):
                 _kernels.SLAB_BYTES = slab
                 ms = [best_ms(lambda: step(rows, ours), repeats=2) for _ in range(2)]
-                print(f"| {rows} | {slab >> 20} MiB | {'ours' if ours else 'BLAS'} | "
+                out(f"| {rows} | {slab >> 20} MiB | {'ours' if ours else 'BLAS'} | "
                       f"{ms[0]:.0f} | {ms[1]:.0f} |", flush=True)
     return 0
 

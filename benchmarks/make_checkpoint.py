@@ -378,10 +378,28 @@ def _write_tokenizer(out_dir: Path) -> None:
     write_tokenizer(out_dir, full=True)
 
 
+def shrunk(config: dict, n: int) -> dict:
+    """`config` with every width ÷ n (heads kept: 2 in the vision tower), 2 layers per tower and
+    the real vocabulary: the same files, keys and config fields in a few MB (a smoke run)."""
+    config = json.loads(json.dumps(config))
+    t, v = config["text_config"], config["vision_config"]
+    head_dim = t.get("head_dim", _GEMMA_HEAD_DIM) // n
+    t.update(hidden_size=t["hidden_size"] // n, intermediate_size=t["intermediate_size"] // n,
+             num_hidden_layers=2, head_dim=head_dim)
+    if "query_pre_attn_scalar" in t:
+        t["query_pre_attn_scalar"] = head_dim
+    v.update(hidden_size=2 * (v["hidden_size"] // (2 * n)),
+             intermediate_size=v["intermediate_size"] // n, num_attention_heads=2, num_hidden_layers=2)
+    v["projection_dim"] = config["projection_dim"] = t["hidden_size"]
+    config["hidden_size"] = t["hidden_size"]
+    return config
+
+
 def write_random_checkpoint(name: str, out_dir: str | os.PathLike, seed: int = 0,
                             dtype: str = "bfloat16", shard_size_gb: float = 2.0,
-                            progress: bool = True) -> Path:
-    """Write the random checkpoint `name` into `out_dir` (created) and return its path."""
+                            progress: bool = True, shrink: int = 1) -> Path:
+    """Write the random checkpoint `name` into `out_dir` (created) and return its path
+    (`shrink` > 1: `shrunk(config, shrink)`, for a smoke run)."""
     from safetensors.numpy import save_file
 
     if name not in REAL_CONFIGS:
@@ -398,6 +416,8 @@ def write_random_checkpoint(name: str, out_dir: str | os.PathLike, seed: int = 0
             old.unlink()
 
     config = json.loads(json.dumps(REAL_CONFIGS[name]))
+    if shrink > 1:
+        config = shrunk(config, shrink)
     config["torch_dtype"] = dtype
     for sub in ("text_config", "vision_config"):
         if "torch_dtype" in config[sub]:
@@ -412,7 +432,7 @@ def write_random_checkpoint(name: str, out_dir: str | os.PathLike, seed: int = 0
 
     file_mode = (out / "config.json").stat().st_mode & 0o777
     specs = tensor_specs(config)
-    if name == "paligemma-3b-pt-224":
+    if name == "paligemma-3b-pt-224" and shrink == 1:
         assert sum(math.prod(s) for _, s in specs) == _PG1_224_PARAMETERS
     filler = _Filler(seed, dtype)
     itemsize = filler.dtype.itemsize
@@ -453,12 +473,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-size-gb", type=float, default=2.0)
     ap.add_argument("--dtype", choices=sorted(_DTYPES), default="bfloat16")
     ap.add_argument("--list", action="store_true", help="list the names with their sizes")
+    ap.add_argument("--shrink", type=int, default=1, metavar="N",
+                    help="every width ÷ N and 2 layers per tower, same keys and files (a smoke run "
+                         "of a few MB; not the release's size)")
+    ap.add_argument("--record", metavar="FILE",
+                    help="with --list: write the sizes with the machine, versions and this command "
+                         "(benchmarks/record.py)")
     args = ap.parse_args(argv)
     if args.list:
         itemsize = _DTYPES[args.dtype].itemsize
+        sizes = {}
         for name in REAL_CONFIGS:
             p = count_parameters(name)
+            sizes[name] = {"parameters": p, "size_gb": p * itemsize / 1e9}
             print(f"{name:24s} {p:>15,} parameters  {p * itemsize / 1e9:7.2f} GB {args.dtype}")
+        if args.record:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            from record import write
+
+            write(args.record, "make_checkpoint.py", {"dtype": args.dtype, "checkpoints": sizes}, argv)
         return 0
     if not args.name or not args.out_dir:
         ap.error("NAME and OUT_DIR are required (or --list)")
@@ -468,8 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--shard-size-gb must be positive")
     t0 = time.perf_counter()
     out = write_random_checkpoint(args.name, args.out_dir, seed=args.seed, dtype=args.dtype,
-                                  shard_size_gb=args.shard_size_gb)
-    p = count_parameters(args.name)
+                                  shard_size_gb=args.shard_size_gb, shrink=args.shrink)
+    p = (count_parameters(args.name) if args.shrink == 1 else
+         sum(math.prod(s) for _, s in tensor_specs(json.loads((out / "config.json").read_text()))))
     print(f"{args.name}: {p:,} parameters, {p * _DTYPES[args.dtype].itemsize:,} bytes "
           f"({args.dtype}), {time.perf_counter() - t0:.1f} s -> {out}")
     return 0

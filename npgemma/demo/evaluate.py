@@ -14,6 +14,7 @@ import numpy as np
 
 from ..generation.postprocess import parse_objects
 from . import scenes, tasks
+from . import tasks as task_set  # evaluate_pipeline's `tasks` parameter hides the module
 
 
 def box_iou(a, b) -> float:
@@ -75,7 +76,7 @@ def evaluate_pipeline(pipe, per_task: int, seed: int = 10_000, batch: int = 50,
     (`tasks`: default every task, `segment` only when the pipeline has a VQ-VAE; with
     keep_answers, also every answer under "answers")."""
     if tasks is None:
-        tasks = [t for t in tasks.TASKS if t != "segment" or pipe.vae is not None]
+        tasks = [t for t in task_set.TASKS if t != "segment" or pipe.vae is not None]
     scores, kept = {}, []
     for task in tasks:
         examples = held_out(task, per_task, seed)

@@ -1,0 +1,101 @@
+"""Every script in benchmarks/ runs, end to end, on something tiny: a crash fails CI.
+
+Each script's smoke path (seconds) is run as a user runs it — `python benchmarks/NAME.py ...` in a
+fresh process, so an import-time or argument-parsing error is caught too — with `--record`, and
+the file it writes must hold the provenance record.py promises and finite figures. The timings
+mean nothing here (tiny shapes, a busy machine); the real runs are in benchmarks/results/.
+Marked `scripts` (a few seconds each): the quick tier leaves them out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name != "record.py")
+SMOKED = {"bench.py", "eval_demo.py", "inspect_demo.py", "kernels.py", "make_checkpoint.py"}
+
+pytestmark = pytest.mark.scripts
+
+
+def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} {' '.join(args)}:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def recorded(path: Path, script: str) -> dict:
+    result = json.loads(path.read_text(encoding="utf-8"))
+    assert result["script"] == script
+    assert result["command"].startswith(f"python benchmarks/{script} ")
+    assert result["machine"]["cores"] >= 1 and result["versions"]["numpy"]
+    assert isinstance(result["blas"], list) and result["date"].endswith("Z")
+    return result["figures"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """paligemma2-3b-pt-224's files, keys and config fields at 1/128 of its widths."""
+    out = tmp_path_factory.mktemp("ckpt") / "pg2-3b-tiny"
+    run("make_checkpoint.py", "paligemma2-3b-pt-224", str(out), "--shrink", "128", cwd=out.parent)
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_config"]["hidden_size"] == 2304 // 128
+    assert config["text_config"]["vocab_size"] == 257216  # the real vocabulary, the real keys
+    return out
+
+
+def test_every_script_has_a_smoke_test():
+    assert set(SCRIPTS) == SMOKED, "a new benchmarks/ script needs its smoke run here"
+
+
+def test_make_checkpoint_list(tmp_path):
+    run("make_checkpoint.py", "--list", "--record", str(tmp_path / "r.json"), cwd=tmp_path)
+    sizes = recorded(tmp_path / "r.json", "make_checkpoint.py")["checkpoints"]
+    pg1 = sizes["paligemma-3b-pt-224"]
+    assert 2.9e9 < pg1["parameters"] < 3.0e9 and pg1["size_gb"] == pg1["parameters"] * 2 / 1e9
+    assert len(sizes) == 12  # PaliGemma 1 3B and PaliGemma 2 3B/10B/28B, at 224/448/896
+
+
+def test_bench(tiny, tmp_path):
+    run("bench.py", "--model", str(tiny), "--engines", "npgemma-numpy:float32,npgemma-numpy:bfloat16",
+        "--new-tokens", "3", "--bandwidth-gib", "0.01", "--record", str(tmp_path / "r.json"),
+        cwd=tmp_path)
+    rows = recorded(tmp_path / "r.json", "bench.py")["rows"]
+    assert [r["engine"] for r in rows] == ["npgemma-numpy:float32", "npgemma-numpy:bfloat16"]
+    assert rows[0]["tokens"] == rows[1]["tokens"] and len(rows[0]["tokens"]) == 3
+    assert all(math.isfinite(r["ms_per_token"]) and r["pct_of_bound"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("args", [["--out", "64", "--in", "32", "--shrink", "2"],
+                                  ["--step", "--shrink", "64"],
+                                  ["--slabs", "--model", "TINY", "--shrink", "2"]],
+                         ids=["one-weight", "step", "slabs-mapped"])
+def test_kernels(args, tiny, tmp_path):
+    args = [str(tiny) if a == "TINY" else a for a in args]
+    run("kernels.py", *args, "--record", str(tmp_path / "r.json"), cwd=tmp_path)
+    tables = recorded(tmp_path / "r.json", "kernels.py")["tables"]
+    assert len(tables) == 1 and tables[0]["rows"]
+
+
+def test_eval_demo(tmp_path):
+    run("eval_demo.py", "--scenes", "1", "--backends", "numpy", "--record", str(tmp_path / "r.json"),
+        cwd=tmp_path)
+    scores = recorded(tmp_path / "r.json", "eval_demo.py")["scores"]["numpy"]
+    assert {"caption", "color", "count", "shape", "detect_iou"} <= set(scores)
+    assert all(0 <= v <= 1 for k, v in scores.items() if k != "seconds")
+
+
+def test_inspect_demo(tmp_path):
+    run("inspect_demo.py", "--scenes", "1", "--record", str(tmp_path / "r.json"), cwd=tmp_path)
+    rates = recorded(tmp_path / "r.json", "inspect_demo.py")
+    assert rates["scenes"] == 1 and 0 <= rates["chance"] <= 1
