@@ -14,25 +14,11 @@ from ..inspection.capture import Capture
 from ..inspection.report import write_html, write_pngs
 from ..inspection.trace import check_fits, hook_shapes, trace
 from ..pipeline import load
-from .args import add_model_args, non_negative_int
+from .progress import say_streaming
 
 # What the report reads; --names adds more for --npz.
 REPORT_NAMES = ["vision.blocks.*.attn.hook_pattern", "decoder.blocks.*.attn.hook_pattern",
                 "decoder.blocks.*.hook_resid_post", "unembed.hook_logits"]
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("inspect", help="trace one answer: attention over the image, rollout, "
-                                       "logit lens, as one offline HTML report")
-    add_model_args(p)
-    p.add_argument("--out", default="report.html", help="the HTML report to write")
-    p.add_argument("--png", metavar="DIR", help="also write plain PNG pictures into DIR")
-    p.add_argument("--npz", metavar="PATH", help="also save the raw trace (PATH.npz + PATH.json)")
-    p.add_argument("--names", action="append", default=[], metavar="GLOB",
-                   help="extra hook names kept (e.g. 'decoder.blocks.*.attn.hook_q'; repeatable)")
-    p.add_argument("--max-new-tokens", type=non_negative_int, default=16)
-    p.add_argument("--occlusion", type=non_negative_int, default=4, metavar="N",
-                   help="occlusion map over an N x N grid of image cells (N*N extra prefills; 0: off)")
 
 
 def _fits(pipe, image, prompt, names, max_new_tokens) -> bool:
@@ -52,6 +38,7 @@ def run(args) -> int:
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                 force=args.force, text_tokens=text_tokens(args.prompt, args.max_new_tokens))
+    say_streaming(pipe)
     rgb = load_image(args.image)
     names = REPORT_NAMES + list(args.names)
     if not _fits(pipe, rgb, args.prompt, names, args.max_new_tokens):
