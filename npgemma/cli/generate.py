@@ -9,7 +9,6 @@ import time
 from PIL import Image
 
 from ..checkpoint.estimate import text_tokens
-from ..demo.run import run as run_demo
 from ..errors import InputError
 from ..generation.postprocess import draw_objects, parse_objects
 from ..generation.processing import load_image
@@ -98,6 +97,8 @@ def generate(args) -> int:
 
 
 def demo(args) -> int:
+    from ..demo.run import run as run_demo  # the scene generator: only `npgemma demo` needs it
+
     pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
     say_streaming(pipe)
     run_demo(pipe, args.seed, args.out)
