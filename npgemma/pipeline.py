@@ -17,7 +17,7 @@ from .checkpoint.vae_file import load_vae
 from .checkpoint.weights import header_summary
 from .config import PaliGemmaConfig
 from .errors import InputError
-from .generation.backend import Backend, get_backend
+from .generation.backend import Backend, check_backend, get_backend
 from .generation.generate import GenerationConfig, check_length, generate_tokens
 from .generation.postprocess import parse_objects
 from .generation.processing import Processor
@@ -150,6 +150,7 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
     """
     if model is None and vae is None:
         vae = bundled.vae_path()  # the bundled model's own VQ-VAE (resolve(None) is its folder)
+    check_backend(backend, device, dtype)  # a mistyped name fails before anything is read
     model_dir = resolve(model)
     cfg = load_config(model_dir)
     need = None

@@ -176,3 +176,34 @@ def test_a_vae_that_is_not_one_is_named_in_our_words(capsys, tmp_path, kind, sai
     assert rc == 2 and out == "" and len(err.splitlines()) == 1
     assert err.startswith(f"npgemma: error: {path}: {said} (expected PaliGemma's mask VQ-VAE")
     assert "allow_pickle" not in err and "pickle.load" not in err
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["generate", "--draw", "{tmp}/no/x.png"],
+     "--draw {tmp}/no/x.png: no folder {tmp}/no to write it in"),
+    (["generate", "--draw", "{tmp}/x.txt"], "--draw {tmp}/x.txt: not a picture file name"),
+    (["demo", "--out", "{tmp}"], "--out {tmp}: is a folder; give a file name"),
+    (["inspect", "--png", "{tmp}/file"], "--png {tmp}/file: is a file; give a folder"),
+    (["inspect", "--npz", "{tmp}/no/t"], "--npz {tmp}/no/t: no folder {tmp}/no"),
+    (["conform", "--against", "torch", "--markdown", "{tmp}/no/x.md"],
+     "--markdown {tmp}/no/x.md: no folder"),
+    (["generate", "--model", "{tmp}/file"], "{tmp}/file: a file, not a checkpoint folder"),
+    (["inspect", "--names", "zzz.*", "--max-new-tokens", "1"],
+     "--names zzz.*: matches none of this model's hook names (decoder.blocks.*.attn.hook_k, "),
+    (["generate", "--backend", "torch", "--device", "tpu"], "device 'tpu' is not a torch device"),
+], ids=["draw-no-folder", "draw-not-a-picture", "demo-out-folder", "png-a-file", "npz-no-folder",
+        "markdown-no-folder", "model-a-file", "names-match-nothing", "torch-device"])
+def test_refusals_found_by_trying(capsys, tmp_path, argv, said):
+    """Each was an internal error, NumPy's or Pillow's words, or a refusal only after the work
+    (the report traced, the conformance cases run) before; outputs are checked up front."""
+    if "torch" in argv:
+        pytest.importorskip("torch")
+    (tmp_path / "file").write_text("x")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if argv[0] in ("generate", "inspect"):
+        argv += ["--image", str(IMAGE), "--prompt", "caption en", "--out", str(tmp_path / "r.html")]
+        argv = argv[:-2] if argv[0] == "generate" else argv
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith("npgemma: error: " + said.replace("{tmp}", str(tmp_path))), err
+    assert not (tmp_path / "r.html").exists()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import NpgemmaError
+from ..errors import InputError, NpgemmaError
 
 BACKENDS = ("numpy", "torch")                 # npgemma.generation.backend.BACKENDS
 DTYPES = ("float32", "bfloat16", "float16")   # npgemma.generation.backend.DTYPES
@@ -105,3 +105,28 @@ def add_model_args(p: argparse.ArgumentParser, several: bool = False, backend: b
                    help="no progress bar on stderr (there is none when stderr is not a terminal)")
     p.add_argument("--force", action="store_true",
                    help="load even when the memory check says the run will not fit")
+
+
+def check_output(option: str, path: str | None, *, picture: bool = False,
+                 folder: bool = False) -> None:
+    """Refuse, before any work, a place an output cannot go: a missing parent folder, a folder
+    where a file goes (or a file where a folder goes), a picture name Pillow cannot save."""
+    if path is None:
+        return
+    import os
+
+    where = os.path.dirname(os.path.abspath(path))
+    if folder:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise InputError(f"{option} {path}: is a file; give a folder (created if missing)")
+        return
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path}: is a folder; give a file name")
+    if not os.path.isdir(where):
+        raise InputError(f"{option} {path}: no folder {where} to write it in")
+    if picture:
+        from PIL import Image
+
+        if os.path.splitext(path)[1].lower() not in Image.registered_extensions():
+            raise InputError(f"{option} {path}: not a picture file name Pillow can write; "
+                               "end it in .png (or .jpg, .webp)")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..compare import conform
 from ..errors import InputError
+from .args import check_output
 from .parity import _plain_json
 from .progress import bar
 
@@ -24,6 +25,8 @@ def run(args) -> int:
         return 0
     if not args.against:
         raise InputError("conform: --against SPEC is required (or --list)")
+    check_output("--markdown", args.markdown)
+    check_output("--workdir", args.workdir, folder=True)
     if args.workdir:
         root = Path(args.workdir)
         try:

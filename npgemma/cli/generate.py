@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..generation.postprocess import draw_objects, parse_objects
 from ..generation.processing import load_image
 from ..pipeline import load
+from .args import check_output
 from .progress import say_streaming, weights_progress
 
 
@@ -61,6 +62,7 @@ def _generation(args) -> dict:
 def generate(args) -> int:
     pairs = _batch_inputs(args)
     generation = _generation(args)
+    check_output("--draw", args.draw, picture=True)
     t0 = time.time()
     longest = max(pairs, key=lambda pair: len(pair[1].encode("utf-8")))[1]
     # No --model: load(None) is the bundled demo model with its own VQ-VAE (unless --vae).
@@ -99,6 +101,7 @@ def generate(args) -> int:
 def demo(args) -> int:
     from ..demo.run import run as run_demo  # the scene generator: only `npgemma demo` needs it
 
+    check_output("--out", args.out, picture=True)
     pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
     say_streaming(pipe)
     run_demo(pipe, args.seed, args.out)
