@@ -68,14 +68,21 @@ def non_negative_int(text: str) -> int:
 
 
 def add_backend_args(p: argparse.ArgumentParser, backend: bool = True) -> None:
-    """[--backend], --device, --dtype: the names npgemma.load takes (one table each)."""
+    """[--backend], --device, --dtype: the names npgemma.load takes (one table each). Without
+    `backend` (parity, conform) they are the other side's: npgemma's reference is numpy float32."""
     if backend:
         p.add_argument("--backend", default="numpy", choices=BACKENDS,
                        help="numpy: the readable reference (CPU); torch: the same model in PyTorch")
-    p.add_argument("--device", default="cpu", help="cpu, or cuda with --backend torch")
+        p.add_argument("--device", default="cpu", help="cpu, or cuda with --backend torch")
+        p.add_argument("--dtype", default="float32", choices=DTYPES,
+                       help="numpy: the weights' storage dtype (compute stays float32; bfloat16 is "
+                            "the low-memory mode); torch: the compute dtype")
+        return
+    p.add_argument("--device", default="cpu",
+                   help="where the other side runs: cpu or cuda (the reference: the CPU)")
     p.add_argument("--dtype", default="float32", choices=DTYPES,
-                   help="numpy: the weights' storage dtype (compute stays float32; bfloat16 is the "
-                        "low-memory mode); torch: the compute dtype")
+                   help="the other side's compute dtype, which sets the tolerances (the "
+                        "reference computes in float32)")
 
 
 def add_model_args(p: argparse.ArgumentParser, several: bool = False, backend: bool = True) -> None:
