@@ -39,6 +39,9 @@ def _batch_inputs(args) -> list[tuple[str, str]]:
         if not pairs:
             raise InputError(f"--batch {args.batch}: no inputs in the file")
         return pairs
+    if not args.image and not args.prompt:
+        raise InputError("generate: give --image FILE --prompt TEXT (or --batch FILE.jsonl); "
+                         "see npgemma generate --help")
     if not args.image or len(args.image) != len(args.prompt):
         raise InputError(f"generate: give one --prompt per --image (got {len(args.image)} images, "
                          f"{len(args.prompt)} prompts), or --batch FILE.jsonl")
