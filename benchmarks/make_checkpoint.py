@@ -442,7 +442,7 @@ def write_random_checkpoint(name: str, out_dir: str | os.PathLike, seed: int = 0
     files = (["model.safetensors"] if n == 1 else
              [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
     weight_map = {}
-    # The same bar as npgemma's (npgemma/progress.py): stderr, only on a terminal.
+    # The same bar as npgemma's (npgemma/cli/progress.py): stderr, only on a terminal.
     with tqdm(total=total_bytes, desc=f"writing {name}", unit="B", unit_scale=True,
               file=sys.stderr, disable=None if progress else True, leave=False) as bar:
         for shard, fname in zip(shards, files):

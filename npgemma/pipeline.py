@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
 
 from .checkpoint import bundled, estimate, memory, prefetch
+from .checkpoint.estimate import Need
 from .checkpoint.config_json import load_config
 from .checkpoint.hub import resolve
+from .checkpoint.memory import Streaming
 from .checkpoint.vae_file import load_vae
 from .checkpoint.weights import header_summary
 from .config import PaliGemmaConfig
 from .errors import InputError
-from .generation.backend import Backend, get_backend
+from .generation.backend import Backend, check_backend, get_backend
 from .generation.generate import GenerationConfig, check_length, generate_tokens
 from .generation.postprocess import parse_objects
 from .generation.processing import Processor
@@ -34,10 +35,18 @@ class Pipeline:
     """A loaded checkpoint on one backend. Build it with `npgemma.load`."""
 
     def __init__(self, cfg: PaliGemmaConfig, params, processor: Processor, backend: Backend,
-                 vae=None, model_dir: str | os.PathLike | None = None):
+                 vae=None, model_dir: str | os.PathLike | None = None, memory: Need | None = None):
         self.cfg, self.params, self.processor, self.backend = cfg, params, processor, backend
         self.vae = vae  # the mask VQ-VAE's weights on this backend, or None
         self.model_dir = model_dir  # the folder the weights came from (a trace hashes it), or None
+        self.memory = memory  # what the run needs, by the memory check (None: load(force=True))
+
+    @property
+    def streaming(self) -> Streaming | None:
+        """The memory check's verdict when the weights are larger than the memory available and
+        stream from disk on every pass (bytes and seconds per token, layers kept cached); None
+        when they fit (or the check was skipped). `str()` of it says so in words."""
+        return None if self.memory is None else self.memory.streams
 
     def decode_masks(self, codes) -> np.ndarray:
         """float32[B, 64, 64] mask maps (about [-1, 1], > 0 is the object) from int[B, 16]
@@ -135,26 +144,26 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
     `progress(done_bytes, total_bytes, tensor_name)` is called while weights load.
     Before any weight is read, the memory the run needs (for the image tokens plus
     `text_tokens` prompt + new tokens, in `batch` rows) is checked against what is available; too little
-    raises InputError with the figures, unless `force`.
+    raises InputError with the figures, unless `force`. The check's estimate is the Pipeline's
+    `.memory`; when the weights stream from disk, its `.streaming` says how (the CLI prints it).
     `vae`: PaliGemma's mask VQ-VAE (`vae-oid.npz` layout), to turn `<seg>` codes into masks.
     """
     if model is None and vae is None:
         vae = bundled.vae_path()  # the bundled model's own VQ-VAE (resolve(None) is its folder)
-    be = get_backend(backend, device=device, dtype=dtype)
+    check_backend(backend, device, dtype)  # a mistyped name fails before anything is read
     model_dir = resolve(model)
     cfg = load_config(model_dir)
+    need = None
     if not force:
         files, headers = header_summary(model_dir)
         need = memory.check(cfg, str(model_dir) if model is None else os.fspath(model),
                             backend=backend, dtype=dtype, device=device,
                             disk_dtype=estimate.stored_dtype(headers), text_tokens=text_tokens,
                             batch=batch, files=files, read_speed=prefetch.read_speed)
-        if need.streams is not None:  # larger than RAM, run from disk: say so, and how fast
-            print(f"npgemma: {model_dir.name}: {need.file_total / 1e9:.1f} GB of weights, "
-                  f"{need.streams.available.bytes / 1e9:.1f} GB of memory available: "
-                  f"{need.streams}", file=sys.stderr)
-            be.stream, be.keep = True, need.streams.resident_layers
+    streams = None if need is None else need.streams  # larger than RAM: run from disk
+    be = get_backend(backend, device=device, dtype=dtype, stream=streams is not None,
+                     keep=0 if streams is None else streams.resident_layers)
     processor = Processor.from_pretrained(model_dir, cfg)
     params = be.load_weights(model_dir, cfg, progress=progress)
     mask_vae = None if vae is None else be.from_numpy(load_vae(vae))
-    return Pipeline(cfg, params, processor, be, mask_vae, model_dir=model_dir)
+    return Pipeline(cfg, params, processor, be, mask_vae, model_dir=model_dir, memory=need)

@@ -58,7 +58,7 @@ def examples() -> list[tuple[Image.Image, str]]:
 
 @dataclass(frozen=True)
 class Case:
-    """One tiny checkpoint. `layout` is the on-disk key layout (npgemma.weights.LAYOUTS):
+    """One tiny checkpoint. `layout` is the on-disk key layout (npgemma.checkpoint.layout.LAYOUTS):
     "v5-save" (5.24's default save_pretrained), "v5" (save_original_format=False) are written
     by transformers itself; "hub" and "v4.52" (which 5.24 cannot write) by
     npgemma.testing.checkpoint.write_checkpoint, then loaded by transformers."""

@@ -157,7 +157,8 @@ def vision_configs(draw, num_layers: int = 1, min_width: int = 2) -> VisionConfi
 
 
 # --------------------------------------------------------------------------------------------
-# Weight trees in the canonical layout (`npgemma.weights.unflatten` of the HF keys), from a seed.
+# Weight trees in the canonical layout (`npgemma.checkpoint.layout.unflatten` of the HF keys),
+# from a seed.
 
 def linear_params(rng, out_features: int, in_features: int, bias: bool) -> dict:
     """`nn.Linear` weights [out, in] ~ N(0, 1/in) so activations stay O(1); a small bias."""

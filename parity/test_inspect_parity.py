@@ -3,7 +3,7 @@
 
 The torch backend's fused attention kernel never forms the weights; under a capture that asks
 for them it takes the spelled-out path. Each name is judged by the tolerance row of the stage
-that produces it (`npgemma.tolerances`), relative to the NumPy reference.
+that produces it (`npgemma.compare.tolerances`), relative to the NumPy reference.
 """
 
 from __future__ import annotations

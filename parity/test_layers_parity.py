@@ -3,7 +3,7 @@
 The NumPy function (float32) is the reference; the twin runs on NPGEMMA_TEST_DEVICE in each
 dtype of NPGEMMA_TEST_DTYPES. For bf16/fp16 the shared inputs (activations and float32 weights)
 are first rounded to that dtype's grid (`strategies.on_grid`), so both sides start from the
-same numbers and `npgemma.tolerances` bounds the error of *computing* in that dtype.
+same numbers and `npgemma.compare.tolerances` bounds the error of *computing* in that dtype.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ CASES = ("pg1-mqa-f32-single-v5save", "pg2-gqa-bf16-single-v5save")
 
 # A trap adapter: transformers as the built-in adapter runs it, minus one thing.
 NO_TOKEN_TYPE_IDS = '''
-from npgemma.against.hf import transformers_adapter
+from npgemma.compare.hf import transformers_adapter
 
 def run(model_dir, image, prompt, max_new_tokens=8):
     return transformers_adapter(model_dir, image, prompt, max_new_tokens=max_new_tokens,
@@ -38,7 +38,7 @@ def run(model_dir, image, prompt, max_new_tokens=8):
 ERF_GELU = '''
 import torch
 from transformers import activations
-from npgemma.against.hf import transformers_adapter
+from npgemma.compare.hf import transformers_adapter
 
 def run(model_dir, image, prompt, max_new_tokens=8):
     key = "gelu_pytorch_tanh"
@@ -50,7 +50,7 @@ def run(model_dir, image, prompt, max_new_tokens=8):
         activations.ACT2FN[key] = saved
 '''
 BF16 = '''
-from npgemma.against.hf import transformers_adapter
+from npgemma.compare.hf import transformers_adapter
 
 def run(model_dir, image, prompt, max_new_tokens=8):   # while --dtype says float32
     return transformers_adapter(model_dir, image, prompt, max_new_tokens=max_new_tokens,

@@ -293,7 +293,6 @@ def test_prompt_longer_than_positions(capsys, demo, short_model):
 
 
 @pytest.mark.parametrize("argv, culprit", [
-    ([], "command"),
     (["generate"], "--image"),  # --model defaults to the bundled demo model
     (["translate"], "'translate'"),
 ])
@@ -419,3 +418,39 @@ def test_generate_prompt_count_must_match_images(capsys, demo):
     rc, out, err = run_cli(capsys, "generate", "--model", model, "--image", image,
                            "--image", image, "--prompt", PROMPT)
     assert_clean_error(rc, out, err, "one --prompt per --image")
+
+
+# ---- from no weights to --model DIR -----------------------------------------------------------
+
+def test_tiny_checkpoint_route(capsys, tmp_path):
+    """`npgemma tiny-checkpoint DIR` writes a checkpoint in the Hugging Face layout and prints
+    the three commands to try on it; each of them runs on it (generate, parity, conform)."""
+    folder = tmp_path / "tiny"
+    rc, out, err = run_cli(capsys, "tiny-checkpoint", folder, "--gemma", "2", "--seed", "1")
+    assert rc == 0 and err == ""
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
+            "example.png"} <= {p.name for p in folder.iterdir()}
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["model_type"], config["text_config"]["model_type"]) == ("paligemma", "gemma2")
+    keys = set(load_file(folder / "model.safetensors"))  # the Hub's PaliGemma key names
+    assert {"language_model.model.embed_tokens.weight", "multi_modal_projector.linear.weight",
+            "vision_tower.vision_model.embeddings.patch_embedding.weight"} <= keys
+    commands = [shlex.split(line) for line in out.splitlines() if line.startswith("  npgemma ")]
+    assert [c[1] for c in commands] == ["generate", "parity", "conform"]
+    assert all(c[c.index("--model") + 1] == str(folder) for c in commands)
+    for argv in commands:
+        if argv[1] != "generate":
+            pytest.importorskip("torch")
+        rc, out, err = run_cli(capsys, *argv[1:], "--max-new-tokens", "2")
+        assert rc == 0 and "error" not in err, err
+    assert "model:tiny " in out and "all 1 cases pass" in out  # conform's table, one case
+
+    rc, out, err = run_cli(capsys, "tiny-checkpoint", folder)  # never over a folder with files
+    assert_clean_error(rc, out, err, f"{folder} is a folder that is not empty")
+    again = tmp_path / "again"
+    assert run_cli(capsys, "tiny-checkpoint", again, "--gemma", "2", "--seed", "1")[0] == 0
+    assert (again / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    assert run_cli(capsys, "tiny-checkpoint", tmp_path / "other", "--gemma", "2")[0] == 0
+    other = load_file(tmp_path / "other" / "model.safetensors")
+    assert not np.array_equal(other["multi_modal_projector.linear.weight"],
+                              load_file(folder / "model.safetensors")["multi_modal_projector.linear.weight"])

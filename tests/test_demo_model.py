@@ -2,7 +2,7 @@
 
 On fixed scenes (drawn by the same generator, from seeds training never draws from) it answers
 correctly on both backends, identically; and one-line breaks of the math — each a deviation from
-`npgemma.against.deviations`, the traps the README's numerics notes list — make at least one of
+`npgemma.compare.deviations`, the traps the README's numerics notes list — make at least one of
 those answers wrong. That is what random weights cannot show: a subtly wrong implementation
 gives a wrong answer, not just a different number.
 """

@@ -1,4 +1,5 @@
-"""Named activations (`npgemma.capture` / `npgemma.inspect`) and the analyses on a Trace, NumPy only.
+"""Named activations (`npgemma.inspection.capture` / `npgemma.inspection.trace`) and the analyses
+on a Trace, NumPy only.
 
 What is proved here: the hooks change no bit of any output, off or on; a trace's answer is
 `generate`'s; the prefill and per-step pieces stitched together equal one uncached run over the

@@ -7,6 +7,7 @@ Every `import` in npgemma/ counts, also those inside functions (a lazy import is
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -135,19 +136,86 @@ def test_the_top_of_the_package_is_the_book_and_the_entry_files():
     assert files == {f"{m}.py" for m in BOOK} | {"__init__.py", "__main__.py", "pipeline.py"}
 
 
-def test_old_module_paths_still_import():
-    """Paths the README showed before the move resolve to the moved modules."""
-    import importlib
+# ---- every module path the repository names exists ---------------------------------------------
+# A reader follows `npgemma.x.y` and `npgemma/x/y.py` from docstrings, comments and messages: each
+# must name a module (or a name defined in one) that is there. Read from the files, not imported,
+# so no alias or import hook can make a gone path look alive.
 
-    import npgemma
-    from npgemma.generation import postprocess
-    from npgemma.inspection import analysis
+REPO = PACKAGE.parent
+DOTTED = re.compile(r"(?<![\w./-])npgemma((?:\.[A-Za-z_]\w*)+)")
+SLASHED = re.compile(r"(?<![\w./-])npgemma/[\w./-]*")
+FROM_IMPORT = re.compile(r"\bfrom npgemma import \(?\s*(\w+(?:\s*,\s*\w+)*)")
 
-    assert importlib.import_module("npgemma.analysis") is analysis
-    assert importlib.import_module("npgemma.postprocess").parse_objects is postprocess.parse_objects
-    assert npgemma.analysis is analysis and analysis.__spec__.name == "npgemma.inspection.analysis"
-    for old, new in npgemma.MOVED.items():
-        assert importlib.import_module(f"npgemma.{old}") is importlib.import_module(f"npgemma.{new}")
+
+def defined(path: Path) -> set[str]:
+    """The names a module's top level binds (def, class, assignment, import; under if/try too)."""
+    names, todo = set(), list(ast.parse(path.read_text()).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            todo += node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+            todo += [s for h in getattr(node, "handlers", []) for s in h.body]
+    return names
+
+
+def resolves(parts: list[str]) -> bool:
+    """Does npgemma.<parts> name a package, a module, or a name one of them defines?"""
+    here = PACKAGE
+    for i, part in enumerate(parts):
+        if part.startswith("__") and part.endswith("__"):  # __file__, __version__: every module's
+            return True
+        if (here / part / "__init__.py").is_file():
+            here = here / part
+        elif (here / f"{part}.py").is_file():
+            rest = parts[i + 1:]
+            return not rest or rest[0] in defined(here / f"{part}.py")
+        elif part in defined(here / "__init__.py"):
+            return True
+        else:  # the top package's lazy names (npgemma.load) are attributes, not bindings
+            import npgemma
+            return here == PACKAGE and part in getattr(npgemma, "_LAZY", {})
+    return True
+
+
+def named_paths(text: str) -> set[str]:
+    found = {"npgemma" + m for m in DOTTED.findall(text)}
+    found |= {f"npgemma.{n.strip()}" for m in FROM_IMPORT.findall(text) for n in m.split(",")}
+    return found | {m.rstrip(".") for m in SLASHED.findall(text)}
+
+
+def test_named_module_paths_exist():
+    """No module path of an earlier layout (npgemma.analysis, npgemma/tolerances.py, ...) is left
+    in the code, tests or parity suite: every one a .py file names exists."""
+    here = Path(__file__).resolve()  # this file names gone paths, as the examples below
+    files = [p for p in REPO.rglob("*.py") if p.resolve() != here
+             and not {".git", ".venv", "build", "__pycache__"} & set(p.relative_to(REPO).parts)]
+    gone = []
+    for path in files:
+        for name in named_paths(path.read_text(encoding="utf-8")):
+            ok = (REPO / name).exists() if "/" in name else resolves(name.split(".")[1:])
+            if not ok:
+                gone.append(f"{path.relative_to(REPO)}: {name}")
+    assert sorted(gone) == []
+
+
+def test_the_path_check_catches_old_paths():
+    """The check above sees the paths an earlier layout had, and passes the ones that exist."""
+    assert not resolves(["analysis"]) and not resolves(["against", "hf"])
+    assert not resolves(["checkpoint", "weights", "no_such_name"])
+    assert resolves(["inspection", "analysis"])
+    assert resolves(["compare", "hf", "transformers_adapter"])
+    assert resolves(["load"]) and resolves(["errors", "InputError"]) and resolves(["__version__"])
+    text = "see `npgemma.tolerances`; from npgemma import analysis, load; npgemma/weights.py."
+    assert named_paths(text) == {"npgemma.tolerances", "npgemma.analysis", "npgemma.load",
+                                 "npgemma/weights.py"}
+    assert not (REPO / "npgemma/weights.py").exists()
 
 
 if __name__ == "__main__":

@@ -394,15 +394,37 @@ def test_a_streamed_run_keeps_what_fits_of_the_decoder_cached(monkeypatch, layer
     assert estimate.resident_layers(cfg, 2, 10**15) == layers  # never more than the model has
 
 
-def test_load_streams_without_force_and_says_so(monkeypatch, demo, capsys):
-    """A checkpoint whose file pages exceed the memory available loads without --force, says
-    before loading what it will read per token and how fast, and drops used pages."""
+def test_load_streams_without_force_and_returns_the_verdict(monkeypatch, demo, capsys):
+    """A checkpoint whose file pages exceed the memory available loads without --force; the
+    loader prints nothing and returns the verdict (`pipe.streaming`: what it reads per token,
+    how fast), with which the backend was built to drop used pages. The CLI says it."""
     cfg = load_config(demo[0])
     need = estimate.estimate(cfg, "numpy", "bfloat16", disk_dtype="float32")
     fake_available(monkeypatch, need.ram_total + 1)
     pipe = npgemma.load(demo[0], dtype="bfloat16")
-    err = capsys.readouterr().err
-    assert "of memory available: streams" in err and "s per token at the measured read speed" in err
+    assert capsys.readouterr() == ("", "")
+    verdict = pipe.streaming
+    assert isinstance(verdict, memory.Streaming) and verdict.available.bytes == need.ram_total + 1
+    assert verdict.bytes_per_token > 0 and verdict.read_bytes_per_s > 0
+    assert pipe.memory.streams is verdict and pipe.memory.file_total == need.file_total
     assert pipe.backend.stream and pipe.backend.streamer.drop
+    assert pipe.backend.keep == verdict.resident_layers == 0
     assert pipe.backend.streamer.kept == set()  # the demo's layers: no room beside the blocks in flight
     assert pipe.generate(demo[1], "caption en", max_new_tokens=2).token_ids
+    few = estimate.estimate(cfg, "numpy", "bfloat16", disk_dtype="float32",
+                            text_tokens=estimate.text_tokens("caption en", 1))
+    fake_available(monkeypatch, few.ram_total + 1)  # the CLI counts the prompt's own tokens
+    rc = cli.main(["generate", "--model", str(demo[0]), "--image", str(demo[1]), "--prompt",
+                   "caption en", "--dtype", "bfloat16", "--max-new-tokens", "1", "--json"])
+    err = capsys.readouterr().err
+    assert rc == 0 and err.startswith(f"npgemma: {demo[0].name}: ") and err.count("\n") == 1
+    assert "of memory available: streams" in err and "s per token at the measured read speed" in err
+
+
+def test_load_that_fits_does_not_stream(demo):
+    """Within memory the verdict is None and the backend keeps its pages; `force` skips the
+    check (no estimate at all)."""
+    pipe = npgemma.load(demo[0], dtype="bfloat16")
+    assert pipe.streaming is None and not pipe.backend.stream
+    assert pipe.memory.ram_total > 0
+    assert npgemma.load(demo[0], force=True).memory is None

@@ -1,4 +1,4 @@
-"""Progress on stderr (npgemma/progress.py): a tqdm bar on a terminal, nothing otherwise."""
+"""Progress on stderr (npgemma/cli/progress.py): a tqdm bar on a terminal, nothing otherwise."""
 
 from __future__ import annotations
 

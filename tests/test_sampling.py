@@ -1,5 +1,5 @@
-"""Sampling (npgemma/generate.py `filter_logits`, `sample`): golden filters, transformers'
-warpers as the oracle, and seeded draws checked against the filtered distribution.
+"""Sampling (npgemma/generation/generate.py `filter_logits`, `sample`): golden filters,
+transformers' warpers as the oracle, and seeded draws checked against the filtered distribution.
 
 References, all independent of the code under test:
 * hand-worked rows (probabilities chosen so the nucleus boundary is far from any rounding);

@@ -1,5 +1,5 @@
-"""Streaming decode (npgemma/streaming.py): pieces join to exactly `decode(all ids)`, at most one
-piece per token, byte-fallback runs held until they end.
+"""Streaming decode (npgemma/generation/streaming.py): pieces join to exactly `decode(all ids)`,
+at most one piece per token, byte-fallback runs held until they end.
 
 The reference is the tokenizer's own batch `decode`; the inputs are the byte sequences that
 break naive streaming: UTF-8 split across byte tokens, emoji (four bytes, ZWJ sequences), bytes

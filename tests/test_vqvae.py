@@ -151,7 +151,7 @@ def test_loader_names_the_missing_or_wrong_key(tmp_path):
     with pytest.raises(WeightsError, match=r"'decoder\.6\.weight' has shape \[16, 8, 3, 3\], expected \[16, \*, 4, 4\]"):
         load_vae(tmp_path / "wrong.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(WeightsError, match="junk.npz: not a readable .npz"):
+    with pytest.raises(WeightsError, match="junk.npz: not an .npz archive"):
         load_vae(tmp_path / "junk.npz")
     with pytest.raises(WeightsError, match="no such VQ-VAE file"):
         load_vae(tmp_path / "absent.npz")

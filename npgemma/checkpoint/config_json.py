@@ -213,6 +213,9 @@ def load_config(model_dir: str | os.PathLike) -> PaliGemmaConfig:
     """Read `<model_dir>/config.json`."""
     path = os.path.join(os.fspath(model_dir), "config.json")
     if not os.path.isdir(os.fspath(model_dir)):
+        if os.path.exists(os.fspath(model_dir)):
+            raise ConfigError(f"{model_dir}: a file, not a checkpoint folder (config.json, "
+                              "*.safetensors, tokenizer.json)")
         raise ConfigError(f"{model_dir}: no such checkpoint folder")
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: missing (a Hugging Face checkpoint folder has a config.json)")

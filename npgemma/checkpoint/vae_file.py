@@ -6,6 +6,7 @@ The math that uses these weights is `npgemma/vqvae.py`, which documents the layo
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -59,13 +60,35 @@ def check_vae(vae: dict, where: str = "VQ-VAE weights") -> dict[str, np.ndarray]
     return out
 
 
+EXPECTED = "expected PaliGemma's mask VQ-VAE, an .npz archive of arrays like vae-oid.npz"
+
+
 def load_vae(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a `vae-oid.npz`-layout file: {key: float32 array}, every shape checked."""
+    """Read a `vae-oid.npz`-layout file: {key: float32 array}, every shape checked. A file that
+    is not one (missing, a folder, text, a single .npy array, pickled objects) is one
+    WeightsError naming the file and what it is, in our words rather than NumPy's."""
+    where = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except FileNotFoundError:
+        raise WeightsError(f"{where}: no such VQ-VAE file ({EXPECTED})") from None
+    except IsADirectoryError:
+        raise WeightsError(f"{where}: is a folder, not a file ({EXPECTED})") from None
+    except OSError as e:
+        raise WeightsError(f"{where}: cannot read it ({e.strerror}; {EXPECTED})") from None
+    if head == b"\x93NUMPY":  # np.save's format: one array, not the archive of many
+        raise WeightsError(f"{where}: a single .npy array, not an .npz archive ({EXPECTED})")
+    if not zipfile.is_zipfile(where):  # an .npz is a zip archive of .npy files
+        raise WeightsError(f"{where}: not an .npz archive ({EXPECTED})")
     try:
         with np.load(path, allow_pickle=False) as npz:
             raw = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise WeightsError(f"{path}: no such VQ-VAE file (PaliGemma's is vae-oid.npz)") from None
-    except (OSError, ValueError, EOFError) as e:
-        raise WeightsError(f"{path}: not a readable .npz file ({e})") from None
-    return check_vae(raw, where=str(path))
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # never unpickled: loading it could run code
+            raise WeightsError(f"{where}: holds pickled Python objects, not plain arrays "
+                               f"({EXPECTED})") from None
+        raise WeightsError(f"{where}: a damaged .npz archive ({e}; {EXPECTED})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise WeightsError(f"{where}: a damaged .npz archive ({e}; {EXPECTED})") from None
+    return check_vae(raw, where=where)

@@ -1,9 +1,10 @@
 """The `npgemma` command: argument parsing and printing only; the work is in the packages.
 
-    main.py      the parser and dispatch       args.py     options shared by the commands
+    main.py      run the chosen command        parser.py   every command's options and help
+    args.py      options shared by commands    progress.py progress bars, notes on stderr
     generate.py  generate, demo                inspect.py  `npgemma inspect`
     models.py    `npgemma models`              parity.py   `npgemma parity [--against]`
-    progress.py  progress bars on stderr
+    conform.py   `npgemma conform`             tiny.py     `npgemma tiny-checkpoint`
 """
 
 from .main import build_parser, main  # noqa: F401

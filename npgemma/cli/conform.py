@@ -12,33 +12,9 @@ from pathlib import Path
 
 from ..compare import conform
 from ..errors import InputError
-from .args import add_backend_args, non_negative_int
+from .args import check_output
 from .parity import _plain_json
 from .progress import bar
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("conform", help="check another PaliGemma implementation over npgemma's "
-                                       "whole case set: one table, a diagnosis per failure")
-    p.add_argument("--against", metavar="SPEC",
-                   help="PKG.MODULE:FUNC, FILE.py:FUNC, torch, transformers, openai:URL, "
-                        "keras-hub or mlx-vlm")
-    p.add_argument("--python", metavar="PATH",
-                   help="run the adapter in this interpreter (the peer's own virtual environment)")
-    p.add_argument("--cases", metavar="GLOB[,GLOB]", help="only these cases (default: all)")
-    p.add_argument("--list", action="store_true", help="list the cases and what each catches")
-    p.add_argument("--model", action="append", default=[], metavar="DIR",
-                   help="add a checkpoint of yours as a case (repeatable)")
-    p.add_argument("--workdir", metavar="DIR",
-                   help="where the case checkpoints are written (kept, reused; default: a "
-                        "temporary folder)")
-    p.add_argument("--max-new-tokens", type=non_negative_int, default=6)
-    p.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
-                   help="attention implementation of --against transformers")
-    add_backend_args(p, backend=False)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def run(args) -> int:
@@ -49,6 +25,8 @@ def run(args) -> int:
         return 0
     if not args.against:
         raise InputError("conform: --against SPEC is required (or --list)")
+    check_output("--markdown", args.markdown)
+    check_output("--workdir", args.workdir, folder=True)
     if args.workdir:
         root = Path(args.workdir)
         try:

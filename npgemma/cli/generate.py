@@ -9,12 +9,12 @@ import time
 from PIL import Image
 
 from ..checkpoint.estimate import text_tokens
-from ..demo.run import run as run_demo
 from ..errors import InputError
 from ..generation.postprocess import draw_objects, parse_objects
 from ..generation.processing import load_image
 from ..pipeline import load
-from .progress import weights_progress
+from .args import check_output
+from .progress import say_streaming, weights_progress
 
 
 def _batch_inputs(args) -> list[tuple[str, str]]:
@@ -39,14 +39,33 @@ def _batch_inputs(args) -> list[tuple[str, str]]:
         if not pairs:
             raise InputError(f"--batch {args.batch}: no inputs in the file")
         return pairs
+    if not args.image and not args.prompt:
+        raise InputError("generate: give --image FILE --prompt TEXT (or --batch FILE.jsonl); "
+                         "see npgemma generate --help")
     if not args.image or len(args.image) != len(args.prompt):
         raise InputError(f"generate: give one --prompt per --image (got {len(args.image)} images, "
                          f"{len(args.prompt)} prompts), or --batch FILE.jsonl")
     return list(zip(args.image, args.prompt))
 
 
+def _generation(args) -> dict:
+    """GenerationConfig's arguments; the sampling options without --do-sample are refused (they
+    would change nothing: the answer is greedy)."""
+    sampling = {"--temperature": args.temperature, "--top-k": args.top_k, "--top-p": args.top_p,
+                "--seed": args.seed}
+    given = [name for name, value in sampling.items() if value is not None]
+    if given and not args.do_sample:
+        raise InputError(f"generate: {', '.join(given)} only act with --do-sample (without it the "
+                         "answer is greedy, the same on every run): add --do-sample, or drop them")
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                temperature=1.0 if args.temperature is None else args.temperature,
+                top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+
+
 def generate(args) -> int:
     pairs = _batch_inputs(args)
+    generation = _generation(args)
+    check_output("--draw", args.draw, picture=True)
     t0 = time.time()
     longest = max(pairs, key=lambda pair: len(pair[1].encode("utf-8")))[1]
     # No --model: load(None) is the bundled demo model with its own VQ-VAE (unless --vae).
@@ -55,9 +74,7 @@ def generate(args) -> int:
                 text_tokens=text_tokens(longest, args.max_new_tokens), batch=len(pairs),
                 vae=args.vae)
     load_s = time.time() - t0
-    generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
-                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                      seed=args.seed)
+    say_streaming(pipe)
     if len(pairs) > 1 or args.batch:
         return _generate_batch(pipe, pairs, generation, args)
     image, prompt = pairs[0]
@@ -85,7 +102,11 @@ def generate(args) -> int:
 
 
 def demo(args) -> int:
+    from ..demo.run import run as run_demo  # the scene generator: only `npgemma demo` needs it
+
+    check_output("--out", args.out, picture=True)
     pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+    say_streaming(pipe)
     run_demo(pipe, args.seed, args.out)
     return 0
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import re
 import sys
 
 from tqdm import tqdm
@@ -14,47 +16,48 @@ from ..inspection.capture import Capture
 from ..inspection.report import write_html, write_pngs
 from ..inspection.trace import check_fits, hook_shapes, trace
 from ..pipeline import load
-from .args import add_model_args, non_negative_int
+from .args import check_output
+from .progress import say_streaming
 
 # What the report reads; --names adds more for --npz.
 REPORT_NAMES = ["vision.blocks.*.attn.hook_pattern", "decoder.blocks.*.attn.hook_pattern",
                 "decoder.blocks.*.hook_resid_post", "unembed.hook_logits"]
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("inspect", help="trace one answer: attention over the image, rollout, "
-                                       "logit lens, as one offline HTML report")
-    add_model_args(p)
-    p.add_argument("--out", default="report.html", help="the HTML report to write")
-    p.add_argument("--png", metavar="DIR", help="also write plain PNG pictures into DIR")
-    p.add_argument("--npz", metavar="PATH", help="also save the raw trace (PATH.npz + PATH.json)")
-    p.add_argument("--names", action="append", default=[], metavar="GLOB",
-                   help="extra hook names kept (e.g. 'decoder.blocks.*.attn.hook_q'; repeatable)")
-    p.add_argument("--max-new-tokens", type=non_negative_int, default=16)
-    p.add_argument("--occlusion", type=non_negative_int, default=4, metavar="N",
-                   help="occlusion map over an N x N grid of image cells (N*N extra prefills; 0: off)")
-
-
-def _fits(pipe, image, prompt, names, max_new_tokens) -> bool:
-    cfg = pipe.cfg
-    cap = Capture(names, None, None, {})
+def _fits(shapes: dict, names) -> bool:
     try:
-        check_fits(cap, hook_shapes(cfg, len(pipe.processor.encode_prompt(prompt)), max_new_tokens))
+        check_fits(Capture(names, None, None, {}), shapes)
     except InputError:
         return False
     return True
 
 
+def _check_names(globs, shapes: dict) -> None:
+    """Each --names GLOB must match a hook of this model (else it would keep nothing, silently)."""
+    for glob in globs:
+        if not any(fnmatch.fnmatchcase(name, glob) for name in shapes):
+            kinds = sorted({re.sub(r"\.\d+\.", ".*.", name) for name in shapes})
+            raise InputError(f"--names {glob}: matches none of this model's hook names "
+                             f"({', '.join(kinds)})")
+
+
 def run(args) -> int:
     if args.max_new_tokens < 1:
         raise InputError("inspect: --max-new-tokens must be at least 1")
+    check_output("--out", args.out)
+    check_output("--png", args.png, folder=True)
+    check_output("--npz", args.npz)
     quiet = args.quiet
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                 force=args.force, text_tokens=text_tokens(args.prompt, args.max_new_tokens))
+    say_streaming(pipe)
     rgb = load_image(args.image)
+    shapes = hook_shapes(pipe.cfg, len(pipe.processor.encode_prompt(args.prompt)),
+                         args.max_new_tokens)
+    _check_names(args.names, shapes)
     names = REPORT_NAMES + list(args.names)
-    if not _fits(pipe, rgb, args.prompt, names, args.max_new_tokens):
+    if not _fits(shapes, names):
         # SigLIP's patterns are P² per head per layer (29 GB at 896 px): the report then shows
         # the decoder's attention and rollout only.
         names = [n for n in names if not n.startswith("vision.")]

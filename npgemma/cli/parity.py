@@ -44,15 +44,14 @@ def _parity(args) -> int:
     disk_dtype, tokens = estimate.stored_dtype(headers), text_tokens(args.prompt, args.max_new_tokens)
     avail = machine.available_memory()
     reference = memory.parity_reference(cfg, args.dtype, args.device, disk_dtype, tokens, avail)
-    ref = NumpyBackend(dtype=reference)
-    if not args.force:
-        need = memory.check(cfg, str(model_dir), dtype=args.dtype, device=args.device,
-                            disk_dtype=disk_dtype, parity=True, text_tokens=tokens,
-                            files=files, read_speed=prefetch.read_speed, reference=reference,
-                            available=avail)
-        if need.streams is not None:
-            print(f"npgemma: {model_dir.name}: {need.streams}", file=sys.stderr)
-            ref.stream, ref.keep = True, need.streams.resident_layers
+    streams = None if args.force else memory.check(
+        cfg, str(model_dir), dtype=args.dtype, device=args.device, disk_dtype=disk_dtype,
+        parity=True, text_tokens=tokens, files=files, read_speed=prefetch.read_speed,
+        reference=reference, available=avail).streams
+    if streams is not None:  # the reference's mapped weights exceed memory: they stream
+        print(f"npgemma: {model_dir.name}: {streams}", file=sys.stderr)
+    ref = NumpyBackend(dtype=reference, stream=streams is not None,
+                       keep=0 if streams is None else streams.resident_layers)
     processor = Processor.from_pretrained(model_dir, cfg)
     inputs = processor(args.image, args.prompt)
     params = ref.load_weights(model_dir, cfg)

@@ -1,9 +1,11 @@
 """Progress bars for long work (weight loading, benchmarks, training): tqdm on stderr, drawn
-only when stderr is a terminal and never with `quiet` — so logs, pipes and tests stay clean."""
+only when stderr is a terminal and never with `quiet` — so logs, pipes and tests stay clean;
+and the one note a loaded model may need (its weights stream from disk)."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
@@ -32,3 +34,13 @@ def weights_progress(desc: str = "loading weights", *, quiet: bool = False,
             progress.close()
 
     return report
+
+
+def say_streaming(pipe, file=None) -> None:
+    """The memory check's verdict on stderr when the weights are larger than the memory available
+    and stream from disk on every pass (`Pipeline.streaming`): what it reads per token, how fast."""
+    verdict = pipe.streaming
+    if verdict is not None:
+        print(f"npgemma: {Path(pipe.model_dir).name}: {pipe.memory.file_total / 1e9:.1f} GB of "
+              f"weights, {verdict.available.bytes / 1e9:.1f} GB of memory available: {verdict}",
+              file=sys.stderr if file is None else file)

@@ -3,7 +3,7 @@
 Stage by stage, where the adapter returned the stage: processor ids and pixels, the decoder's
 hidden states, the prompt logits, the logits (or top logprobs) behind each greedy token, the
 greedy tokens themselves and the first divergent token with both sides' top-5 — each judged
-by `npgemma.tolerances` at the other side's compute dtype. The model stages run the reference
+by `tolerances.py` at the other side's compute dtype. The model stages run the reference
 on the *other side's* ids and pixels when it returned them, so a processor difference shows
 once, at the processor rows, not again in every row after. Exit status 1 when anything is over.
 """

@@ -71,22 +71,40 @@ class Observed:
         return self._call("decode_step", *args, eager=self._eager or eager, **kwargs)
 
 
-def get_backend(name: str = "numpy", device: str = "cpu", dtype: str = "float32") -> Backend:
-    """A backend by name. The torch backend is imported only here, only when asked for."""
+def check_backend(name: str = "numpy", device: str = "cpu", dtype: str = "float32") -> None:
+    """One InputError for a backend, device or dtype that cannot be, before anything is read
+    (the torch backend's own constructor then checks that a CUDA device is there)."""
     if dtype not in DTYPES:
         raise InputError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    if name == "numpy":
-        if device != "cpu":
-            raise InputError(f"the numpy backend runs on the CPU only (device {device!r}); "
-                             "use backend='torch' for cuda")
-        return NumpyBackend(dtype)
+    if name not in BACKENDS:
+        raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "numpy" and device != "cpu":
+        raise InputError(f"the numpy backend runs on the CPU only (device {device!r}); "
+                         "use backend='torch' for cuda")
     if name == "torch":
         try:
-            import torch  # noqa: F401
+            import torch
         except ImportError:
             raise InputError("backend 'torch' needs PyTorch: pip install 'npgemma[torch]' "
                              "(or pip install torch)") from None
-        from ..torch_backend import TorchBackend
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            raise InputError(f"device {device!r} is not a torch device: use cpu, cuda or "
+                             "cuda:N") from None
 
-        return TorchBackend(device=device, dtype=dtype)
-    raise InputError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+def get_backend(name: str = "numpy", device: str = "cpu", dtype: str = "float32", *,
+                stream: bool = False, keep: int = 0) -> Backend:
+    """A backend by name. The torch backend is imported only here, only when asked for.
+    `stream`, `keep` (numpy only): the checkpoint is larger than the memory available; drop used
+    weight pages but those of the first `keep` decoder layers (`memory.Streaming`)."""
+    check_backend(name, device, dtype)
+    if name == "numpy":
+        return NumpyBackend(dtype, stream=stream, keep=keep)
+    if stream:
+        raise InputError("only the numpy backend streams its weights from disk "
+                         "(--backend numpy --dtype bfloat16)")
+    from ..torch_backend import TorchBackend
+
+    return TorchBackend(device=device, dtype=dtype)

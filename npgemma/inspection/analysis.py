@@ -1,6 +1,6 @@
 """What a Trace says, in NumPy: attention to the image, rollout, logit lens, per-layer statistics.
 
-Shapes: T generated tokens, S positions a query ran at (see `npgemma.inspect`), P image patches
+Shapes: T generated tokens, S positions a query ran at (see `trace.py`), P image patches
 on a g x g grid, Y decoder layers, k the top-k of the logit lens. The query row that produced
 generated token t is L - 1 + t (L = prompt length); "the attention of token t" means that row's.
 """

@@ -2,7 +2,7 @@
 
 `tiny_config` writes a config.json dict shaped like the Hub's (model_type paligemma, explicit
 sub-configs); `write_checkpoint` writes that config, the safetensors (single file or HF-named
-shards with `model.safetensors.index.json`) under any of the key layouts `npgemma.weights`
+shards with `model.safetensors.index.json`) under any of the key layouts `npgemma.checkpoint.layout`
 reads, and a tiny tokenizer. File names, the `{"format": "pt"}` header metadata and the index
 format (`metadata.total_size`, `metadata.total_parameters`, `weight_map`) follow what
 transformers 5.24.0's `save_pretrained` writes.

@@ -2,7 +2,7 @@
 
 Same functions, same channels-last [B, Y, X, C] tensors in and out; inside, each convolution
 moves to torch's [B, C, Y, X] for `F.conv2d` / `F.conv_transpose2d` (the weights are already
-in torch's layout). Loading stays in NumPy (`npgemma.vqvae.load_vae`); a backend's
+in torch's layout). Loading stays in NumPy (`npgemma.checkpoint.vae_file.load_vae`); a backend's
 `from_numpy` turns the checked dict into tensors.
 """
 
