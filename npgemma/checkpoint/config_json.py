@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 from ..config import PaliGemmaConfig, TextConfig, VisionConfig
@@ -48,8 +49,9 @@ def _pick(cls, raw: dict, defaults: dict) -> dict:
 
 
 def _check_types(cfg, section: str, where: str) -> None:
-    """Sizes must be positive integers and numeric fields numbers: a string or a zero in
-    config.json would otherwise fail deep inside the model math."""
+    """Sizes must be positive integers and numeric fields positive finite numbers: a string, a
+    zero or a NaN in config.json would otherwise fail deep inside the model math (or, NaN,
+    silently: every logit NaN and argmax picking token 0)."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if f.type in ("int", "int | None") and value is not None:
@@ -57,9 +59,11 @@ def _check_types(cfg, section: str, where: str) -> None:
                 raise ConfigError(f"{where}: {section}.{f.name} must be a positive integer, "
                                   f"got {value!r}")
         if f.type in ("float", "float | None") and value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{where}: {section}.{f.name} must be a positive number, "
-                                  f"got {value!r}")
+            # json reads NaN, Infinity and -Infinity as floats; `value <= 0` alone lets NaN pass.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{where}: {section}.{f.name} must be a positive finite "
+                                  f"number, got {value!r}")
 
 
 def _require_object(raw, section: str, where: str) -> None:
