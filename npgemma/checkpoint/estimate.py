@@ -66,7 +66,8 @@ class Need:
 def text_tokens(prompt: str, max_new_tokens: int) -> int:
     """An upper bound on the text tokens of a run, for the memory check: a token covers at
     least one UTF-8 byte (byte fallback), plus <bos> and the "\n" separator."""
-    return len(prompt.encode("utf-8")) + 2 + max_new_tokens
+    # surrogatepass: a prompt that is not valid UTF-8 is refused later, by the processor
+    return len(prompt.encode("utf-8", "surrogatepass")) + 2 + max_new_tokens
 
 
 def num_params(cfg: PaliGemmaConfig) -> int:

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..checkpoint.config_json import read_json_object
 from ..errors import ConfigError, InputError
+from . import utf8
 
 IMAGE_TOKEN = "<image>"
 # PaliGemmaProcessor adds these as ordinary (non-special) tokens: decoding keeps them.
@@ -205,6 +206,7 @@ class Processor:
         """
         if not isinstance(prompt, str):
             raise InputError(f"prompt: expected a string, got {type(prompt).__name__}")
+        utf8.checked(prompt, "prompt")  # the tokenizer would fail on a lone surrogate
         count = prompt.count(self.image_token)
         if count == 0:
             text = self.image_token + self.bos_token + prompt + "\n"
