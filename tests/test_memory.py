@@ -406,3 +406,82 @@ def test_load_streams_without_force_and_says_so(monkeypatch, demo, capsys):
     assert pipe.backend.stream and pipe.backend.streamer.drop
     assert pipe.backend.streamer.kept == set()  # the demo's layers: no room beside the blocks in flight
     assert pipe.generate(demo[1], "caption en", max_new_tokens=2).token_ids
+
+
+# --- the check's own cost: bounded by the files on disk, not by config.json's numbers ---------
+
+def _shape_sum(cfg, *prefixes) -> int:
+    """Parameters under `prefixes`, summed over the listed tensors (the slow, obvious way)."""
+    return sum(math.prod(s) for k, s in expected_shapes(cfg).items() if k.startswith(prefixes))
+
+
+@pytest.mark.parametrize("text", ["gemma", "gemma2"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_counts_by_formula_equal_the_tensor_list(text, tied):
+    raw = tiny_config(text=text, num_key_value_heads=2)
+    raw["tie_word_embeddings"] = tied
+    cfg = config_from_dict(raw)
+    assert estimate.num_params(cfg) == _shape_sum(cfg, "")
+    assert estimate.per_token_params(cfg) == _shape_sum(cfg, "language_model.", "lm_head.")
+    assert estimate.decoder_layer_params(cfg) == _shape_sum(cfg, "language_model.layers.0.")
+    assert estimate._largest_tensor(cfg) == max(math.prod(s) for s in expected_shapes(cfg).values())
+
+
+def _rss_growth(fn) -> int:
+    """Bytes the process's peak RSS grew by while `fn` ran (what building 10**9 key names
+    would show: GBs)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # kB on Linux
+
+
+def _refused(fn, error, match) -> None:
+    with pytest.raises(error, match=match):
+        fn()
+
+
+def test_a_billion_layers_are_counted_by_formula():
+    """The estimate of a 10**9-layer config is the same affine function of the layer count as
+    the tensor list of 1 and 2 layers gives, computed without building any per-layer name."""
+    def with_layers(n):
+        raw = tiny_config(text="gemma")
+        raw["text_config"]["num_hidden_layers"] = n
+        return config_from_dict(raw)
+    one, two = (_shape_sum(with_layers(n), "") for n in (1, 2))
+    huge = with_layers(10**9)
+    got = {}
+    grew = _rss_growth(lambda: got.update(n=estimate.num_params(huge),
+                                          need=estimate.estimate(huge)))
+    assert got["n"] == one + (two - one) * (10**9 - 1)
+    assert got["need"].ram["weights"] == got["n"] * 4
+    grew += _rss_growth(lambda: _refused(lambda: memory.check(huge, "ck"), InputError,
+                                         "not enough memory"))
+    assert grew < 50 * 2**20
+
+
+@pytest.mark.parametrize("text", ["gemma", "gemma2"])
+def test_a_config_claiming_a_billion_layers_is_refused_against_the_files(tmp_path, demo, text):
+    """config.json says 10**9 decoder layers, the weights hold 2: refused from the files' names
+    before any per-layer work (the memory check used to build every layer's key names and
+    grow past 2 GB; Gemma-2's default layer_types would be a 10**9-entry list)."""
+    import json
+
+    from npgemma.errors import ConfigError, WeightsError
+
+    raw = tiny_config(text=text)
+    raw["text_config"].pop("layer_types", None)
+    folder = write_checkpoint(tmp_path / "ck", raw)
+    layers = raw["text_config"]["num_hidden_layers"]
+    raw["text_config"]["num_hidden_layers"] = 10**9
+    (folder / "config.json").write_text(json.dumps(raw))
+    message = (f"text_config.num_hidden_layers is 1000000000 in config.json, the weights hold "
+               f"{layers} decoder layers")
+    for attempt in (lambda: load_config(folder), lambda: npgemma.load(folder),
+                    lambda: npgemma.load(folder, force=True)):
+        assert _rss_growth(lambda: _refused(attempt, ConfigError, message)) < 50 * 2**20
+    if text == "gemma":  # a config made without the folder: the weight loader says it first
+        cfg = config_from_dict(raw)
+        with pytest.raises(WeightsError, match=f"layer count: {message}"):
+            weights.load_weights(folder, cfg)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from .. import _kernels
 from ..config import PaliGemmaConfig
 from .checks import DTYPES
-from .layout import expected_shapes
 
 MAX_SCORE_BYTES = 256 * 2**20  # attention scores alive at once, with query chunking
 TEXT_TOKENS = 256              # prompt + new tokens budgeted when the caller does not say
@@ -70,9 +69,50 @@ def text_tokens(prompt: str, max_new_tokens: int) -> int:
     return len(prompt.encode("utf-8", "surrogatepass")) + 2 + max_new_tokens
 
 
+def _vision_layer_params(cfg: PaliGemmaConfig) -> int:
+    """One SigLIP encoder layer: two LayerNorms, q/k/v/out with biases, fc1/fc2 with biases."""
+    dv, fv = cfg.vision_config.hidden_size, cfg.vision_config.intermediate_size
+    return 2 * 2 * dv + 4 * (dv * dv + dv) + 2 * fv * dv + fv + dv
+
+
+def _vision_params(cfg: PaliGemmaConfig) -> int:
+    """The vision tower (no pooling head) and the projector."""
+    v, dt = cfg.vision_config, cfg.text_config.hidden_size
+    embeddings = v.hidden_size * (v.num_channels * v.patch_size**2 + 1 + v.num_patches)
+    post_norm, projector = 2 * v.hidden_size, dt * v.hidden_size + dt
+    return embeddings + v.num_hidden_layers * _vision_layer_params(cfg) + post_norm + projector
+
+
+def _table_params(cfg: PaliGemmaConfig) -> int:
+    return cfg.text_config.vocab_size * cfg.text_config.hidden_size
+
+
+def decoder_layer_params(cfg: PaliGemmaConfig) -> int:
+    """Parameters of one decoder layer (every layer has the same shapes): its norms, q/k/v/o,
+    gate/up/down."""
+    t = cfg.text_config
+    dt, h = t.hidden_size, t.head_dim
+    norms = 4 if t.is_gemma2 else 2
+    attention = 2 * t.num_attention_heads * h * dt + 2 * t.num_key_value_heads * h * dt
+    return norms * dt + attention + 3 * t.intermediate_size * dt
+
+
+def per_token_params(cfg: PaliGemmaConfig) -> int:
+    """Parameters one decode step reads: the decoder's (its layers, final norm, and the output
+    table, tied to the embedding, or the embedding and an untied lm_head); not the vision tower
+    or the projector."""
+    t = cfg.text_config
+    tables = 1 if t.tie_word_embeddings else 2
+    return (tables * _table_params(cfg) + t.num_hidden_layers * decoder_layer_params(cfg)
+            + t.hidden_size)
+
+
 def num_params(cfg: PaliGemmaConfig) -> int:
-    """Parameters the model runs (a tied lm_head counted once, the unused vision head not)."""
-    return sum(math.prod(s) for s in expected_shapes(cfg).values())
+    """Parameters the model runs (a tied lm_head counted once, the unused vision head not).
+
+    Counted per kind of layer, times the layer count: the cost does not grow with the numbers in
+    config.json (`layout.expected_shapes` lists every tensor; tests hold the two equal)."""
+    return _vision_params(cfg) + per_token_params(cfg)
 
 
 def stored_dtype(headers: dict[str, tuple[str, tuple[int, ...]]]) -> str:
@@ -86,23 +126,13 @@ def stored_dtype(headers: dict[str, tuple[str, tuple[int, ...]]]) -> str:
 
 
 def _largest_tensor(cfg: PaliGemmaConfig) -> int:
-    return max(math.prod(s) for s in expected_shapes(cfg).values())
-
-
-def _params_under(cfg: PaliGemmaConfig, *prefixes: str) -> int:
-    """Parameters of the canonical tensors whose keys start with one of `prefixes`."""
-    return sum(math.prod(s) for k, s in expected_shapes(cfg).items() if k.startswith(prefixes))
-
-
-def per_token_params(cfg: PaliGemmaConfig) -> int:
-    """Parameters one decode step reads: the decoder's (its layers, final norm, and the output
-    table, tied to the embedding); not the vision tower or the projector."""
-    return _params_under(cfg, "language_model.", "lm_head.")
-
-
-def decoder_layer_params(cfg: PaliGemmaConfig) -> int:
-    """Parameters of one decoder layer (every layer has the same shapes)."""
-    return _params_under(cfg, "language_model.layers.0.")
+    """Elements of the largest single tensor (what loading holds twice while it is cast)."""
+    v, t = cfg.vision_config, cfg.text_config
+    dv, dt, h = v.hidden_size, t.hidden_size, t.head_dim
+    return max(_table_params(cfg), dv * v.num_channels * v.patch_size**2, v.num_patches * dv,
+               v.intermediate_size * dv, dv * dv, dt * dv,
+               t.num_attention_heads * h * dt, t.num_key_value_heads * h * dt,
+               t.intermediate_size * dt)
 
 
 # Streamed, the kernel is left this much page cache beside the blocks in flight.
@@ -117,8 +147,8 @@ def resident_layers(cfg: PaliGemmaConfig, itemsize: int, spare: int) -> int:
     `prefetch.Streamer` drops the block before those before it asks for the next): three
     layers, or two and the output table."""
     layer = decoder_layer_params(cfg) * itemsize
-    table = _params_under(cfg, "language_model.embed_tokens.weight") * itemsize
-    vision = _params_under(cfg, "vision_tower.", "multi_modal_projector.") * itemsize
+    table = _table_params(cfg) * itemsize
+    vision = _vision_params(cfg) * itemsize
     budget = spare - 2 * layer - max(layer, table) - vision - _CACHE_SLACK
     return max(0, min(cfg.text_config.num_hidden_layers, budget // layer)) if layer else 0
 

@@ -36,6 +36,22 @@ def list_files(model_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
     return [model_dir / n for n in names], weight_map
 
 
+def disk_keys(model_dir: Path) -> list[str] | None:
+    """The tensor names a checkpoint folder's files hold, from the index or the single file's
+    header alone (no tensor data); None when they cannot be read (the loader says why)."""
+    try:
+        files, weight_map = list_files(model_dir)
+        if weight_map is not None:
+            return list(weight_map)
+        _check_header(files[0])
+        with open(files[0], "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        return [k for k in header if k != "__metadata__"]
+    except (WeightsError, OSError, ValueError, AttributeError):
+        return None
+
+
 def _read_weight_map(index: Path) -> dict[str, str]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
