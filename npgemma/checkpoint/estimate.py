@@ -13,12 +13,16 @@ instead of the kernel's OOM killer. The estimate, per part:
   activations  the largest live intermediate, vision or text: the attention scores
                float32[B, N, L, S] with the copies softmax keeps alive (bounded by query-chunked
                attention at MAX_SCORE_BYTES), or the MLP's [B, L, F] with its temporaries.
-  runtime      a fixed allowance (RUNTIME_BYTES): interpreter, NumPy/BLAS, tokenizer.
+  runtime      what the run adds besides, from the check on (`runtime_bytes`): the tokenizer,
+               the imports the backend has not made yet, some slack. What the process holds
+               already (interpreter, NumPy, the imports made) is not counted again: the reading
+               the need is held against (MemAvailable, the cgroup's usage) counts it as used.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 from .. import _kernels
@@ -27,9 +31,19 @@ from .checks import DTYPES
 
 MAX_SCORE_BYTES = 256 * 2**20  # attention scores alive at once, with query chunking
 TEXT_TOKENS = 256              # prompt + new tokens budgeted when the caller does not say
-# Interpreter, NumPy/BLAS buffers, tokenizer, allocator slack: on the README's benchmark rows
-# peak RSS minus weights (and the cast copy) was 0.8-2.0 GB, part of it mapped safetensors pages.
-RUNTIME_BYTES = 2**30
+# The runtime allowance, measured (fresh processes, the bundled demo model, 32 new tokens; RSS
+# from /proc/self/status at the memory check, peak from getrusage; the commands are in
+# tests/test_memory.py::test_runtime_allowance_covers_a_real_run, which re-measures it):
+# beyond the RSS at the check, a run grew by its counted weights, caches and activations plus
+# 0.5 (numpy bfloat16) to 7.6 (numpy float32) and 15.9-17.4 MB (torch CPU); `import torch`
+# takes 183 MB of RSS (54 -> 237 MB); a full 257,216-entry tokenizer.json (7.9 MB) 89.6 MB
+# once loaded, 365 bytes an entry.
+RUNTIME_SLACK = 64 * 2**20       # allocator, BLAS buffers, PIL: ~4x the largest residual seen
+TOKENIZER_BYTES_PER_TOKEN = 512  # the vocabulary in the tokenizers library (365 B measured)
+TORCH_IMPORT_BYTES = 256 * 2**20  # when torch is not imported yet at the check (183 MB measured)
+# Torch on a GPU: the CUDA context's host memory, *not measured* (no GPU where this was
+# written): the former fixed allowance is kept for it.
+CUDA_CONTEXT_BYTES = 2**30
 _SCORE_COPIES = 3              # scores, exp(scores - max), the normalized probabilities
 _MLP_COPIES = 4                # gate, up, and tanh-GELU's temporaries, all [B, L, F]
 ITEMSIZE = {name: d.itemsize for name, d in DTYPES.items()}
@@ -177,6 +191,17 @@ def _run(cfg: PaliGemmaConfig, backend: str, dtype: str, text_tokens: int, batch
             "activations": activation_bytes(cfg, seq, size, batch)}
 
 
+def runtime_bytes(cfg: PaliGemmaConfig, backend: str = "numpy", device: str = "cpu") -> int:
+    """What a run adds from the memory check on, beyond its weights, caches and activations:
+    the tokenizer (by vocabulary size), the imports `backend` has not made yet (torch, looked up
+    in sys.modules now), the CUDA context on a GPU, and slack."""
+    out = RUNTIME_SLACK + cfg.text_config.vocab_size * TOKENIZER_BYTES_PER_TOKEN
+    if backend == "torch":
+        out += TORCH_IMPORT_BYTES if "torch" not in sys.modules else 0
+        out += CUDA_CONTEXT_BYTES if device != "cpu" else 0
+    return out
+
+
 def estimate(cfg: PaliGemmaConfig, backend: str = "numpy", dtype: str = "float32",
              device: str = "cpu", disk_dtype: str = "bfloat16", text_tokens: int = TEXT_TOKENS,
              batch: int = 1) -> Need:
@@ -184,18 +209,19 @@ def estimate(cfg: PaliGemmaConfig, backend: str = "numpy", dtype: str = "float32
     weights = num_params(cfg) * ITEMSIZE[dtype]  # numpy float32 / torch: the compute dtype
     loading = _largest_tensor(cfg) * ITEMSIZE.get(disk_dtype, 4) if disk_dtype != dtype else 0
     run = _run(cfg, backend, dtype, text_tokens, batch)
+    runtime = runtime_bytes(cfg, backend, device)
     if backend == "numpy" and dtype != "float32":
         # Low memory: the weights are the file's pages, memory-mapped in its dtype (reclaimable);
         # the anonymous memory is the run's, plus one widened slab per thread.
         mapped = num_params(cfg) * ITEMSIZE.get(disk_dtype, 4)
-        return Need(ram={"runtime": RUNTIME_BYTES, "widening": _WIDENING_BYTES} | run,
+        return Need(ram={"runtime": runtime, "widening": _WIDENING_BYTES} | run,
                     file={"weights": mapped})
-    host = {"weights": weights, "runtime": RUNTIME_BYTES}
+    host = {"weights": weights, "runtime": runtime}
     if backend == "torch" and device != "cpu":
         # Tensors go to the device one at a time as they are read (`iter_weights`): host RAM
         # holds about one (the largest, in the file's dtype and the compute dtype).
         one = _largest_tensor(cfg) * (ITEMSIZE.get(disk_dtype, 4) + ITEMSIZE[dtype])
-        return Need(ram={"runtime": RUNTIME_BYTES, "loading": one}, gpu={"weights": weights} | run)
+        return Need(ram={"runtime": runtime, "loading": one}, gpu={"weights": weights} | run)
     # Loading and running are not alive at once: the cast copy is gone before the cache exists.
     worst = max([{"loading": loading}, run], key=lambda d: sum(d.values()))
     return Need(ram=host | worst)
@@ -215,8 +241,8 @@ def parity_estimate(cfg: PaliGemmaConfig, dtype: str, device: str, disk_dtype: s
     ref = estimate(cfg, "numpy", reference, "cpu", disk_dtype, text_tokens)
     twin = estimate(cfg, "torch", dtype, device, disk_dtype, text_tokens)
     if device != "cpu":
-        return Need(ram=ref.ram, gpu=twin.gpu, file=ref.file)
-    ram = dict(ref.ram)
+        return Need(ram=dict(ref.ram, runtime=twin.ram["runtime"]), gpu=twin.gpu, file=ref.file)
+    ram = dict(ref.ram, runtime=twin.ram["runtime"])  # torch's imports and tokenizer: one run
     shared = dtype == (disk_dtype if mapped else "float32")
     if not shared:  # a second copy of the weights, in torch's dtype
         ram["torch weights"] = twin.ram["weights"]
