@@ -151,7 +151,7 @@ def _check_finite(tensors: dict) -> None:
     """`finite.check` each memory-mapped tensor, naming its file and canonical key."""
     for key, arr in tensors.items():
         m = _mapping(arr)
-        finite.check(arr, key, Path(m[0].filename).name if m else "weights")
+        finite.check(arr, key, m[0].filename if m else "weights")
 
 
 def _release(reader: ThreadPoolExecutor, fds: dict) -> None:

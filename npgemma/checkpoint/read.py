@@ -104,7 +104,7 @@ def read_tensors(path: Path, keys: dict[str, str], target: np.dtype, on_read) ->
         with safe_open(str(path), framework="np") as f:
             for disk, canonical in keys.items():
                 arr = f.get_tensor(disk)
-                finite.check(arr, disk, path.name)  # in the file's dtype: fewer bytes than cast
+                finite.check(arr, disk, str(path))  # in the file's dtype: fewer bytes than cast
                 out[canonical] = arr if arr.dtype == target else arr.astype(target)
                 nbytes = arr.nbytes
                 del arr
@@ -150,7 +150,7 @@ def stream_tensors(path: Path, keys: dict[str, str], target: np.dtype | None):
                 if f.readinto(memoryview(raw)) != raw.size:
                     raise OSError(f"{disk}: the file ends inside the tensor's bytes")
                 arr = raw.view(DISK_DTYPES[info["dtype"]]).reshape(info["shape"])
-                finite.check(arr, disk, path.name)
+                finite.check(arr, disk, str(path))
                 out = arr if target is None or arr.dtype == target else arr.astype(target)
                 del raw, arr  # the on-disk-dtype copy goes before the next tensor is read
                 yield canonical, out, end - begin
