@@ -20,3 +20,8 @@ class InputError(NpgemmaError, ValueError):
 class Unsupported(InputError):
     """An implementation checked with `--against` declines a case by design (its adapter raised
     NotImplementedError with the reason): not a wrong answer, and not a pass either."""
+
+
+class NonFiniteError(NpgemmaError, FloatingPointError):
+    """A NaN or an Inf where a number must be finite (a weight, an activation, the logits a
+    token would be chosen from): the run stops instead of answering from it."""

@@ -454,3 +454,46 @@ def test_tiny_checkpoint_route(capsys, tmp_path):
     other = load_file(tmp_path / "other" / "model.safetensors")
     assert not np.array_equal(other["multi_modal_projector.linear.weight"],
                               load_file(folder / "model.safetensors")["multi_modal_projector.linear.weight"])
+# ---- text that is not UTF-8: one line naming the argument or the file, and the byte offset -----
+
+def test_prompt_argument_with_invalid_utf8_bytes(demo):
+    """A real process, argv given as bytes: Python hands the 0xff to npgemma as U+DCFF
+    (surrogateescape), which used to end in `internal error: UnicodeEncodeError`."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("NPGEMMA_DEBUG", None)
+    argv = [sys.executable, "-m", "npgemma", *map(str, generate_args(*demo, prompt="x"))]
+    argv[-1] = b"caption \xff en"
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, timeout=120)
+    assert_clean_error(done.returncode, done.stdout.decode(), done.stderr.decode(),
+                       "--prompt: not valid UTF-8: byte 0xff at byte offset 8")
+
+
+def test_batch_line_with_a_lone_surrogate_escape(capsys, demo, tmp_path):
+    batch = tmp_path / "in.jsonl"
+    good = json.dumps({"image": str(demo[1]), "prompt": PROMPT})
+    bad = '{"prompt": "caption \\ud83d\\ude00 \\\\ud800 en \\udc00", "image": "%s"}' % demo[1]
+    batch.write_text(good + "\n" + bad + "\n")
+    assert bad.index("\\udc00") == 44  # the lone low half; the pair and "\\\\ud800" are fine
+    rc, out, err = run_cli(capsys, "generate", "--model", demo[0], "--batch", batch)
+    assert_clean_error(rc, out, err, f"{batch}:2: prompt: a lone surrogate escape \\udc00 at "
+                                     "byte offset 44 of the line")
+
+
+def test_batch_file_that_is_not_utf8(capsys, demo, tmp_path):
+    batch = tmp_path / "in.jsonl"
+    good = json.dumps({"image": str(demo[1]), "prompt": PROMPT}).encode()
+    batch.write_bytes(good + b"\n" + b'{"image": "a.png", "prompt": "caf\xe9"}\n')
+    rc, out, err = run_cli(capsys, "generate", "--model", demo[0], "--batch", batch)
+    offset = len(good) + 1 + len(b'{"image": "a.png", "prompt": "caf')
+    assert_clean_error(rc, out, err, f"--batch {batch}: not UTF-8: byte 0xe9 at byte offset "
+                                     f"{offset} (line 2)")
+
+
+def test_api_prompt_that_utf8_cannot_encode(pipe, demo):
+    from npgemma.errors import InputError
+
+    with pytest.raises(InputError, match=r"^prompt: not valid UTF-8: byte 0xff at byte offset 4$"):
+        pipe.generate(demo[1], "ab\u00e9\udcffc", max_new_tokens=1)  # 'é' is two bytes
+    with pytest.raises(InputError, match=r"^prompt: not valid UTF-8: a lone surrogate U\+D800 at "
+                                         r"byte offset 1 "):
+        pipe.generate(demo[1], "a\ud800", max_new_tokens=1)

@@ -93,3 +93,44 @@ def test_explicit_layer_types_win_and_are_checked():
     assert cfg.text_config.layer_sliding_window(25) == 4096
     with pytest.raises(ConfigError, match="layer_types must list 26"):
         config_from_dict(_pg2({"layer_types": types[:-1]}))
+
+
+# Every float field of the three dataclasses, by the section config.json puts it in (a NaN or an
+# Inf in any of them used to reach the model math: NaN passes `value <= 0`).
+_FLOAT_FIELDS = [("text_config", "rms_norm_eps"), ("text_config", "rope_theta"),
+                 ("text_config", "final_logit_softcapping"),
+                 ("text_config", "attn_logit_softcapping"),
+                 ("text_config", "query_pre_attn_scalar"), ("vision_config", "layer_norm_eps")]
+
+
+@pytest.mark.parametrize("section,name", _FLOAT_FIELDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_float_fields_are_refused_by_name(section, name, bad):
+    raw = _pg2()
+    raw[section] = {**raw[section], name: bad}
+    with pytest.raises(ConfigError, match=rf"{section}\.{name} must be a positive finite number"):
+        config_from_dict(raw)
+
+
+def test_every_float_field_is_covered():
+    import dataclasses
+
+    from npgemma.config import TextConfig, VisionConfig
+
+    floats = {(s, f.name) for s, cls in (("text_config", TextConfig), ("vision_config", VisionConfig))
+              for f in dataclasses.fields(cls) if "float" in str(f.type)}
+    assert floats == set(_FLOAT_FIELDS)
+
+
+def test_nan_rope_theta_in_rope_parameters_is_refused(tmp_path):
+    """Through the file, as a user writes it: json's NaN literal inside rope_parameters."""
+    import json
+
+    from npgemma.checkpoint.config_json import load_config
+
+    raw = _pg2({"rope_parameters": {"rope_type": "default", "rope_theta": float("nan")}})
+    (tmp_path / "config.json").write_text(json.dumps(raw))  # json.dumps writes NaN
+    assert "NaN" in (tmp_path / "config.json").read_text()
+    with pytest.raises(ConfigError, match=r"config\.json: text_config\.rope_theta must be a "
+                                          r"positive finite number, got nan"):
+        load_config(tmp_path)

@@ -360,7 +360,7 @@ def test_a_checkpoint_larger_than_memory_streams_with_a_time_estimate(monkeypatc
     assert memory.check(cfg, "ck", dtype="bfloat16", read_speed=speed).streams is None
     fake_available(monkeypatch, need.ram_total - 1)  # the anonymous part cannot fit: refused
     with pytest.raises(InputError, match=r"not enough memory for the numpy backend in bfloat16: "
-                                         r"needs 1\.1 GB of RAM \(runtime"):
+                                         rf"needs {need.ram_total / 1e9:.1f} GB of RAM \(runtime"):
         memory.check(cfg, "ck", dtype="bfloat16", read_speed=speed)
 
 
@@ -428,3 +428,148 @@ def test_load_that_fits_does_not_stream(demo):
     assert pipe.streaming is None and not pipe.backend.stream
     assert pipe.memory.ram_total > 0
     assert npgemma.load(demo[0], force=True).memory is None
+
+
+# --- the check's own cost: bounded by the files on disk, not by config.json's numbers ---------
+
+def _shape_sum(cfg, *prefixes) -> int:
+    """Parameters under `prefixes`, summed over the listed tensors (the slow, obvious way)."""
+    return sum(math.prod(s) for k, s in expected_shapes(cfg).items() if k.startswith(prefixes))
+
+
+@pytest.mark.parametrize("text", ["gemma", "gemma2"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_counts_by_formula_equal_the_tensor_list(text, tied):
+    raw = tiny_config(text=text, num_key_value_heads=2)
+    raw["tie_word_embeddings"] = tied
+    cfg = config_from_dict(raw)
+    assert estimate.num_params(cfg) == _shape_sum(cfg, "")
+    assert estimate.per_token_params(cfg) == _shape_sum(cfg, "language_model.", "lm_head.")
+    assert estimate.decoder_layer_params(cfg) == _shape_sum(cfg, "language_model.layers.0.")
+    assert estimate._largest_tensor(cfg) == max(math.prod(s) for s in expected_shapes(cfg).values())
+
+
+def _rss_growth(fn) -> int:
+    """Bytes the process's peak RSS grew by while `fn` ran (what building 10**9 key names
+    would show: GBs)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # kB on Linux
+
+
+def _refused(fn, error, match) -> None:
+    with pytest.raises(error, match=match):
+        fn()
+
+
+def test_a_billion_layers_are_counted_by_formula():
+    """The estimate of a 10**9-layer config is the same affine function of the layer count as
+    the tensor list of 1 and 2 layers gives, computed without building any per-layer name."""
+    def with_layers(n):
+        raw = tiny_config(text="gemma")
+        raw["text_config"]["num_hidden_layers"] = n
+        return config_from_dict(raw)
+    one, two = (_shape_sum(with_layers(n), "") for n in (1, 2))
+    huge = with_layers(10**9)
+    got = {}
+    grew = _rss_growth(lambda: got.update(n=estimate.num_params(huge),
+                                          need=estimate.estimate(huge)))
+    assert got["n"] == one + (two - one) * (10**9 - 1)
+    assert got["need"].ram["weights"] == got["n"] * 4
+    grew += _rss_growth(lambda: _refused(lambda: memory.check(huge, "ck"), InputError,
+                                         "not enough memory"))
+    assert grew < 50 * 2**20
+
+
+@pytest.mark.parametrize("text", ["gemma", "gemma2"])
+def test_a_config_claiming_a_billion_layers_is_refused_against_the_files(tmp_path, demo, text):
+    """config.json says 10**9 decoder layers, the weights hold 2: refused from the files' names
+    before any per-layer work (the memory check used to build every layer's key names and
+    grow past 2 GB; Gemma-2's default layer_types would be a 10**9-entry list)."""
+    import json
+
+    from npgemma.errors import ConfigError, WeightsError
+
+    raw = tiny_config(text=text)
+    raw["text_config"].pop("layer_types", None)
+    folder = write_checkpoint(tmp_path / "ck", raw)
+    layers = raw["text_config"]["num_hidden_layers"]
+    raw["text_config"]["num_hidden_layers"] = 10**9
+    (folder / "config.json").write_text(json.dumps(raw))
+    message = (f"text_config.num_hidden_layers is 1000000000 in config.json, the weights hold "
+               f"{layers} decoder layers")
+    for attempt in (lambda: load_config(folder), lambda: npgemma.load(folder),
+                    lambda: npgemma.load(folder, force=True)):
+        assert _rss_growth(lambda: _refused(attempt, ConfigError, message)) < 50 * 2**20
+    if text == "gemma":  # a config made without the folder: the weight loader says it first
+        cfg = config_from_dict(raw)
+        with pytest.raises(WeightsError, match=f"layer count: {message}"):
+            weights.load_weights(folder, cfg)
+
+
+# --- the runtime allowance: measured, so a small model runs in a small memory group ----------
+
+_RUN_AND_MEASURE = r"""
+import json, sys
+import numpy as np
+def rss(field="VmRSS:"):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+import npgemma
+from npgemma import pipeline
+seen = {}
+real = pipeline.memory.check
+def spy(*args, **kwargs):
+    seen["rss"] = rss()
+    need = real(*args, **kwargs)
+    seen["ram"], seen["file"] = need.ram_total, need.file_total
+    return need
+pipeline.memory.check = spy
+pipe = npgemma.load(None, backend=sys.argv[1], dtype=sys.argv[2])
+image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+pipe.generate(image, "caption en", max_new_tokens=8)
+seen["peak"] = rss("VmHWM:")  # not getrusage: its maxrss keeps the parent's across fork+exec
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("backend, dtype", [("numpy", "float32"), ("numpy", "bfloat16"),
+                                            ("torch", "float32")])
+def test_runtime_allowance_covers_a_real_run(backend, dtype):
+    """A fresh process runs the bundled demo model: what its RSS grew by from the memory check
+    to its peak is within what the check said the run needs (anonymous memory plus the mapped
+    file pages, which RSS counts too), so a refusal comes before an OOM kill; and the need is
+    small: the fixed 1 GiB allowance refused this 4.5 M-parameter model in a 300 MB group."""
+    import json
+    import subprocess
+    import sys
+
+    if backend == "torch":
+        pytest.importorskip("torch")
+    done = subprocess.run([sys.executable, "-c", _RUN_AND_MEASURE, backend, dtype], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.splitlines()[-1])
+    grew = got["peak"] - got["rss"]
+    assert 0 < grew <= got["ram"] + got["file"], got
+    if backend == "numpy":  # torch's import alone is 180 MB of RSS
+        assert got["rss"] + got["ram"] + got["file"] < 300 * 2**20, got  # fits a 300 MB group
+
+
+def test_the_demo_model_is_not_refused_in_a_300_mb_group(monkeypatch):
+    """The cgroup as `machine.available_memory` reads it: 300 MB, of which the process already
+    holds what it holds now (its RSS counts in the group's usage)."""
+    from npgemma.checkpoint import bundled
+
+    def rss():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    cfg = load_config(bundled.model_dir())
+    left = 300 * 2**20 - min(rss(), 120 * 2**20)  # a fresh `npgemma` process holds ~55 MB
+    for dtype in ("float32", "bfloat16"):
+        memory.check(cfg, "demo", dtype=dtype, disk_dtype="float32",
+                     available=machine.Available(left, "cgroup (fake)"))

@@ -250,3 +250,33 @@ def test_from_pretrained_errors(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text("{")
     with pytest.raises(ConfigError, match="preprocessor_config.json: not valid JSON"):
         Processor.from_pretrained(tmp_path, tiny_cfg())
+
+
+@pytest.mark.parametrize("field,value,shown", [
+    ("image_std", [0, 0, 0], r"image_std\[0\]: expected a positive finite number, got 0"),
+    ("image_std", [0.5, 0.0, 0.5], r"image_std\[1\]: expected a positive finite number, got 0.0"),
+    ("image_std", [0.5, 0.5, float("nan")], r"image_std\[2\]: expected a positive finite number, got nan"),
+    ("image_std", float("inf"), r"image_std\[0\]: expected a positive finite number, got inf"),
+    ("image_mean", [float("nan"), 0.5, 0.5], r"image_mean\[0\]: expected a finite number, got nan"),
+    ("image_mean", [0.5, float("-inf"), 0.5], r"image_mean\[1\]: expected a finite number, got -inf"),
+    ("image_mean", ["half", 0.5, 0.5], r"image_mean\[0\]: expected a finite number, got 'half'"),
+    ("rescale_factor", float("nan"), r"rescale_factor: expected a positive finite number, got nan"),
+    ("rescale_factor", float("inf"), r"rescale_factor: expected a positive finite number, got inf"),
+    ("rescale_factor", 0, r"rescale_factor: expected a positive finite number, got 0"),
+])
+@pytest.mark.parametrize("source", ["preprocessor_config.json", "processor_config.json"])
+def test_non_finite_or_zero_image_settings_are_refused_naming_file_and_field(
+        tmp_path, source, field, value, shown):
+    """A zero std divides every pixel by zero, a NaN makes every pixel NaN: the answer would be
+    meaningless with exit 0. json.dumps writes NaN/Infinity, as a careless file would hold."""
+    write_tokenizer(tmp_path)
+    write_image_config(tmp_path, source, **{field: value})
+    with pytest.raises(ConfigError, match=rf"{source}: {shown}$"):
+        Processor.from_pretrained(tmp_path, tiny_cfg())
+
+
+def test_processor_arguments_are_checked_too(proc):
+    with pytest.raises(ConfigError, match=r"^image_std\[0\]: expected a positive finite number"):
+        Processor(proc.tokenizer, image_size=S, num_image_tokens=N, image_std=(0, 1, 1))
+    with pytest.raises(ConfigError, match=r"^image_mean: expected 3 values"):
+        Processor(proc.tokenizer, image_size=S, num_image_tokens=N, image_mean=(0.5, 0.5))

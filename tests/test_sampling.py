@@ -192,3 +192,89 @@ def test_draw_per_row_uses_that_rows_distribution():
     x = np.array([[-50.0, -50.0, 50.0], [50.0, -50.0, -50.0]], F32)
     for seed in range(20):
         assert sample(x, _gen(), np.random.default_rng(seed)).tolist() == [2, 0]
+
+
+# --------------------------------------------------------------------------- non-finite logits
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_no_token_is_chosen_from_non_finite_logits(bad, do_sample):
+    """argmax over a row holding a NaN returns the NaN's index (token 0 when all are NaN): a
+    silently wrong token. Row 1 alone is bad; the error names it, not row 0."""
+    from npgemma.errors import NonFiniteError
+
+    x = np.array([[0.0, 2.0, 1.0, -1.0], [0.0, 2.0, bad, -1.0]], F32)
+    gen = GenerationConfig(do_sample=do_sample)
+    with pytest.raises(NonFiniteError, match=r"^generation step 4 \(decode step 4\): the logits "
+                                             r"of row 1 hold NaN or Inf"):
+        sample(x, gen, np.random.default_rng(0), step=4)
+    with pytest.raises(NonFiniteError, match=r"^the logits of rows 0, 1 hold NaN or Inf"):
+        sample(np.full((2, 4), bad, F32), gen, np.random.default_rng(0))
+
+
+class _Poisoned:
+    """A stand-in backend whose logits turn NaN from decode step `at` on (step 0: the prefill);
+    its `greedy` is the NumPy backend's (which marks a bad row -1 on the device side)."""
+
+    name = "poisoned"
+
+    def __init__(self, at: int):
+        self.at, self.step = at, 0
+
+    def _logits(self):
+        x = np.tile(np.array([0.0, 3.0, 1.0, 2.0], F32), (1, 1, 1))  # [B=1, L=1, V=4]: token 1
+        return np.full_like(x, np.nan) if self.step >= self.at else x
+
+    def encode_image(self, params, pixel_values, cfg):
+        return None
+
+    def init_cache(self, cfg, batch, max_length):
+        return None
+
+    def forward(self, *args, **kwargs):
+        return self._logits(), None
+
+    def start_decode(self, *args):
+        return None
+
+    def decode_step(self, *args, **kwargs):
+        self.step += 1
+        return self._logits()
+
+    def greedy(self, logits):
+        from npgemma.generation.numpy_backend import NumpyBackend
+
+        return NumpyBackend.greedy(self, logits)
+
+    def ids_to_numpy(self, ids):
+        return np.asarray(ids, np.int64)
+
+    def last_logits_to_numpy(self, logits):
+        return np.asarray(logits[:, -1], F32)
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+@pytest.mark.parametrize("at", [0, 2])
+def test_generation_stops_at_the_step_whose_logits_are_not_finite(at, do_sample):
+    from types import SimpleNamespace
+
+    from npgemma.errors import NonFiniteError
+    from npgemma.generation.generate import generate_tokens
+
+    cfg = SimpleNamespace(eos_token_id=9, num_image_tokens=0,
+                          text_config=SimpleNamespace(max_position_embeddings=64,
+                                                      is_gemma2=False, sliding_window=None))
+    gen = GenerationConfig(max_new_tokens=5, do_sample=do_sample, seed=0)
+    got = []
+    with pytest.raises(NonFiniteError, match=rf"^generation step {at} "):
+        for token in generate_tokens(_Poisoned(at), None, cfg,
+                                     np.zeros((1, 3), np.int64), None, gen):
+            got.append(int(token[0]))
+    assert len(got) == at and (do_sample or got == [1] * at)
+
+
+def test_numpy_backend_greedy_marks_non_finite_rows():
+    from npgemma.generation.numpy_backend import NumpyBackend
+
+    x = np.array([[[0.0, 2.0, 1.0]], [[0.0, np.nan, 5.0]], [[np.inf, 0.0, 1.0]]], F32)
+    assert NumpyBackend().greedy(x).tolist() == [1, -1, -1]

@@ -326,3 +326,80 @@ def test_expected_shapes_count_paligemma_3b():
     assert sum(int(np.prod(s)) for s in shapes.values()) == 2_923_466_480
     assert shapes["language_model.layers.0.self_attn.k_proj.weight"] == (256, 2048)
     assert shapes["vision_tower.embeddings.position_embedding.weight"] == (256, 1152)
+
+
+# ---- non-finite weights: found as each tensor is read (or first used, memory-mapped), named ----
+
+_POISON = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}
+
+
+def _poison(folder, key: str, where: list[int], value: float) -> None:
+    """Put `value` at flat positions `where` of on-disk tensor `key` (in its file dtype)."""
+    def fn(tensors):
+        t = tensors[key].copy()
+        t.reshape(-1)[where] = value
+        tensors[key] = t
+    _edit(folder / "model.safetensors", fn)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("kind", list(_POISON))
+def test_non_finite_weight_named_with_its_count_while_read(tmp_path, dtype, kind):
+    """float32 mode (read, then cast) and the one-tensor-at-a-time reader (the torch backend's):
+    every logit would be NaN, token 0 chosen, exit 0."""
+    from npgemma.checkpoint.weights import iter_weights
+
+    folder = _write(tmp_path, dtype=dtype)
+    key = "language_model.model.layers.1.mlp.up_proj.weight"
+    _poison(folder, key, [0, 5, 77], _POISON[kind])
+    size = int(np.prod(load_file(str(folder / "model.safetensors"))[key].shape))
+    message = f"model.safetensors: {key}: 3 of {size} values are NaN or Inf"
+    with pytest.raises(WeightsError, match=message):
+        _load(folder)
+    with pytest.raises(WeightsError, match=message):
+        list(iter_weights(folder, load_config(folder)))
+    with pytest.raises(WeightsError, match=message):
+        list(iter_weights(folder, load_config(folder), dtype=None))
+
+
+@pytest.mark.parametrize("key, canonical", [
+    ("language_model.model.layers.1.self_attn.o_proj.weight",
+     "language_model.layers.1.self_attn.o_proj.weight"),
+    ("vision_tower.vision_model.encoder.layers.0.mlp.fc2.bias",
+     "vision_tower.encoder.layers.0.mlp.fc2.bias"),
+    ("multi_modal_projector.linear.weight", "multi_modal_projector.linear.weight"),
+    ("language_model.model.embed_tokens.weight", "language_model.embed_tokens.weight"),
+])
+def test_non_finite_weight_found_memory_mapped(tmp_path, key, canonical):
+    """The low-memory mode maps the file: loading reads nothing; each block is checked when the
+    model first enters it, the small tensors outside the blocks when the streamer is made. The
+    error names the file, the tensor (canonical name) and the count, before any token."""
+    import npgemma
+
+    folder = _write(tmp_path, dtype="bfloat16", tokenizer=True)
+    _poison(folder, key, [1, 2], np.nan)
+    image = np.full((20, 20, 3), 128, np.uint8)
+    with pytest.raises(WeightsError, match=rf"model\.safetensors: {canonical}: 2 of \d+ values "
+                                           r"are NaN or Inf"):
+        npgemma.load(folder, dtype="bfloat16", force=True).generate(image, "caption en",
+                                                                    max_new_tokens=2)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_non_finite_count_by_bits_agrees_with_isfinite(dtype):
+    """The bit test against NumPy's isfinite on the float32 widening (exact for all three), on
+    slab edges, subnormals, the largest finite values and every kind of NaN and Inf."""
+    from npgemma.checkpoint import finite
+
+    rng = np.random.default_rng(0)
+    big = float(np.finfo(DTYPES[dtype]).max) if dtype != "bfloat16" else 3.3895e38
+    x = rng.standard_normal(finite._SLAB * 2 + 7).astype(np.float32)
+    x[:4] = [big, -big, 1e-40, -0.0]
+    x = x.astype(DTYPES[dtype])
+    assert finite.non_finite_count(x) == 0 and not finite.any_non_finite(x)
+    for where in ([0], [finite._SLAB - 1, finite._SLAB], [x.size - 1], list(range(9, 40, 3))):
+        y = x.copy()
+        y[where] = [(np.nan, np.inf, -np.inf)[i % 3] for i in range(len(where))]
+        expected = int((~np.isfinite(y.astype(np.float32))).sum())
+        assert finite.non_finite_count(y.reshape(1, -1)) == expected == len(where)
+        assert finite.any_non_finite(y)

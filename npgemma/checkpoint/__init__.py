@@ -6,6 +6,7 @@
     checks.py       validation against config.json and the shard index
     read.py         safetensors files, headers, tensors (read, memory-mapped or streamed)
     problems.py     every problem in one WeightsError
+    finite.py       NaN/Inf in a weight, found as it is read or first used
     hub.py          model ids in the local Hugging Face cache
     estimate.py     the bytes a run needs, from config.json alone
     machine.py      the memory this machine has (RAM, cgroups, GPU)

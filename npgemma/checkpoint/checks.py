@@ -9,7 +9,8 @@ import ml_dtypes
 import numpy as np
 
 from ..config import PaliGemmaConfig
-from .layout import LAYOUTS, disk_name, disk_names, droppable_shapes, expected_shapes, pick_layout
+from .layout import (LAYOUTS, disk_name, disk_names, droppable_shapes, expected_shapes,
+                     layer_counts, pick_layout)
 
 # An on-disk key -> [(file, safetensors dtype, shape)], one entry per file that holds it.
 Entries = dict[str, list[tuple[Path, str, tuple[int, ...]]]]
@@ -20,8 +21,27 @@ DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat
           "float16": np.dtype(np.float16)}
 
 
+def layer_count_problems(disk_keys, layers: dict[str, int]) -> list[str]:
+    """The towers whose layer count (`layers`: {"vision_config": n, "text_config": m}, as
+    config.json says) exceeds the layers on disk: checked before anything is built per layer,
+    so a config.json claiming 10**9 layers costs one pass over the names on disk. (Fewer layers
+    than the files hold is left to the full check, whose cost the files bound: it names each
+    unexpected tensor.)"""
+    on_disk = layer_counts(disk_keys)
+    return [f"{section}.num_hidden_layers is {n} in config.json, the weights hold "
+            f"{on_disk[section]} {'vision' if section == 'vision_config' else 'decoder'} layers"
+            for section, n in layers.items() if n > on_disk[section]]
+
+
 def tensor_problems(entries: Entries, cfg: PaliGemmaConfig) -> tuple[list[str], str]:
-    """The problems of the tensors on disk against `cfg`, and the layout they were read as."""
+    """The problems of the tensors on disk against `cfg`, and the layout they were read as
+    (a layer count that disagrees with the files: that problem alone, before any per-layer
+    work)."""
+    counts = {"vision_config": cfg.vision_config.num_hidden_layers,
+              "text_config": cfg.text_config.num_hidden_layers}
+    probs = layer_count_problems(entries, counts)
+    if probs:
+        return [f"layer count: {p}" for p in probs], "hub"
     need = expected_shapes(cfg)
     shapes = need | droppable_shapes(cfg)
     layout = pick_layout(entries, shapes)

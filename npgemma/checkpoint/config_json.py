@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+from pathlib import Path
 
 from ..config import PaliGemmaConfig, TextConfig, VisionConfig
 from ..errors import ConfigError
+from .checks import layer_count_problems
+from .read import disk_keys
 
 # Activations that all mean tanh-approximated GELU (transformers' ACT2FN names).
 _TANH_GELU = {"gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu"}
@@ -48,8 +52,9 @@ def _pick(cls, raw: dict, defaults: dict) -> dict:
 
 
 def _check_types(cfg, section: str, where: str) -> None:
-    """Sizes must be positive integers and numeric fields numbers: a string or a zero in
-    config.json would otherwise fail deep inside the model math."""
+    """Sizes must be positive integers and numeric fields positive finite numbers: a string, a
+    zero or a NaN in config.json would otherwise fail deep inside the model math (or, NaN,
+    silently: every logit NaN and argmax picking token 0)."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if f.type in ("int", "int | None") and value is not None:
@@ -57,9 +62,11 @@ def _check_types(cfg, section: str, where: str) -> None:
                 raise ConfigError(f"{where}: {section}.{f.name} must be a positive integer, "
                                   f"got {value!r}")
         if f.type in ("float", "float | None") and value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{where}: {section}.{f.name} must be a positive number, "
-                                  f"got {value!r}")
+            # json reads NaN, Infinity and -Infinity as floats; `value <= 0` alone lets NaN pass.
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"{where}: {section}.{f.name} must be a positive finite "
+                                  f"number, got {value!r}")
 
 
 def _require_object(raw, section: str, where: str) -> None:
@@ -220,7 +227,24 @@ def load_config(model_dir: str | os.PathLike) -> PaliGemmaConfig:
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: missing (a Hugging Face checkpoint folder has a config.json)")
     raw = read_json_object(path)
+    _check_layer_counts(raw, Path(os.fspath(model_dir)), path)
     try:
         return config_from_dict(raw, where=path)
     except TypeError as e:  # a field with the wrong type, e.g. a string where an int belongs
         raise ConfigError(f"{path}: {e}") from None
+
+
+def _check_layer_counts(raw: dict, model_dir: Path, where: str) -> None:
+    """A layer count config.json states against the layers the weight files name (index or
+    header: no tensor data), before anything is built per layer: `num_hidden_layers: 10**9`
+    would otherwise cost 10**9 of everything (layer types, key names) before any check spoke.
+    Skipped when the folder has no readable weight files (the loader reports those)."""
+    counts = {}
+    for section in ("vision_config", "text_config"):
+        n = raw[section].get("num_hidden_layers") if isinstance(raw.get(section), dict) else None
+        if isinstance(n, int) and not isinstance(n, bool):
+            counts[section] = n
+    keys = disk_keys(model_dir) if counts else None
+    probs = layer_count_problems(keys, counts) if keys is not None else []
+    if probs:
+        raise ConfigError(f"{where}: " + "; ".join(probs))

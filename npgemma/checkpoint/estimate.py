@@ -13,24 +13,40 @@ instead of the kernel's OOM killer. The estimate, per part:
   activations  the largest live intermediate, vision or text: the attention scores
                float32[B, N, L, S] with the copies softmax keeps alive (bounded by query-chunked
                attention at MAX_SCORE_BYTES), or the MLP's [B, L, F] with its temporaries.
-  runtime      a fixed allowance (RUNTIME_BYTES): interpreter, NumPy/BLAS, tokenizer.
+  runtime      what the run adds besides, from the check on (`runtime_bytes`): the tokenizer,
+               the imports the backend has not made yet, some slack. What the process holds
+               already (interpreter, NumPy, the imports made) is not counted again: the reading
+               the need is held against (MemAvailable, the cgroup's usage) counts it as used.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 from .. import _kernels
 from ..config import PaliGemmaConfig
 from .checks import DTYPES
-from .layout import expected_shapes
 
 MAX_SCORE_BYTES = 256 * 2**20  # attention scores alive at once, with query chunking
 TEXT_TOKENS = 256              # prompt + new tokens budgeted when the caller does not say
-# Interpreter, NumPy/BLAS buffers, tokenizer, allocator slack: on the README's benchmark rows
-# peak RSS minus weights (and the cast copy) was 0.8-2.0 GB, part of it mapped safetensors pages.
-RUNTIME_BYTES = 2**30
+# The runtime allowance, measured (fresh processes, the bundled demo model, 32 new tokens; RSS
+# from /proc/self/status at the memory check, peak from getrusage; the commands are in
+# tests/test_memory.py::test_runtime_allowance_covers_a_real_run, which re-measures it):
+# beyond the RSS at the check, a run grew by its counted weights, caches and activations plus
+# 0.5 (numpy bfloat16) to 7.6 (numpy float32) and 15.9-17.4 MB (torch CPU); `import torch`
+# takes 183 MB of RSS (54 -> 237 MB); a full 257,216-entry tokenizer.json (7.9 MB) 89.6 MB
+# once loaded, 365 bytes an entry. Full size (benchmarks/make_checkpoint.py paligemma2-3b-pt-224,
+# numpy bfloat16, 2 new tokens): anonymous RSS grew 179.5 MB from the check to the end, against
+# 396 MB counted (runtime 199, KV-cache 109, activations 75, widening 13); file pages 6.07 GB
+# against 6.06 GB counted.
+RUNTIME_SLACK = 64 * 2**20       # allocator, BLAS buffers, PIL: ~4x the largest residual seen
+TOKENIZER_BYTES_PER_TOKEN = 512  # the vocabulary in the tokenizers library (365 B measured)
+TORCH_IMPORT_BYTES = 256 * 2**20  # when torch is not imported yet at the check (183 MB measured)
+# Torch on a GPU: the CUDA context's host memory, *not measured* (no GPU where this was
+# written): the former fixed allowance is kept for it.
+CUDA_CONTEXT_BYTES = 2**30
 _SCORE_COPIES = 3              # scores, exp(scores - max), the normalized probabilities
 _MLP_COPIES = 4                # gate, up, and tanh-GELU's temporaries, all [B, L, F]
 ITEMSIZE = {name: d.itemsize for name, d in DTYPES.items()}
@@ -66,12 +82,54 @@ class Need:
 def text_tokens(prompt: str, max_new_tokens: int) -> int:
     """An upper bound on the text tokens of a run, for the memory check: a token covers at
     least one UTF-8 byte (byte fallback), plus <bos> and the "\n" separator."""
-    return len(prompt.encode("utf-8")) + 2 + max_new_tokens
+    # surrogatepass: a prompt that is not valid UTF-8 is refused later, by the processor
+    return len(prompt.encode("utf-8", "surrogatepass")) + 2 + max_new_tokens
+
+
+def _vision_layer_params(cfg: PaliGemmaConfig) -> int:
+    """One SigLIP encoder layer: two LayerNorms, q/k/v/out with biases, fc1/fc2 with biases."""
+    dv, fv = cfg.vision_config.hidden_size, cfg.vision_config.intermediate_size
+    return 2 * 2 * dv + 4 * (dv * dv + dv) + 2 * fv * dv + fv + dv
+
+
+def _vision_params(cfg: PaliGemmaConfig) -> int:
+    """The vision tower (no pooling head) and the projector."""
+    v, dt = cfg.vision_config, cfg.text_config.hidden_size
+    embeddings = v.hidden_size * (v.num_channels * v.patch_size**2 + 1 + v.num_patches)
+    post_norm, projector = 2 * v.hidden_size, dt * v.hidden_size + dt
+    return embeddings + v.num_hidden_layers * _vision_layer_params(cfg) + post_norm + projector
+
+
+def _table_params(cfg: PaliGemmaConfig) -> int:
+    return cfg.text_config.vocab_size * cfg.text_config.hidden_size
+
+
+def decoder_layer_params(cfg: PaliGemmaConfig) -> int:
+    """Parameters of one decoder layer (every layer has the same shapes): its norms, q/k/v/o,
+    gate/up/down."""
+    t = cfg.text_config
+    dt, h = t.hidden_size, t.head_dim
+    norms = 4 if t.is_gemma2 else 2
+    attention = 2 * t.num_attention_heads * h * dt + 2 * t.num_key_value_heads * h * dt
+    return norms * dt + attention + 3 * t.intermediate_size * dt
+
+
+def per_token_params(cfg: PaliGemmaConfig) -> int:
+    """Parameters one decode step reads: the decoder's (its layers, final norm, and the output
+    table, tied to the embedding, or the embedding and an untied lm_head); not the vision tower
+    or the projector."""
+    t = cfg.text_config
+    tables = 1 if t.tie_word_embeddings else 2
+    return (tables * _table_params(cfg) + t.num_hidden_layers * decoder_layer_params(cfg)
+            + t.hidden_size)
 
 
 def num_params(cfg: PaliGemmaConfig) -> int:
-    """Parameters the model runs (a tied lm_head counted once, the unused vision head not)."""
-    return sum(math.prod(s) for s in expected_shapes(cfg).values())
+    """Parameters the model runs (a tied lm_head counted once, the unused vision head not).
+
+    Counted per kind of layer, times the layer count: the cost does not grow with the numbers in
+    config.json (`layout.expected_shapes` lists every tensor; tests hold the two equal)."""
+    return _vision_params(cfg) + per_token_params(cfg)
 
 
 def stored_dtype(headers: dict[str, tuple[str, tuple[int, ...]]]) -> str:
@@ -85,23 +143,13 @@ def stored_dtype(headers: dict[str, tuple[str, tuple[int, ...]]]) -> str:
 
 
 def _largest_tensor(cfg: PaliGemmaConfig) -> int:
-    return max(math.prod(s) for s in expected_shapes(cfg).values())
-
-
-def _params_under(cfg: PaliGemmaConfig, *prefixes: str) -> int:
-    """Parameters of the canonical tensors whose keys start with one of `prefixes`."""
-    return sum(math.prod(s) for k, s in expected_shapes(cfg).items() if k.startswith(prefixes))
-
-
-def per_token_params(cfg: PaliGemmaConfig) -> int:
-    """Parameters one decode step reads: the decoder's (its layers, final norm, and the output
-    table, tied to the embedding); not the vision tower or the projector."""
-    return _params_under(cfg, "language_model.", "lm_head.")
-
-
-def decoder_layer_params(cfg: PaliGemmaConfig) -> int:
-    """Parameters of one decoder layer (every layer has the same shapes)."""
-    return _params_under(cfg, "language_model.layers.0.")
+    """Elements of the largest single tensor (what loading holds twice while it is cast)."""
+    v, t = cfg.vision_config, cfg.text_config
+    dv, dt, h = v.hidden_size, t.hidden_size, t.head_dim
+    return max(_table_params(cfg), dv * v.num_channels * v.patch_size**2, v.num_patches * dv,
+               v.intermediate_size * dv, dv * dv, dt * dv,
+               t.num_attention_heads * h * dt, t.num_key_value_heads * h * dt,
+               t.intermediate_size * dt)
 
 
 # Streamed, the kernel is left this much page cache beside the blocks in flight.
@@ -116,8 +164,8 @@ def resident_layers(cfg: PaliGemmaConfig, itemsize: int, spare: int) -> int:
     `prefetch.Streamer` drops the block before those before it asks for the next): three
     layers, or two and the output table."""
     layer = decoder_layer_params(cfg) * itemsize
-    table = _params_under(cfg, "language_model.embed_tokens.weight") * itemsize
-    vision = _params_under(cfg, "vision_tower.", "multi_modal_projector.") * itemsize
+    table = _table_params(cfg) * itemsize
+    vision = _vision_params(cfg) * itemsize
     budget = spare - 2 * layer - max(layer, table) - vision - _CACHE_SLACK
     return max(0, min(cfg.text_config.num_hidden_layers, budget // layer)) if layer else 0
 
@@ -146,6 +194,17 @@ def _run(cfg: PaliGemmaConfig, backend: str, dtype: str, text_tokens: int, batch
             "activations": activation_bytes(cfg, seq, size, batch)}
 
 
+def runtime_bytes(cfg: PaliGemmaConfig, backend: str = "numpy", device: str = "cpu") -> int:
+    """What a run adds from the memory check on, beyond its weights, caches and activations:
+    the tokenizer (by vocabulary size), the imports `backend` has not made yet (torch, looked up
+    in sys.modules now), the CUDA context on a GPU, and slack."""
+    out = RUNTIME_SLACK + cfg.text_config.vocab_size * TOKENIZER_BYTES_PER_TOKEN
+    if backend == "torch":
+        out += TORCH_IMPORT_BYTES if "torch" not in sys.modules else 0
+        out += CUDA_CONTEXT_BYTES if device != "cpu" else 0
+    return out
+
+
 def estimate(cfg: PaliGemmaConfig, backend: str = "numpy", dtype: str = "float32",
              device: str = "cpu", disk_dtype: str = "bfloat16", text_tokens: int = TEXT_TOKENS,
              batch: int = 1) -> Need:
@@ -153,18 +212,19 @@ def estimate(cfg: PaliGemmaConfig, backend: str = "numpy", dtype: str = "float32
     weights = num_params(cfg) * ITEMSIZE[dtype]  # numpy float32 / torch: the compute dtype
     loading = _largest_tensor(cfg) * ITEMSIZE.get(disk_dtype, 4) if disk_dtype != dtype else 0
     run = _run(cfg, backend, dtype, text_tokens, batch)
+    runtime = runtime_bytes(cfg, backend, device)
     if backend == "numpy" and dtype != "float32":
         # Low memory: the weights are the file's pages, memory-mapped in its dtype (reclaimable);
         # the anonymous memory is the run's, plus one widened slab per thread.
         mapped = num_params(cfg) * ITEMSIZE.get(disk_dtype, 4)
-        return Need(ram={"runtime": RUNTIME_BYTES, "widening": _WIDENING_BYTES} | run,
+        return Need(ram={"runtime": runtime, "widening": _WIDENING_BYTES} | run,
                     file={"weights": mapped})
-    host = {"weights": weights, "runtime": RUNTIME_BYTES}
+    host = {"weights": weights, "runtime": runtime}
     if backend == "torch" and device != "cpu":
         # Tensors go to the device one at a time as they are read (`iter_weights`): host RAM
         # holds about one (the largest, in the file's dtype and the compute dtype).
         one = _largest_tensor(cfg) * (ITEMSIZE.get(disk_dtype, 4) + ITEMSIZE[dtype])
-        return Need(ram={"runtime": RUNTIME_BYTES, "loading": one}, gpu={"weights": weights} | run)
+        return Need(ram={"runtime": runtime, "loading": one}, gpu={"weights": weights} | run)
     # Loading and running are not alive at once: the cast copy is gone before the cache exists.
     worst = max([{"loading": loading}, run], key=lambda d: sum(d.values()))
     return Need(ram=host | worst)
@@ -184,8 +244,8 @@ def parity_estimate(cfg: PaliGemmaConfig, dtype: str, device: str, disk_dtype: s
     ref = estimate(cfg, "numpy", reference, "cpu", disk_dtype, text_tokens)
     twin = estimate(cfg, "torch", dtype, device, disk_dtype, text_tokens)
     if device != "cpu":
-        return Need(ram=ref.ram, gpu=twin.gpu, file=ref.file)
-    ram = dict(ref.ram)
+        return Need(ram=dict(ref.ram, runtime=twin.ram["runtime"]), gpu=twin.gpu, file=ref.file)
+    ram = dict(ref.ram, runtime=twin.ram["runtime"])  # torch's imports and tokenizer: one run
     shared = dtype == (disk_dtype if mapped else "float32")
     if not shared:  # a second copy of the weights, in torch's dtype
         ram["torch weights"] = twin.ram["weights"]

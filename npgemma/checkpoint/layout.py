@@ -14,6 +14,8 @@ renames it applied when it saves, so which of the four a folder holds depends on
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..config import PaliGemmaConfig
@@ -89,6 +91,23 @@ def expected_shapes(cfg: PaliGemmaConfig) -> dict[str, tuple[int, ...]]:
     projector = {"multi_modal_projector.linear.weight": (dt, dv),
                  "multi_modal_projector.linear.bias": (dt,)}
     return _vision_shapes(cfg) | projector | _text_shapes(cfg)
+
+
+# The layer index in an on-disk name, under any of the LAYOUTS' prefixes.
+_LAYER = {"vision_config": re.compile(r"(?:^|\.)encoder\.layers\.(\d+)\."),
+          "text_config": re.compile(r"(?:^|\.)language_model\.(?:model\.)?layers\.(\d+)\.")}
+
+
+def layer_counts(disk_keys) -> dict[str, int]:
+    """{"vision_config": n, "text_config": m}: how many distinct layer indices the on-disk
+    names hold, per tower. Costs one pass over the names on disk, whatever config.json says."""
+    found: dict[str, set[str]] = {section: set() for section in _LAYER}
+    for key in disk_keys:
+        for section, pattern in _LAYER.items():
+            m = pattern.search(key)
+            if m:
+                found[section].add(m.group(1))
+    return {section: len(indices) for section, indices in found.items()}
 
 
 def vision_head_shapes(cfg: PaliGemmaConfig) -> dict[str, tuple[int, ...]]:

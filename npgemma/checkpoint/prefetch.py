@@ -19,7 +19,9 @@ at the disk's speed and leave other processes their memory:
   reads only the rest from disk.
 
 Neither changes a number: both are hints about *when* bytes are read, the arrays are the same
-read-only maps. Anonymous memory (what the kernel cannot reclaim) stays the activations, the
+read-only maps. One check rides along (`finite.py`): each block's weights are checked for NaN
+and Inf the first time the model enters it (the tensors outside the blocks, small, when the
+streamer is made), so a mapped checkpoint is never scanned twice: once per block per run. Anonymous memory (what the kernel cannot reclaim) stays the activations, the
 KV-cache and the widening buffers.
 """
 
@@ -36,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import hooks
+from . import finite
+from .layout import flatten
 
 PAGE = mmap.PAGESIZE
 
@@ -84,6 +88,16 @@ class Streamer:
         cycle = decoder + ["lm_head"]
         self.behind = {name: cycle[i - 2] for i, name in enumerate(cycle)}
         self.kept = set(decoder[:keep])  # never dropped: cached from the first pass on
+        # Finiteness, once per block: {block: {canonical key: array}} until first entered.
+        self.unchecked = {f"vision.blocks.{i}": flatten(layer, f"vision_tower.encoder.layers.{i}.")
+                          for i, layer in enumerate(vision)}
+        self.unchecked |= {name: flatten(layer, f"language_model.layers.{i}.")
+                           for i, (name, layer) in enumerate(zip(decoder, text["layers"]))}
+        self.unchecked["lm_head"] = {"lm_head.weight" if "lm_head" in params else
+                                     "language_model.embed_tokens.weight": table}
+        self.last_decoder = decoder[-1]
+        blocks = {id(a) for tree in self.unchecked.values() for a in tree.values()}
+        _check_finite({k: a for k, a in flatten(params).items() if id(a) not in blocks})
         self.drop = drop
         self.bytes_prefetched = 0
         self._fds: dict[str, int] = {}
@@ -101,6 +115,9 @@ class Streamer:
         return out
 
     def __call__(self, name: str) -> None:
+        if self.unchecked:  # first pass: this block (and after the last layer, the table)
+            for block in (name, "lm_head") if name == self.last_decoder else (name,):
+                _check_finite(self.unchecked.pop(block, {}))
         # On the reader thread, in this order: block i-2 handed back first, so that no more than
         # three blocks (i-1, i, i+1) are ever in the page cache at once; then block i+1 asked for.
         old = self.behind.get(name)
@@ -128,6 +145,13 @@ class Streamer:
     def close(self) -> None:
         self._reader.shutdown(wait=True)
         self._finalizer()
+
+
+def _check_finite(tensors: dict) -> None:
+    """`finite.check` each memory-mapped tensor, naming its file and canonical key."""
+    for key, arr in tensors.items():
+        m = _mapping(arr)
+        finite.check(arr, key, m[0].filename if m else "weights")
 
 
 def _release(reader: ThreadPoolExecutor, fds: dict) -> None:

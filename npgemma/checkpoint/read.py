@@ -12,6 +12,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from ..errors import WeightsError
+from . import finite
 from .checks import DISK_DTYPES, Entries
 
 
@@ -34,6 +35,22 @@ def list_files(model_dir: Path) -> tuple[list[Path], dict[str, str] | None]:
         raise WeightsError(f"{index}: names shard(s) missing from {model_dir}: "
                            + ", ".join(missing))
     return [model_dir / n for n in names], weight_map
+
+
+def disk_keys(model_dir: Path) -> list[str] | None:
+    """The tensor names a checkpoint folder's files hold, from the index or the single file's
+    header alone (no tensor data); None when they cannot be read (the loader says why)."""
+    try:
+        files, weight_map = list_files(model_dir)
+        if weight_map is not None:
+            return list(weight_map)
+        _check_header(files[0])
+        with open(files[0], "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        return [k for k in header if k != "__metadata__"]
+    except (WeightsError, OSError, ValueError, AttributeError):
+        return None
 
 
 def _read_weight_map(index: Path) -> dict[str, str]:
@@ -87,6 +104,7 @@ def read_tensors(path: Path, keys: dict[str, str], target: np.dtype, on_read) ->
         with safe_open(str(path), framework="np") as f:
             for disk, canonical in keys.items():
                 arr = f.get_tensor(disk)
+                finite.check(arr, disk, str(path))  # in the file's dtype: fewer bytes than cast
                 out[canonical] = arr if arr.dtype == target else arr.astype(target)
                 nbytes = arr.nbytes
                 del arr
@@ -132,10 +150,13 @@ def stream_tensors(path: Path, keys: dict[str, str], target: np.dtype | None):
                 if f.readinto(memoryview(raw)) != raw.size:
                     raise OSError(f"{disk}: the file ends inside the tensor's bytes")
                 arr = raw.view(DISK_DTYPES[info["dtype"]]).reshape(info["shape"])
+                finite.check(arr, disk, str(path))
                 out = arr if target is None or arr.dtype == target else arr.astype(target)
                 del raw, arr  # the on-disk-dtype copy goes before the next tensor is read
                 yield canonical, out, end - begin
                 del out
+    except WeightsError:  # a non-finite weight: already named
+        raise
     except (OSError, ValueError, KeyError) as e:
         raise WeightsError(f"{path}: reading tensors failed ({e!r})") from None
 

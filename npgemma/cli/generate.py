@@ -10,6 +10,7 @@ from PIL import Image
 
 from ..checkpoint.estimate import text_tokens
 from ..errors import InputError
+from ..generation import utf8
 from ..generation.postprocess import draw_objects, parse_objects
 from ..generation.processing import load_image
 from ..pipeline import load
@@ -24,7 +25,7 @@ def _batch_inputs(args) -> list[tuple[str, str]]:
             raise InputError("--batch FILE.jsonl replaces --image/--prompt: give one or the other")
         pairs = []
         try:
-            lines = open(args.batch, encoding="utf-8").read().splitlines()
+            lines = utf8.read_lines(args.batch, f"--batch {args.batch}")
         except OSError as e:
             raise InputError(f"--batch {args.batch}: cannot read it ({e.strerror})") from None
         for n, line in enumerate(lines, start=1):
@@ -32,10 +33,12 @@ def _batch_inputs(args) -> list[tuple[str, str]]:
                 continue
             try:
                 row = json.loads(line)
-                pairs.append((str(row["image"]), str(row["prompt"])))
+                fields = {k: str(row[k]) for k in ("image", "prompt")}
             except (ValueError, KeyError, TypeError):
                 raise InputError(f'{args.batch}:{n}: expected {{"image": PATH, "prompt": TEXT}}, '
                                  f"got {line[:80]!r}") from None
+            pairs.append(tuple(utf8.checked_json_string(v, line, f"{args.batch}:{n}: {k}")
+                               for k, v in fields.items()))
         if not pairs:
             raise InputError(f"--batch {args.batch}: no inputs in the file")
         return pairs
@@ -45,7 +48,7 @@ def _batch_inputs(args) -> list[tuple[str, str]]:
     if not args.image or len(args.image) != len(args.prompt):
         raise InputError(f"generate: give one --prompt per --image (got {len(args.image)} images, "
                          f"{len(args.prompt)} prompts), or --batch FILE.jsonl")
-    return list(zip(args.image, args.prompt))
+    return list(zip(args.image, [utf8.checked(p, "--prompt") for p in args.prompt]))
 
 
 def _generation(args) -> dict:

@@ -34,7 +34,8 @@ class Backend(Protocol):
     def start_decode(self, cfg, valid: np.ndarray, is_prefix: np.ndarray, cache) -> Any: ...
     # eager: run the step's own code (its hook points fire), not a replayed device graph.
     def decode_step(self, params, cfg, ids, state, cache, eager: bool = False) -> Any: ...
-    def greedy(self, logits) -> Any: ...                 # ids where the logits are (no host copy)
+    # ids where the logits are (no host copy); -1 for a row whose logits hold a NaN or an Inf
+    def greedy(self, logits) -> Any: ...
     def ids_to_numpy(self, ids) -> np.ndarray: ...       # int64[B]: the one sync per token
     def last_logits_to_numpy(self, logits) -> np.ndarray: ...  # float32[B, V], for sampling
     # Segmentation: <seg> codes -> float32[B, 64, 64] mask maps through the VQ-VAE's weights.

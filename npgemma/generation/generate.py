@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, NonFiniteError
 from .slots import Slots
 
 
@@ -85,12 +85,27 @@ def row_generators(seed, batch: int) -> list[np.random.Generator]:
     return [np.random.default_rng([int(seed), i]) for i in range(batch)]
 
 
-def sample(logits: np.ndarray, gen: GenerationConfig, rng) -> np.ndarray:
+def _refuse_non_finite(bad_rows, step: int | None) -> None:
+    """One error naming the step and the rows whose logits hold a NaN or an Inf: argmax over a
+    NaN row picks the first NaN (token 0 when all are), a draw from it is meaningless."""
+    rows = [int(i) for i in np.flatnonzero(bad_rows)]
+    if not rows:
+        return
+    when = "" if step is None else (f"generation step {step} (" + ("the prefill" if step == 0 else
+                                    f"decode step {step}") + "): ")
+    raise NonFiniteError(f"{when}the logits of row{'s' if len(rows) > 1 else ''} "
+                         f"{', '.join(map(str, rows))} hold NaN or Inf; no token is chosen from "
+                         "them (a non-finite weight, or activations that overflowed the dtype)")
+
+
+def sample(logits: np.ndarray, gen: GenerationConfig, rng, step: int | None = None) -> np.ndarray:
     """Next token ids int64[B] from float32[B, V] logits: argmax, or a seeded draw.
 
     `rng` is a list of B generators (one stream per row, see `row_generators`) or a single
-    generator that the rows then draw from in turn.
+    generator that the rows then draw from in turn. Rows with a NaN or an Inf raise
+    NonFiniteError (naming `step` when given).
     """
+    _refuse_non_finite(~np.isfinite(logits).all(axis=-1), step)
     if not gen.do_sample:
         return logits.argmax(axis=-1).astype(np.int64)
     probs = _softmax(filter_logits(logits, gen).astype(np.float64))
@@ -138,11 +153,12 @@ def generate_tokens(backend, params, cfg, input_ids: np.ndarray, pixel_values: n
     done = np.zeros(b, bool)
     for step in range(gen.max_new_tokens):
         if gen.do_sample:
-            ids = sample(backend.last_logits_to_numpy(logits), gen, rngs)
+            ids = sample(backend.last_logits_to_numpy(logits), gen, rngs, step=step)
             host = ids
         else:
             ids = backend.greedy(logits)  # argmax where the logits are: only the ids come back
             host = backend.ids_to_numpy(ids)
+            _refuse_non_finite(host < 0, step)  # greedy's -1: that row's logits were not finite
         token = np.where(done, cfg.eos_token_id, host)
         yield token
         done |= token == cfg.eos_token_id

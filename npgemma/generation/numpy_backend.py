@@ -99,7 +99,8 @@ class NumpyBackend:
             return decode_on_host(self.forward, params, cfg, ids, state, cache)
 
     def greedy(self, logits):
-        return logits[:, -1].argmax(axis=-1).astype(np.int64)
+        last = logits[:, -1]  # -1 marks a row with a NaN or an Inf (generate refuses it)
+        return np.where(np.isfinite(last).all(axis=-1), last.argmax(axis=-1), -1).astype(np.int64)
 
     def ids_to_numpy(self, ids):
         return np.asarray(ids, dtype=np.int64)

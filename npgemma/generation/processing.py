@@ -15,6 +15,7 @@ resizes with a different antialiasing kernel and is *not* reproduced here):
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..checkpoint.config_json import read_json_object
 from ..errors import ConfigError, InputError
+from . import utf8
 
 IMAGE_TOKEN = "<image>"
 # PaliGemmaProcessor adds these as ordinary (non-special) tokens: decoding keeps them.
@@ -137,8 +139,9 @@ class Processor:
         self.image_token = image_token
         self.resample = _resampling(resample)
         self.image_mean = np.array(_per_channel(image_mean, "image_mean"), dtype=np.float32)
-        self.image_std = np.array(_per_channel(image_std, "image_std"), dtype=np.float32)
-        self.rescale_factor = float(rescale_factor)
+        self.image_std = np.array(_per_channel(image_std, "image_std", positive=True),
+                                  dtype=np.float32)
+        self.rescale_factor = _finite(rescale_factor, "rescale_factor", positive=True)
         self.do_rescale, self.do_normalize = bool(do_rescale), bool(do_normalize)
         self.bos_token = bos_token
         self.eos_token_id, self.pad_token_id = int(eos_token_id), int(pad_token_id)
@@ -168,7 +171,7 @@ class Processor:
             raise ConfigError(f"{where}: do_resize=false is not supported (the vision tower "
                               f"needs exactly {size}x{size} pixels)")
         proc = cls(tokenizer, image_size=size, num_image_tokens=cfg.num_image_tokens,
-                   **_pick_image_options(image_cfg),
+                   **_pick_image_options(image_cfg, where),
                    eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id)
         if proc.image_token_id != cfg.image_token_index:
             raise ConfigError(f"{model_dir}: tokenizer.json gives {IMAGE_TOKEN} id "
@@ -203,6 +206,7 @@ class Processor:
         """
         if not isinstance(prompt, str):
             raise InputError(f"prompt: expected a string, got {type(prompt).__name__}")
+        utf8.checked(prompt, "prompt")  # the tokenizer would fail on a lone surrogate
         count = prompt.count(self.image_token)
         if count == 0:
             text = self.image_token + self.bos_token + prompt + "\n"
@@ -286,11 +290,19 @@ def _square_size(size, where: str, default: int) -> int:
                       '{"height": S, "width": S})')
 
 
-def _pick_image_options(image_cfg: dict) -> dict:
-    """The `Processor` keyword arguments present (and not null) in an image-processor config."""
+def _pick_image_options(image_cfg: dict, where: str) -> dict:
+    """The `Processor` keyword arguments present (and not null) in an image-processor config,
+    the numeric ones checked here so that a bad value names the file (`where`): a zero std or a
+    NaN anywhere would make every pixel NaN and the answer meaningless, without an error."""
     names = ("resample", "image_mean", "image_std", "rescale_factor", "do_rescale",
              "do_normalize")
-    return {k: image_cfg[k] for k in names if image_cfg.get(k) is not None}
+    out = {k: image_cfg[k] for k in names if image_cfg.get(k) is not None}
+    for name in ("image_mean", "image_std"):
+        if name in out:
+            out[name] = _per_channel(out[name], f"{where}: {name}", positive=name == "image_std")
+    if "rescale_factor" in out:
+        out["rescale_factor"] = _finite(out["rescale_factor"], f"{where}: rescale_factor", True)
+    return out
 
 
 def _resampling(value) -> Image.Resampling:
@@ -300,8 +312,25 @@ def _resampling(value) -> Image.Resampling:
         raise ConfigError(f"resample: {value!r} is not a PIL resampling filter (3 = BICUBIC)") from None
 
 
-def _per_channel(value, name: str) -> tuple[float, float, float]:
-    values = [float(value)] * 3 if np.isscalar(value) else [float(v) for v in value]
-    if len(values) != 3:
+def _finite(value, name: str, positive: bool = False) -> float:
+    """`value` as a float that is finite (and > 0 when `positive`), else a ConfigError."""
+    kind = "a positive finite number" if positive else "a finite number"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {kind}, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(x) or (positive and x <= 0):
+        raise ConfigError(f"{name}: expected {kind}, got {value!r}")
+    return x
+
+
+def _per_channel(value, name: str, positive: bool = False) -> tuple[float, float, float]:
+    """Three per-channel numbers (a scalar stands for all three), each finite (and > 0 when
+    `positive`: a std divides)."""
+    try:
+        values = [value] * 3 if np.isscalar(value) else list(value)
+    except TypeError:
+        values = None
+    if values is None or len(values) != 3:
         raise ConfigError(f"{name}: expected 3 values (one per RGB channel), got {value!r}")
-    return tuple(values)
+    return tuple(_finite(v, f"{name}[{i}]", positive) for i, v in enumerate(values))

@@ -185,8 +185,10 @@ class TorchBackend:
         return logits
 
     def greedy(self, logits) -> torch.Tensor:
-        """Argmax of the last position, int64[B], left on the device (no sync)."""
-        return logits[:, -1].argmax(dim=-1)
+        """Argmax of the last position, int64[B], left on the device (no sync); -1 for a row
+        whose logits hold a NaN or an Inf (generate refuses it)."""
+        last = logits[:, -1]
+        return torch.where(torch.isfinite(last).all(dim=-1), last.argmax(dim=-1), -1)
 
     def ids_to_numpy(self, ids) -> np.ndarray:
         return ids.cpu().numpy().astype(np.int64)
