@@ -5,7 +5,6 @@ float32 — are each diagnosed by name."""
 
 from __future__ import annotations
 
-import argparse
 
 import pytest
 
@@ -20,6 +19,7 @@ except ImportError:  # parity/ itself on sys.path (pytest's prepend import mode)
     import oracle_cases as oc
 
 from npgemma.compare import against as report  # noqa: E402
+from npgemma.compare.request import Request  # noqa: E402
 
 pytestmark = [
     pytest.mark.oracle,
@@ -29,7 +29,7 @@ CASES = ("pg1-mqa-f32-single-v5save", "pg2-gqa-bf16-single-v5save")
 
 # A trap adapter: transformers as the built-in adapter runs it, minus one thing.
 NO_TOKEN_TYPE_IDS = '''
-from npgemma.against.hf import transformers_adapter
+from npgemma.compare.adapters.transformers_adapter import transformers_adapter
 
 def run(model_dir, image, prompt, max_new_tokens=8):
     return transformers_adapter(model_dir, image, prompt, max_new_tokens=max_new_tokens,
@@ -38,7 +38,7 @@ def run(model_dir, image, prompt, max_new_tokens=8):
 ERF_GELU = '''
 import torch
 from transformers import activations
-from npgemma.against.hf import transformers_adapter
+from npgemma.compare.adapters.transformers_adapter import transformers_adapter
 
 def run(model_dir, image, prompt, max_new_tokens=8):
     key = "gelu_pytorch_tanh"
@@ -50,7 +50,7 @@ def run(model_dir, image, prompt, max_new_tokens=8):
         activations.ACT2FN[key] = saved
 '''
 BF16 = '''
-from npgemma.against.hf import transformers_adapter
+from npgemma.compare.adapters.transformers_adapter import transformers_adapter
 
 def run(model_dir, image, prompt, max_new_tokens=8):   # while --dtype says float32
     return transformers_adapter(model_dir, image, prompt, max_new_tokens=max_new_tokens,
@@ -74,17 +74,15 @@ def image_path(tmp_path_factory):
     return path
 
 
-def _args(folder, image, against, diagnose=True):
-    return argparse.Namespace(model=str(folder), image=str(image), prompt=oc.PROMPTS[2],
-                              against=against, dtype="float32", device="cpu", attn="eager",
-                              max_new_tokens=oc.MAX_NEW_TOKENS, diagnose=diagnose, json=True)
+def _args(folder, image, against, diagnose=True, attn="eager"):
+    return Request(against=against, model=str(folder), image=str(image), prompt=oc.PROMPTS[2],
+                   attn=attn, max_new_tokens=oc.MAX_NEW_TOKENS, diagnose=diagnose)
 
 
 @pytest.mark.parametrize("case, attn", [(CASES[0], "eager"), (CASES[0], "sdpa"),
                                         (CASES[1], "eager")])  # 5.24: no sdpa for Gemma-2
 def test_against_transformers_passes(folders, image_path, case, attn):
-    args = _args(folders[case], image_path, "transformers", diagnose=attn == "eager")
-    args.attn = attn
+    args = _args(folders[case], image_path, "transformers", diagnose=attn == "eager", attn=attn)
     got, rc = report.run(args)
     assert rc == 0, [s for s in got["stages"] if not s["ok"]]
     names = [s["stage"] for s in got["stages"]]
@@ -92,7 +90,7 @@ def test_against_transformers_passes(folders, image_path, case, attn):
     assert "logits" in names and got["greedy_tokens"]["agree"]
     assert len(set(got["greedy_tokens"]["npgemma"])) >= 3  # a varied continuation
     if args.diagnose:
-        assert got["diagnosis"]["verdict"].endswith("no deviation needed")
+        assert got["diagnosis"].verdict.endswith("no deviation needed")
 
 
 @pytest.mark.parametrize("case, trap, source", [(CASES[0], "causal-prefix", NO_TOKEN_TYPE_IDS),
@@ -106,9 +104,9 @@ def test_transformers_traps_are_diagnosed_by_name(folders, image_path, tmp_path,
     got, rc = report.run(_args(folders[case], image_path, f"{path}:run"))
     assert rc == 1
     diag = got["diagnosis"]
-    assert not diag["npgemma"]["ok"]
-    assert diag["candidates"][0]["name"] == trap, diag["candidates"][:2]
-    assert diag["verdict"].startswith(f"matches npgemma with `{trap}` to "), diag["verdict"]
+    assert not diag.npgemma["ok"]
+    assert diag.candidates[0]["name"] == trap, diag.candidates[:2]
+    assert diag.verdict.startswith(f"matches npgemma with `{trap}` to "), diag.verdict
 
 
 def test_conform_against_transformers_passes_every_case(tmp_path, capsys):

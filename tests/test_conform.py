@@ -12,6 +12,7 @@ import pytest
 
 from npgemma import cli
 from npgemma.compare import conform
+from npgemma.compare.catalogue import CATALOGUE
 
 STANDIN = str(Path(__file__).parent / "peers" / "standin.py") + ":run"
 PG1, PG2 = "pg1-hub-f32", "pg2-hub-caption"
@@ -36,7 +37,7 @@ def test_the_case_set_covers_what_the_diagnosis_needs():
     assert layouts == {"hub", "v4.52", "v5", "v5-save"}
     by_name = {c.name: c for c in conform.CASES}
     for c in conform.CASES:  # a sibling differs in the one property its case is there for
-        assert c.sibling is None or (by_name[c.sibling].sibling is None and c.hint)
+        assert c.sibling is None or (by_name[c.sibling].sibling is None and c.trap in CATALOGUE)
     assert {c.dtype for c in conform.CASES} == {"float32", "bfloat16"}
     assert any(c.shards > 1 for c in conform.CASES) and any(c.image == "gray" for c in conform.CASES)
     prompts = " ".join(c.prompt for c in conform.CASES)
@@ -84,8 +85,8 @@ def test_a_case_the_peer_cannot_load_is_a_row_with_its_cause(fault, case, capsys
     ok, failed = got["cases"]
     assert rc == 1 and ok["ok"] and failed["cells"]["load"] == "FAIL"
     assert failed["explained"] and failed["error"]
-    hint = next(c.hint for c in conform.CASES if c.name == case)
-    assert failed["verdict"].startswith(hint)
+    trap = next(c.trap for c in conform.CASES if c.name == case)
+    assert failed["verdict"].startswith(CATALOGUE[trap].explain) and failed["deviations"] == [trap]
 
 
 @pytest.mark.parametrize("python", [None, sys.executable])
@@ -165,7 +166,7 @@ def test_markdown_and_the_table(capsys, workdir, tmp_path, monkeypatch):
     lines = out.splitlines()
     assert rc == 1 and lines[0].split()[:7] == ["case", "load", "ids", "pixels", "hidden",
                                                 "logits", "tokens"]
-    assert lines[1].startswith(PG1) and lines[2].startswith(PG2) and "no-sliding-window" in lines[2]
+    assert lines[1].startswith(PG1) and lines[2].startswith(PG2) and "matches big_vision" in lines[2]
     assert lines[-1].startswith("1 of 2 cases fail; every failure is explained")
     text = md.read_text().splitlines()
     assert text[2].startswith("| case | load |") and text[4].startswith(f"| {PG1} | ok |")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import NpgemmaError
+from ..compare.request import DEFAULT_TIMEOUT_S, Request
+from ..errors import InputError, NpgemmaError
 from ..generation.backend import BACKENDS, DTYPES
 
 
@@ -55,3 +56,24 @@ def add_model_args(p: argparse.ArgumentParser, several: bool = False, backend: b
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr (there is none when stderr is not a terminal)")
     p.add_argument("--force", action="store_true",
                    help="load even when the memory check says the run will not fit")
+
+
+# ---- `parity --against` and `conform`: the comparison a command line asks for ------------
+
+def add_timeout_arg(p) -> None:
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"per case: an adapter with no answer after this long is a row, "
+                        f"'timed out after N s', and the run goes on (default "
+                        f"{DEFAULT_TIMEOUT_S:g}; 0: no limit)")
+
+
+def request_of(args) -> Request:
+    """The comparison the command line asks for (conform fills in each case's inputs)."""
+    if not args.timeout >= 0 or args.timeout == float("inf"):  # NaN fails both ways
+        raise InputError(f"--timeout {args.timeout:g}: expected a finite number of seconds >= 0 "
+                         "(0: no limit)")
+    return Request(against=args.against, model=getattr(args, "model", None),
+                   image=getattr(args, "image", None), prompt=getattr(args, "prompt", "caption en"),
+                   dtype=args.dtype, device=args.device, attn=args.attn,
+                   max_new_tokens=args.max_new_tokens, python=args.python,
+                   diagnose=getattr(args, "diagnose", True), timeout=args.timeout or None)

@@ -3,6 +3,7 @@ table, case x stage, with the diagnosis of each failing case. Exit status 1 when
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -11,8 +12,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..compare import conform
+from ..compare.catalogue import listing
 from ..errors import InputError
-from .args import add_backend_args, non_negative_int
+from .args import add_backend_args, add_timeout_arg, non_negative_int, request_of
 from .parity import _plain_json
 from .progress import bar
 
@@ -27,6 +29,10 @@ def add_parser(sub) -> None:
                    help="run the adapter in this interpreter (the peer's own virtual environment)")
     p.add_argument("--cases", metavar="GLOB[,GLOB]", help="only these cases (default: all)")
     p.add_argument("--list", action="store_true", help="list the cases and what each catches")
+    p.add_argument("--list-traps", action="store_true",
+                   help="list the trap catalogue the diagnosis searches (with --markdown FILE: "
+                        "also as a markdown table)")
+    add_timeout_arg(p)
     p.add_argument("--model", action="append", default=[], metavar="DIR",
                    help="add a checkpoint of yours as a case (repeatable)")
     p.add_argument("--workdir", metavar="DIR",
@@ -42,6 +48,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.list_traps:
+        print(listing())
+        if args.markdown:
+            Path(args.markdown).write_text(listing(markdown=True) + "\n")
+        return 0
     cases = conform.select(args.cases, [conform.model_case(m) for m in args.model])
     if args.list:
         for c in cases:
@@ -63,12 +74,13 @@ def run(args) -> int:
 def _run(args, cases, root: Path) -> int:
     t0 = time.perf_counter()
     results = []
+    base = request_of(argparse.Namespace(**(vars(args) | {"model": None, "diagnose": True})))
     with bar(len(cases), "conform", unit="case", quiet=args.quiet) as progress:
         for case in cases:
             progress.set_postfix_str(case.name)
-            results.append(conform.run_case(case, root, args))
+            results.append(conform.run_case(case, root, base))
             progress.update(1)
-    conform.explain_load_failures(cases, results)
+    siblings = conform.explain_crashes(cases, results, root, base)
     seconds = time.perf_counter() - t0
     ok = conform.passed(results)
     if args.markdown:
@@ -81,7 +93,9 @@ def _run(args, cases, root: Path) -> int:
         print(json.dumps(_plain_json({"against": args.against, "ok": ok,
                                       "seconds": round(seconds, 1),
                                       "summary": conform.summary(results),
-                                      "cases": [asdict(r) for r in results]}), default=_plain))
+                                      "cases": [asdict(r) for r in results],
+                                      "siblings_run": [asdict(r) for r in siblings.values()]}),
+                         default=_plain))
     else:
         print(conform.table(results))
         if conform.verdicts(results):

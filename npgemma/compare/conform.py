@@ -15,7 +15,7 @@ depend on the layers, not on the embedding alone.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import fnmatch
 import time
 from dataclasses import dataclass, field
@@ -28,6 +28,10 @@ from ..errors import InputError, Unsupported
 from ..testing.checkpoint import tiny_config, write_checkpoint
 from ..testing.random_model import example_image
 from . import against
+from .catalogue import CATALOGUE
+from .contract import TimedOut
+from .crashes import sort_crash
+from .request import Request
 
 # Gemma-2 settings that bite at this size: a window (4) shorter than every prompt, caps inside
 # the range of the scores and logits, a query scale of 24^-0.5 where head_dim is 16.
@@ -38,8 +42,9 @@ PG2 = dict(text="gemma2", num_key_value_heads=2, sliding_window=4, attn_logit_so
 PG1 = dict(hidden_size=64)
 BASE = 56   # 16 image tokens = head_dim, as 256 = head_dim at 224 px
 LARGE = 112  # 64 image tokens != head_dim, as 1024 at 448 px
-_HEAD_DIM = ("the implementation runs 16 image tokens (= head_dim) but not 64: it takes head_dim "
-             "from the image-token count (config.json's text_config.head_dim is the head size)")
+# A PaliGemma 2 whose window (64) is longer than its whole sequence (16 image tokens, the
+# prompt, the new tokens): beside pg2-kv1 (past the window) it sorts a crash by its cause.
+PG2_SHORT = dict(PG2, sliding_window=64)
 
 
 @dataclass(frozen=True)
@@ -54,75 +59,77 @@ class Case:
     what: str = ""              # what the case is there to catch
     folder: str | None = None   # a checkpoint of the user's (`--model`) instead of a written one
     # When the implementation cannot run this case but runs `sibling` (the same but for the one
-    # property this case is there for), `hint` is the likely cause.
+    # property this case is there for), the catalogue's `trap` is the likely cause.
     sibling: str | None = None
-    hint: str = ""
+    trap: str | None = None
     # A batch case: (image, prompt) per row, run as one left-padded batch; `prompt` and `image`
     # are then row 0's.
     batch: tuple = ()
 
 
-def _layout_hint(layout: str) -> str:
-    return (f"the implementation cannot read the {LAYOUT_NAMES[layout]} key layout (it reads the "
-            "Hub's, where the same checkpoint loads)")
-
-
-LAYOUT_NAMES = {"v4.52": "transformers 4.52", "v5": "transformers 5.x (in memory)",
-                "v5-save": "transformers 5.x save_pretrained"}
-
 # Each case differs from its sibling (the Hub-layout float32 case of the same model) in the one
 # property it is there for, so that a case the implementation cannot load names its cause.
 CASES = (
     Case("pg1-hub-f32", dict(image_size=BASE, **PG1), "caption en", layout="hub",
-         what="PaliGemma 1 in the Hub's key layout (transformers <= 4.51), float32"),
+         what="PaliGemma 1 in the Hub's key layout (transformers <= 4.51), float32, one "
+              "key/value head"),
     Case("pg1-v4.52-detect", dict(image_size=BASE, **PG1), "detect cat ; dog", layout="v4.52",
          what="transformers 4.52's key layout; a detect prompt", sibling="pg1-hub-f32",
-         hint=_layout_hint("v4.52")),
+         trap="unreadable-layout-v4.52"),
     Case("pg1-v5-vqa", dict(image_size=BASE, **PG1), "answer en what is in the image ?",
          layout="v5", what="transformers 5.x's key layout; a VQA prompt", sibling="pg1-hub-f32",
-         hint=_layout_hint("v5")),
+         trap="unreadable-layout-v5"),
     Case("pg1-v5save-segment", dict(image_size=BASE, **PG1), "segment cat", layout="v5-save",
          what="the layout transformers 5.x's save_pretrained writes; a segment prompt",
-         sibling="pg1-hub-f32", hint=_layout_hint("v5-save")),
+         sibling="pg1-hub-f32", trap="unreadable-layout-v5-save"),
     Case("pg1-bf16", dict(image_size=BASE, **PG1), "caption en", layout="hub", dtype="bfloat16",
-         what="a bfloat16 file", sibling="pg1-hub-f32",
-         hint="the implementation cannot read a bfloat16 safetensors file"),
+         what="a bfloat16 file", sibling="pg1-hub-f32", trap="no-bf16-file"),
     Case("pg1-sharded", dict(image_size=BASE, **PG1), "caption en", layout="hub", shards=3,
          what="three shards and model.safetensors.index.json", sibling="pg1-hub-f32",
-         hint="the implementation cannot read a sharded checkpoint"),
+         trap="no-sharded-checkpoint"),
     Case("pg1-448", dict(image_size=LARGE, **PG1), "caption en", layout="hub",
          what="more image tokens than head_dim (448 px and up)", sibling="pg1-hub-f32",
-         hint=_HEAD_DIM),
+         trap="head-dim-from-image-tokens"),
     Case("pg1-gray-image", dict(image_size=BASE, **PG1), "caption en", layout="hub", image="gray",
          what="a grey-scale image: the processor converts it to RGB", sibling="pg1-hub-f32",
-         hint="the implementation does not convert a grey-scale image to RGB (the Hub's "
-              "preprocessor_config.json says do_convert_rgb null; npgemma converts every image, "
-              "as transformers' load_image does)"),
+         trap="no-convert-rgb"),
     Case("pg1-head-dim", dict(image_size=BASE), "caption en", layout="hub", sibling="pg1-hub-f32",
          what="config.json's head_dim (16) != hidden_size / heads (32 / 4), as in Gemma 7B",
-         hint="the implementation ignores config.json's head_dim for Gemma 1 (takes "
-              "hidden_size / num_attention_heads)"),
+         trap="head-dim-ignored"),
+    Case("pg1-kv2", dict(image_size=BASE, num_key_value_heads=2, **PG1), "caption en",
+         layout="hub", what="two key/value heads beside pg1-hub-f32's one",
+         sibling="pg1-hub-f32", trap="prefix-mask-one-kv-head"),
+    Case("pg1-batch", dict(image_size=BASE, **PG1), "caption en", layout="hub",
+         batch=(("rgb", "caption en"), ("other", "answer en what is in the image ?"),
+                ("third", "detect cat ; dog")),
+         what="PaliGemma 1, a left-padded batch of three RGB rows, prompts of three lengths: "
+              "each row as it is alone (pads masked, positions from the row's first real token)",
+         sibling="pg1-hub-f32", trap="no-left-padded-batch"),
     Case("pg2-hub-caption", dict(image_size=BASE, **PG2), "caption en", layout="hub",
          what="PaliGemma 2: four norms, soft caps, a window shorter than the prompt, "
-              "query_pre_attn_scalar != head_dim"),
+              "query_pre_attn_scalar != head_dim, two key/value heads"),
+    Case("pg2-short", dict(image_size=BASE, **PG2_SHORT), "caption en", layout="hub",
+         what="PaliGemma 2 with a window (64) longer than the whole sequence, beside the others' "
+              "shorter one: a crash past the window shows here as a pass"),
+    Case("pg2-kv1", dict(image_size=BASE, **dict(PG2, num_key_value_heads=1)), "caption en",
+         layout="hub", what="PaliGemma 2 with one key/value head (past its window), beside "
+                            "pg2-short's two (within it)"),
     Case("pg2-v5save-detect", dict(image_size=BASE, **PG2), "detect cat", layout="v5-save",
          what="PaliGemma 2 as transformers 5.x saves it; a detect prompt",
-         sibling="pg2-hub-caption", hint=_layout_hint("v5-save")),
+         sibling="pg2-hub-caption", trap="unreadable-layout-v5-save"),
     Case("pg2-bf16-segment", dict(image_size=BASE, **PG2), "segment dog", layout="hub",
          dtype="bfloat16", what="PaliGemma 2, a bfloat16 file; a segment prompt",
-         sibling="pg2-hub-caption",
-         hint="the implementation cannot read a bfloat16 safetensors file"),
+         sibling="pg2-hub-caption", trap="no-bf16-file"),
     Case("pg2-batch", dict(image_size=BASE, **PG2), "caption en", layout="hub",
          batch=(("rgb", "caption en"), ("other", "answer en what is in the image ?"),
-                ("gray", "detect cat ; dog")),
-         what="a left-padded batch of three (image, prompt) rows, prompts of three lengths: "
+                ("third", "detect cat ; dog")),
+         what="a left-padded batch of three RGB (image, prompt) rows, prompts of three lengths: "
               "each row as it is alone (padding masked, positions from the row's first real "
-              "token, each row its own image)",
-         sibling="pg2-hub-caption",
-         hint="the implementation cannot run a left-padded batch"),
+              "token, each row its own image); a grey-image fault shows in pg1-gray-image only",
+         sibling="pg2-hub-caption", trap="no-left-padded-batch"),
     Case("pg2-448-vqa", dict(image_size=LARGE, **PG2), "answer en what color is it ?",
          layout="hub", what="PaliGemma 2 with more image tokens than head_dim",
-         sibling="pg2-hub-caption", hint=_HEAD_DIM),
+         sibling="pg2-hub-caption", trap="head-dim-from-image-tokens"),
 )
 
 COLUMNS = ("load", "ids", "pixels", "hidden", "logits", "tokens")
@@ -143,10 +150,12 @@ def _column(stage: str) -> str:
 
 
 def _image(kind: str) -> Image.Image:
-    """"rgb": 75 x 60; "gray": the same in grey; "other": another picture (a batch row's)."""
+    """"rgb": 75 x 60; "gray": the same in grey; "other", "third": other pictures (batch rows')."""
     rgb = np.asarray(Image.fromarray(example_image(75)).resize((75, 60), Image.Resampling.BICUBIC))
     if kind == "other":
         return Image.fromarray(np.ascontiguousarray(rgb[::-1, ::-1, ::-1]))
+    if kind == "third":
+        return Image.fromarray(np.ascontiguousarray(rgb[:, ::-1][..., [1, 2, 0]]))
     return Image.fromarray(rgb).convert("L") if kind == "gray" else Image.fromarray(rgb)
 
 
@@ -202,24 +211,30 @@ class Result:
     verdict: str | None = None                  # the diagnosis of a failing case
     explained: bool | None = None
     deviations: list = field(default_factory=list)
+    timed_out: bool = False
+    fault: bool = True                          # False: it follows another authority (no fault)
     seconds: float = 0.0
     report: dict | None = None
 
 
-def run_case(case: Case, root: Path, args) -> Result:
-    """One case through `against.run`; an implementation that cannot load it is a row too."""
+def run_case(case: Case, root: Path, base: Request) -> Result:
+    """One case through `against.run` (`base` with this case's model, image, prompt or batch);
+    an implementation that cannot load it, or gives no answer within the timeout, is a row too."""
     t0 = time.perf_counter()
     folder, image = write_case(case, root)
-    ns = argparse.Namespace(model=str(folder), image=str(image), prompt=case.prompt,
-                            against=args.against, dtype=args.dtype, device=args.device,
-                            attn=args.attn, max_new_tokens=args.max_new_tokens, diagnose=True,
-                            python=args.python,
-                            batch=[(str(p), q) for p, q in row_images(case, root)] or None)
+    request = dataclasses.replace(base, model=str(folder), image=str(image), prompt=case.prompt,
+                                  diagnose=True,
+                                  batch=tuple((str(p), q) for p, q in row_images(case, root)))
     try:
-        report, rc = against.run(ns)
+        report, rc = against.run(request)
     except Unsupported as e:
         return Result(case.name, True, {c: ("n/a" if c == "load" else "-") for c in COLUMNS},
                       unsupported=str(e).split(": not supported by the implementation: ")[-1],
+                      seconds=time.perf_counter() - t0)
+    except TimedOut as e:
+        why = f"timed out after {e.seconds:g} s"
+        return Result(case.name, False, {c: ("timeout" if c == "load" else "-") for c in COLUMNS},
+                      error=why, verdict=why, explained=False, timed_out=True,
                       seconds=time.perf_counter() - t0)
     except InputError as e:
         lines = str(e).splitlines()  # a loader's list of every bad key: the first line says it
@@ -231,18 +246,44 @@ def run_case(case: Case, root: Path, args) -> Result:
     for row in report["stages"]:
         col = _column(row["stage"])
         cells[col] = "FAIL" if not row["ok"] or cells[col] == "FAIL" else "ok"
-    d = report["diagnosis"] or {}
-    return Result(case.name, rc == 0, cells, verdict=None if rc == 0 else d.get("verdict"),
-                  explained=d.get("explained"), deviations=d.get("deviations", []),
-                  seconds=time.perf_counter() - t0, report=report)
+    d = report["diagnosis"]
+    return Result(case.name, rc == 0, cells, verdict=None if rc == 0 or d is None else d.verdict,
+                  explained=None if d is None else d.explained,
+                  deviations=[] if d is None else list(d.deviations),
+                  fault=True if d is None else d.fault, seconds=time.perf_counter() - t0, report=report)
 
 
-def explain_load_failures(cases: list[Case], results: list[Result]) -> None:
-    """A case the implementation cannot run, whose sibling it runs, is explained by its hint."""
-    ran = {r.case for r in results if r.error is None}
+def _outcome(r: Result) -> str | None:
+    if r.unsupported is not None or r.timed_out:
+        return None
+    return "crashed" if r.error is not None else "ran"
+
+
+def explain_crashes(cases: list[Case], results: list[Result], root: Path, base: Request) -> dict:
+    """A case the implementation cannot run gets its cause from the catalogue when sibling cases
+    sort it (`crashes.sort_crash`); a sibling --cases left out is run on demand (not a row of
+    the table). Returns the on-demand siblings' results, by name."""
+    by_name = {r.case: r for r in results}
+    extra: dict = {}
+    known = {c.name: c for c in CASES}
+
+    def outcome(name: str) -> str | None:
+        if name not in by_name and name not in extra:
+            if name not in known:
+                return None
+            extra[name] = run_case(known[name], root, base)
+        return _outcome(by_name.get(name) or extra[name])
+
     for case, r in zip(cases, results):
-        if r.error is not None and case.sibling in ran and case.hint:
-            r.verdict, r.explained = f"{case.hint} ({r.error})", True
+        if r.error is None or r.timed_out:
+            continue
+        cause = sort_crash(case, outcome)
+        if cause is not None:
+            ran = [n for n in extra]
+            r.verdict = (f"{CATALOGUE[cause].explain} ({r.error})"
+                         + (f" [sorted by running {', '.join(ran)}]" if ran else ""))
+            r.explained, r.deviations = True, [cause]
+    return extra
 
 
 def verdicts(results: list[Result]) -> str:
@@ -268,9 +309,14 @@ def summary(results: list[Result]) -> str:
         return (f"all {len(results)} cases pass" if not declined else
                 f"every case it runs passes ({ran} of {len(results)}){also}")
     unexplained = [r.case for r in failed if not r.explained]
+    timed = [r.case for r in failed if r.timed_out]
+    other = [r.case for r in failed if r.explained and not r.fault]
     return (f"{len(failed)} of {len(results)} cases fail; "
             + ("every failure is explained by the diagnosis" if not unexplained else
-               f"unexplained: {', '.join(unexplained)}") + also)
+               f"unexplained: {', '.join(unexplained)}")
+            + (f"; timed out: {', '.join(timed)}" if timed else "")
+            + (f"; {len(other)} follow another authority, not a fault ({', '.join(other)})"
+               if other else "") + also)
 
 
 def table(results: list[Result], markdown: bool = False) -> str:
