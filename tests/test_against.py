@@ -10,6 +10,7 @@ import http.server
 import io
 import json
 import math
+import sys
 import threading
 
 import numpy as np
@@ -650,3 +651,101 @@ def test_a_wider_tolerance_never_turns_a_worse_fit_into_an_explanation(pg1, imag
         if not named:
             assert cand.distance > d.plain.distance
             assert d.verdict.startswith("no known deviation explains") and "not an explanation" in d.verdict
+
+
+# ---- decode-time and batch faults, each written as a port's own code ----------------------------
+
+DECODE_MINUS_1 = '''
+import numpy as np
+import npgemma
+from npgemma import paligemma
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    """A port whose prompt is at 1..L but whose decode steps get sum(mask) - 1."""
+    pipe = npgemma.load(model_dir)
+    cfg, p = pipe.cfg, pipe.params
+    x = pipe.processor(image, prompt)
+    ids = x.input_ids[None]
+    n = ids.shape[1]
+    ones = np.ones((1, n), bool)
+    cache = paligemma.init_cache(cfg, 1, n + max_new_tokens)
+    feats = paligemma.encode_image(p, x.pixel_values[None], cfg)
+    logits, cache = paligemma.forward(p, cfg, ids, np.arange(1, n + 1)[None],
+                                      paligemma.attention_masks(cfg, ones, ones, 0), feats,
+                                      cache=cache)
+    steps, tokens = [logits[0, -1]], []
+    while len(tokens) < max_new_tokens:
+        token = int(np.argmax(steps[-1]))
+        if token == cfg.eos_token_id:
+            break
+        tokens.append(token)
+        s = n + len(tokens)
+        valid, prefix = np.ones((1, s), bool), np.zeros((1, s), bool)
+        prefix[:, :n] = True
+        position = np.array([[int(valid.sum()) - 1]])   # the bug: position s is right
+        step, cache = paligemma.forward(p, cfg, np.array([[token]]), position,
+                                        paligemma.attention_masks(cfg, valid, prefix, s - 1),
+                                        cache=cache, last_only=True)
+        steps.append(step[0, -1])
+    return {"logits": logits[0], "token_ids": tokens,
+            "step_logits": np.stack(steps[:len(tokens)]) if tokens else None}
+'''
+
+
+def test_a_decode_position_offset_is_named(pg2, image_path, tmp_path):
+    """The prompt logits match; every decode step is off: `decode-positions-minus-1`."""
+    spec = write_adapter(tmp_path, DECODE_MINUS_1, "decode_minus_1")
+    got, rc = report.run(args_for(pg2, image_path, spec, max_new_tokens=4))
+    rows = {s["stage"].split(" (")[0]: s["ok"] for s in got["stages"]}
+    assert rc == 1 and rows["logits"] and not rows["logits behind tokens 0..3"]
+    d = got["diagnosis"]
+    assert d.explained and d.deviations == ["decode-positions-minus-1"], d.verdict
+
+
+PADS_UNMASKED = '''
+import numpy as np
+import npgemma
+from npgemma import paligemma
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    """A batch whose attention never masks the pad tokens (prompt logits only)."""
+    pipe = npgemma.load(model_dir)
+    cfg = pipe.cfg
+    b = pipe.processor.batch(image, prompt)
+    valid = b.attention_mask.astype(bool)
+    feats = paligemma.encode_image(pipe.params, b.pixel_values, cfg)
+    masks = paligemma.attention_masks(cfg, np.ones_like(valid), valid, 0)  # the bug
+    logits = paligemma.forward(pipe.params, cfg, b.input_ids, paligemma.rope_positions(valid),
+                               masks, feats)[0]
+    return [{"logits": logits[i][valid[i]]} for i in range(len(prompt))]
+'''
+
+
+def test_pads_left_unmasked_are_named_on_the_padded_row(pg1, image_path, tmp_path):
+    spec = write_adapter(tmp_path, PADS_UNMASKED, "pads_unmasked")
+    request = Request(against=spec, model=str(pg1), max_new_tokens=2,
+                      batch=((str(image_path), PROMPT), (str(image_path), "answer en where is it")))
+    got, rc = report.run(request)
+    d = got["diagnosis"]
+    assert rc == 1 and d.rows == [0] and d.explained, d.verdict  # row 0 is the padded one
+    assert d.deviations == ["pads-unmasked"]
+
+
+def test_a_module_adapter_is_found_in_the_current_directory(pg1, image_path, tmp_path,
+                                                           monkeypatch):
+    """`--against my_port:run` as `python -m` finds it: no PYTHONPATH; and the request's dtype
+    and device reach FUNC as keyword arguments."""
+    (tmp_path / "my_port.py").write_text('''
+import npgemma
+SEEN = {}
+
+def run(model_dir, image, prompt, max_new_tokens=8, dtype=None, device=None):
+    SEEN.update(dtype=dtype, device=device, max_new_tokens=max_new_tokens)
+    pipe = npgemma.load(model_dir)
+    return {"logits": pipe.logits(image, prompt, positions=slice(None))}
+''')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_port", raising=False)
+    got, rc = report.run(args_for(pg1, image_path, "my_port:run", diagnose=False))
+    assert rc == 0, got["stages"]
+    assert sys.modules["my_port"].SEEN == {"dtype": "float32", "device": "cpu", "max_new_tokens": 4}

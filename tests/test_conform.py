@@ -175,3 +175,102 @@ def test_markdown_and_the_table(capsys, workdir, tmp_path, monkeypatch):
 def test_cases_that_match_nothing_are_an_error(capsys):
     rc = cli.main(["conform", "--against", "torch", "--cases", "nothing*"])
     assert rc == 2 and "matches none of" in capsys.readouterr().err
+
+
+# ---- timeouts, crashes sorted by cause, pad faults: each fault written here as a port's own code
+
+SLEEPER = '''
+import time
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    time.sleep(20)   # a hung implementation
+'''
+
+
+@pytest.mark.parametrize("python", [None, sys.executable])
+def test_a_hung_adapter_is_a_timed_out_row_and_the_run_goes_on(python, capsys, workdir,
+                                                              tmp_path):
+    path = tmp_path / "sleeper.py"
+    path.write_text(SLEEPER)
+    extra = ["--python", python] if python else []
+    rc = cli.main(["conform", "--against", f"{path}:run", "--workdir", str(workdir), "--cases",
+                   f"{PG1},{PG2}", "--json", "--quiet", "--timeout", "1", *extra])
+    got = json.loads(capsys.readouterr().out)
+    assert rc == 1 and not got["ok"] and len(got["cases"]) == 2  # both cases ran, both are rows
+    for r in got["cases"]:
+        assert r["verdict"] == "timed out after 1 s" and r["cells"]["load"] == "timeout"
+        assert r["timed_out"] and not r["ok"] and r["seconds"] < 10
+    assert "timed out: " in got["summary"]
+
+
+CRASHER = '''
+import json
+import os
+
+import npgemma
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    fault = os.environ["CRASH_FAULT"]
+    with open(os.path.join(model_dir, "config.json")) as f:
+        text = json.load(f)["text_config"]
+    gemma2 = text.get("model_type") == "gemma2"
+    if fault == "no-gemma2" and gemma2:
+        raise KeyError("gemma2")
+    if fault == "kv" and text.get("num_key_value_heads", 1) > 1:  # a mask built for one head
+        raise RuntimeError("The size of tensor a (2) must match the size of tensor b (1)")
+    pipe = npgemma.load(model_dir)
+    length = len(pipe.processor(image, prompt).input_ids) + max_new_tokens
+    if fault == "window" and gemma2 and length > text["sliding_window"]:
+        raise IndexError("index 4 is out of bounds for dimension 2 with size 4")
+    tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
+    return {"logits": pipe.logits(image, prompt, positions=slice(None)), "token_ids": tokens}
+'''
+
+
+@pytest.mark.parametrize("fault, case, cause", [
+    ("no-gemma2", PG2, "no-gemma2"),
+    ("kv", PG2, "prefix-mask-one-kv-head"),
+    ("kv", "pg1-kv2", "prefix-mask-one-kv-head"),
+    ("window", PG2, "fails-past-window"),
+])
+def test_a_crash_is_sorted_by_cause_with_siblings_run_on_demand(fault, case, cause, capsys,
+                                                               workdir, tmp_path, monkeypatch):
+    """Only the crashing case is selected: the siblings that sort it run on demand."""
+    path = tmp_path / "crasher.py"
+    path.write_text(CRASHER)
+    monkeypatch.setenv("CRASH_FAULT", fault)
+    rc = cli.main(["conform", "--against", f"{path}:run", "--workdir", str(workdir), "--cases",
+                   case, "--json", "--quiet", "--max-new-tokens", "2"])
+    got = json.loads(capsys.readouterr().out)
+    (r,) = got["cases"]
+    assert rc == 1 and r["cells"]["load"] == "FAIL" and r["explained"], r["verdict"]
+    assert r["deviations"] == [cause] and r["verdict"].startswith(CATALOGUE[cause].explain)
+    assert got["siblings_run"]  # run although --cases left them out
+
+
+def test_the_new_cases_pair_up():
+    """PaliGemma 1 gets a left-padded batch; PaliGemma 2 a case shorter than its window beside
+    one longer; one and two key/value heads side by side; batch rows all RGB."""
+    by = {c.name: c for c in conform.CASES}
+    assert by["pg1-batch"].config.get("text", "gemma") == "gemma" and by["pg1-batch"].batch
+    short, long_ = by["pg2-short"].config, by["pg2-kv1"].config
+    tokens = (short["image_size"] // 14) ** 2 + 8  # image tokens + a short prompt and answer
+    assert short["sliding_window"] > tokens > long_["sliding_window"]
+    assert short["num_key_value_heads"] == 2 and long_["num_key_value_heads"] == 1
+    assert by["pg1-kv2"].config["num_key_value_heads"] == 2 and "num_key_value_heads" not in \
+        by["pg1-hub-f32"].config  # tiny_config's default: one
+    for name in ("pg1-batch", "pg2-batch"):
+        kinds = [k for k, _ in by[name].batch]
+        assert "gray" not in kinds and len(set(kinds)) == len(kinds)
+
+
+def test_list_traps_reads_the_catalogue(capsys):
+    rc = cli.main(["conform", "--list-traps"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for name, trap in CATALOGUE.items():
+        assert f"{name}  [{trap.family}]" in out
+    assert {t.family for t in CATALOGUE.values()} == {"processor", "math", "decode-time", "batch",
+                                                       "load", "crash", "config"}
+    docs = (Path(__file__).parents[1] / "docs" / "conformance.md").read_text()
+    assert [n for n in CATALOGUE if f"`{n}`" not in docs] == []
