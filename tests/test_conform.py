@@ -272,5 +272,8 @@ def test_list_traps_reads_the_catalogue(capsys):
         assert f"{name}  [{trap.family}]" in out
     assert {t.family for t in CATALOGUE.values()} == {"processor", "math", "decode-time", "batch",
                                                        "load", "crash", "config"}
+    from npgemma.compare.catalogue import listing
+
     docs = (Path(__file__).parents[1] / "docs" / "conformance.md").read_text()
-    assert [n for n in CATALOGUE if f"`{n}`" not in docs] == []
+    table = docs.split("<!-- traps: npgemma conform --list-traps --markdown -->\n")[1]
+    assert table.split("\n<!-- /traps -->")[0] == listing(markdown=True)
