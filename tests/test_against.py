@@ -749,3 +749,16 @@ def run(model_dir, image, prompt, max_new_tokens=8, dtype=None, device=None):
     got, rc = report.run(args_for(pg1, image_path, "my_port:run", diagnose=False))
     assert rc == 0, got["stages"]
     assert sys.modules["my_port"].SEEN == {"dtype": "float32", "device": "cpu", "max_new_tokens": 4}
+
+
+def test_parity_against_a_hung_adapter_times_out(pg1, image_path, tmp_path, capsys):
+    spec = write_adapter(tmp_path, "import time\n\ndef run(model_dir, image, prompt):\n"
+                                   "    time.sleep(20)\n", "hung")
+    rc = cli.main(["parity", "--model", str(pg1), "--image", str(image_path), "--prompt", PROMPT,
+                   "--against", spec, "--timeout", "1"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and "timed out after 1 s" in out and "parity against" in err
+    for bad in ("-1", "nan", "inf"):
+        rc = cli.main(["parity", "--model", str(pg1), "--image", str(image_path), "--prompt",
+                       PROMPT, "--against", spec, "--timeout", bad])
+        assert rc == 2 and "--timeout" in capsys.readouterr().err

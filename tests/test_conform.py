@@ -277,3 +277,101 @@ def test_list_traps_reads_the_catalogue(capsys):
     docs = (Path(__file__).parents[1] / "docs" / "conformance.md").read_text()
     table = docs.split("<!-- traps: npgemma conform --list-traps --markdown -->\n")[1]
     assert table.split("\n<!-- /traps -->")[0] == listing(markdown=True)
+
+
+BATCH_PORT = '''
+import os
+
+import numpy as np
+import npgemma
+from npgemma import layers, paligemma
+
+PAD01 = {}
+
+
+def _added(qg, k, mask, scale, logit_cap):
+    """The port's attention: its 0/1 attention mask added to the scores as they are."""
+    scores = (qg @ k.swapaxes(-1, -2)) * np.float32(scale)  # [B, K, G*L, S]
+    if mask is not None:
+        scores = scores + PAD01["mask"][:, None, None, :]
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    w = np.exp(scores)
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    fault = os.environ["BATCH_FAULT"]
+    pipe = npgemma.load(model_dir)
+    if not isinstance(prompt, list):
+        tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
+        return {"logits": pipe.logits(image, prompt, positions=slice(None)), "token_ids": tokens}
+    cfg, p = pipe.cfg, pipe.params
+    b = pipe.processor.batch(image, prompt)
+    valid = b.attention_mask.astype(bool)
+    prompt_valid, (rows, n) = valid.copy(), valid.shape
+    prefix = valid.copy()
+    saved = layers.attention_weights
+    if fault == "added":
+        layers.attention_weights = _added
+    try:
+        PAD01["mask"] = valid.astype(np.float32)
+        see = np.ones_like(valid) if fault == "added" else valid
+        feats = paligemma.encode_image(p, b.pixel_values, cfg)
+        cache = paligemma.init_cache(cfg, rows, n + max_new_tokens)
+        logits, cache = paligemma.forward(p, cfg, b.input_ids, np.cumsum(valid, axis=1),
+                                          paligemma.attention_masks(cfg, see, prefix, 0), feats,
+                                          cache=cache)
+        steps, tokens = [logits[:, -1]], []
+        for _ in range(max_new_tokens):
+            token = np.argmax(steps[-1], axis=-1)
+            tokens.append(token)
+            valid = np.concatenate([valid, np.ones((rows, 1), bool)], axis=1)
+            prefix = np.concatenate([prefix, np.zeros((rows, 1), bool)], axis=1)
+            s = valid.shape[1]
+            PAD01["mask"] = valid.astype(np.float32)
+            if fault == "cache-length":  # the step's position: the padded cache's length
+                position = np.full((rows, 1), s)
+            else:
+                position = valid.sum(axis=1, keepdims=True)
+            see = np.ones_like(valid) if fault == "added" else valid
+            masks = paligemma.attention_masks(cfg, see, prefix, s - 1)
+            window = cfg.text_config.sliding_window
+            if fault == "rolling" and "sliding_attention" in masks and s > window:
+                # a rolling cache of the last `window` keys, the padding mask's first columns
+                rolled = np.zeros((rows, 1, s), bool)
+                rolled[:, 0, s - window:] = valid[:, :window]
+                masks["sliding_attention"] = rolled
+            step, cache = paligemma.forward(p, cfg, token[:, None], position, masks,
+                                            cache=cache, last_only=True)
+            steps.append(step[:, -1])
+    finally:
+        layers.attention_weights = saved
+    out = []
+    for i in range(rows):
+        row = [int(t[i]) for t in tokens]
+        if cfg.eos_token_id in row:
+            row = row[:row.index(cfg.eos_token_id) + 1]
+        out.append({"logits": logits[i][prompt_valid[i]], "token_ids": row,
+                    "step_logits": np.stack([s[i] for s in steps[:len(row)]]) if row else None})
+    return out
+'''
+
+
+@pytest.mark.parametrize("fault, case, trap", [
+    ("added", "pg1-batch", "mask-added-unconverted"),
+    ("rolling", "pg2-batch", "rolling-window-pad-mask"),
+    ("cache-length", "pg1-batch", "decode-positions-from-cache-length"),
+])
+def test_a_pad_fault_of_a_batch_is_named_on_its_padded_rows(fault, case, trap, capsys, workdir,
+                                                           tmp_path, monkeypatch):
+    path = tmp_path / "batch_port.py"
+    path.write_text(BATCH_PORT)
+    monkeypatch.setenv("BATCH_FAULT", fault)
+    rc, got, _ = _conform(capsys, workdir, "--against", f"{path}:run", cases=case)
+    (r,) = got["cases"]
+    assert rc == 1 and r["explained"], r["verdict"]
+    padded = [i for i, row in enumerate(r["report"]["rows"]) if not row["ok"]]
+    assert padded and r["deviations"] == [trap] * len(padded), r["verdict"]
+    monkeypatch.setenv("BATCH_FAULT", "none")  # the same port without the fault passes
+    rc, got, _ = _conform(capsys, workdir, "--against", f"{path}:run", cases=case)
+    assert rc == 0, got["cases"][0]["verdict"]

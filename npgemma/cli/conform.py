@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--list-traps", action="store_true",
                    help="list the trap catalogue the diagnosis searches (with --markdown FILE: "
                         "also as a markdown table)")
+    p.add_argument("--list-adapters", action="store_true",
+                   help="list the built-in adapters, where each runs and its setup script")
     add_timeout_arg(p)
     p.add_argument("--model", action="append", default=[], metavar="DIR",
                    help="add a checkpoint of yours as a case (repeatable)")
@@ -48,6 +50,17 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.list_adapters:
+        from ..compare.adapters import BUILTINS
+
+        for b in BUILTINS.values():
+            import os
+
+            missing = b.own_venv and not os.path.isfile(b.spec().rsplit(":", 1)[0])
+            where = (f"own venv (--python); setup: {b.setup_path()}" if b.own_venv else
+                     "this interpreter") + (" (its adapter is not in this copy)" if missing else "")
+            print(f"{b.name:<20} {b.what}\n{'':<20} {where}")
+        return 0
     if args.list_traps:
         print(listing())
         if args.markdown:

@@ -23,6 +23,12 @@ def _visible_pads(slots, cfg, q):
     return attention_masks(cfg, np.ones_like(slots.valid), slots.is_prefix, q)
 
 
+def _pads_in_prefix(slots, cfg, q):
+    """Pads as real keys *and* part of the bidirectional prompt (as a mask built over the whole
+    padded prompt has them): their own queries see the whole prompt too."""
+    return attention_masks(cfg, np.ones_like(slots.valid), slots.is_prefix | ~slots.valid, q)
+
+
 def _added_mask(pad: int):
     """attention_weights as an implementation computes them that adds its 0/1 mask to the
     scores: the real keys get +1, the pads +0 (not -inf), i.e. each pad's weight is e^-1 of
@@ -61,7 +67,7 @@ def _cache_length_positions(pos, slots, q):
 # `teacher_forced` (masks, decode_positions) and function swaps.
 _PAD_SWAPS = {
     "pads-unmasked": lambda pad: (dict(masks=_visible_pads), []),
-    "mask-added-unconverted": lambda pad: (dict(masks=_visible_pads),
+    "mask-added-unconverted": lambda pad: (dict(masks=_pads_in_prefix),
                                            [Swap(LAYERS, "attention_weights", _added_mask(pad))]),
     "rolling-window-pad-mask": lambda pad: (dict(masks=_rolling_window_masks), []),
     "decode-positions-from-cache-length": lambda pad: (

@@ -267,7 +267,10 @@ def explain_crashes(cases: list[Case], results: list[Result], root: Path, base: 
     extra: dict = {}
     known = {c.name: c for c in CASES}
 
+    asked: list = []
+
     def outcome(name: str) -> str | None:
+        asked.append(name)
         if name not in by_name and name not in extra:
             if name not in known:
                 return None
@@ -277,11 +280,12 @@ def explain_crashes(cases: list[Case], results: list[Result], root: Path, base: 
     for case, r in zip(cases, results):
         if r.error is None or r.timed_out:
             continue
+        asked.clear()
         cause = sort_crash(case, outcome)
         if cause is not None:
-            ran = [n for n in extra]
-            r.verdict = (f"{CATALOGUE[cause].explain} ({r.error})"
-                         + (f" [sorted by running {', '.join(ran)}]" if ran else ""))
+            evidence = [f"{n} {_outcome(by_name.get(n) or extra[n]) or 'n/a'}"
+                        for n in dict.fromkeys(asked) if n in by_name or n in extra]
+            r.verdict = (f"{CATALOGUE[cause].explain} ({r.error}) [{', '.join(evidence)}]")
             r.explained, r.deviations = True, [cause]
     return extra
 

@@ -83,6 +83,9 @@ class Diagnosis:
     # generated token from which it parts from npgemma's (None: the prompt logits already).
     authority: str | None = None
     from_token: int | None = None
+    # npgemma unchanged is within bfloat16's tolerances (a float32 run): a hint, not an
+    # explanation (the other side may compute in bfloat16)
+    within_bf16: bool = False
 
 
 PAIR_SECONDS = 60.0   # try every pair when that is expected to take at most this long
@@ -167,7 +170,8 @@ def diagnose(params, cfg, ids, pix, theirs, forced, plain: Forward, dtype: str) 
         out = _forward(names, params, cfg, ids, pix, forced, dtype)
         from_token = _first_step_apart(out, plain, dtype)
     d = Diagnosis(base, fits, no_effect, "", best is not None, names,
-                  best.distance if best else base.distance, authority, from_token)
+                  best.distance if best else base.distance, authority, from_token,
+                  dtype == "float32" and fit("npgemma", plain, theirs, forced, "bfloat16").ok)
     d.verdict = _verdict(base, fits, d)
     return d
 
@@ -221,9 +225,12 @@ def _verdict(base: Fit, fits: list, d: Diagnosis | None = None) -> str:
                 f"without) but not within tolerance — likely {explain(best.name)}, plus something "
                 "npgemma does not know")
     wider = [f for f in fits if f.ok and not f.explains]  # within a wider tolerance, yet farther
+    hint = ("; npgemma unchanged is within the bfloat16 tolerances: if the implementation "
+            "computes in bfloat16, compare with --dtype bfloat16"
+            if d is not None and d.within_bf16 else "")
     return (f"no known deviation explains the difference ({base.distance:.2g} from npgemma"
             + (f"; closest `{closer[0].name}` at {closer[0].distance:.2g})" if closer else
                "; no deviation comes closer)")
             + "".join(f"; `{f.name}` is within its {judged_at(f.name.split(' + '), 'float32')} "
                       f"tolerances but farther ({f.distance:.4g}) than no change: not an "
-                      "explanation" for f in wider[:1]))
+                      "explanation" for f in wider[:1]) + hint)
