@@ -81,9 +81,10 @@ def test_each_fault_of_the_stand_in_is_diagnosed_by_name(fault, case, names, cap
 def test_a_case_the_peer_cannot_load_is_a_row_with_its_cause(fault, case, capsys, workdir,
                                                             monkeypatch):
     monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", fault)
-    rc, got, _ = _conform(capsys, workdir, cases=f"{PG1},{case}")
-    ok, failed = got["cases"]
-    assert rc == 1 and ok["ok"] and failed["cells"]["load"] == "FAIL"
+    rc, got, _ = _conform(capsys, workdir, cases=case)  # its sibling runs on demand
+    (failed,) = got["cases"]
+    assert rc == 1 and failed["cells"]["load"] == "FAIL"
+    assert [s["case"] for s in got["siblings_run"]] == [PG1] and got["siblings_run"][0]["ok"]
     assert failed["explained"] and failed["error"]
     trap = next(c.trap for c in conform.CASES if c.name == case)
     assert failed["verdict"].startswith(CATALOGUE[trap].explain) and failed["deviations"] == [trap]
@@ -265,6 +266,9 @@ def test_the_new_cases_pair_up():
 
 
 def test_list_traps_reads_the_catalogue(capsys):
+    with pytest.raises(SystemExit) as exit_:  # parity's: before its required arguments
+        cli.main(["parity", "--list-traps"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("bgr-order  [processor]")
     rc = cli.main(["conform", "--list-traps"])
     out = capsys.readouterr().out
     assert rc == 0

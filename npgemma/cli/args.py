@@ -77,3 +77,17 @@ def request_of(args) -> Request:
                    dtype=args.dtype, device=args.device, attn=args.attn,
                    max_new_tokens=args.max_new_tokens, python=args.python,
                    diagnose=getattr(args, "diagnose", True), timeout=args.timeout or None)
+
+
+class ListTraps(argparse.Action):
+    """`--list-traps`: print the trap catalogue and exit (before the required arguments are
+    checked, as --version does)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..compare.catalogue import listing
+
+        print(listing())
+        parser.exit()

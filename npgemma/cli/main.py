@@ -13,7 +13,8 @@ import sys
 from .. import __version__
 from ..errors import NpgemmaError
 from . import conform, generate, inspect, models, parity
-from .args import Parser, add_backend_args, add_model_args, add_timeout_arg, non_negative_int
+from .args import (ListTraps, Parser, add_backend_args, add_model_args, add_timeout_arg,
+                   non_negative_int)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --against FILE.py:FUNC (or keras-hub, mlx-vlm): run the adapter in "
                         "this interpreter (the peer's own virtual environment)")
     add_timeout_arg(p)
+    p.add_argument("--list-traps", action=ListTraps,
+                   help="list the trap catalogue --diagnose searches, and exit")
     m = sub.add_parser("models", help="the PaliGemma checkpoints in the Hugging Face cache (and "
                                       "folders given): sizes, and the RAM each backend needs")
     m.add_argument("folders", nargs="*", metavar="MODEL", help="checkpoint folders or model ids")
