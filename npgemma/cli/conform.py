@@ -21,7 +21,11 @@ from .progress import bar
 
 def add_parser(sub) -> None:
     p = sub.add_parser("conform", help="check another PaliGemma implementation over npgemma's "
-                                       "whole case set: one table, a diagnosis per failure")
+                                       "whole case set: one table, a diagnosis per failure",
+                       description="Runs the implementation on every case and diagnoses each "
+                                   "failing one (the diagnosis always runs: there is no "
+                                   "--diagnose to give); a crash is sorted by cause with sibling "
+                                   "cases run on demand.")
     p.add_argument("--against", metavar="SPEC",
                    help="PKG.MODULE:FUNC, FILE.py:FUNC, torch, transformers, openai:URL, "
                         "keras-hub or mlx-vlm")
