@@ -164,7 +164,8 @@ def summary(results: list[Result]) -> str:
             + ("every failure is explained by the diagnosis" if not unexplained else
                f"unexplained: {', '.join(unexplained)}")
             + (f"; timed out: {', '.join(timed)}" if timed else "")
-            + (f"; {len(other)} follow another authority, not a fault ({', '.join(other)})"
+            + (f"; {len(other)} follow{'s' if len(other) == 1 else ''} another authority, "
+               f"not a fault ({', '.join(other)})"
                if other else "") + also)
 
 

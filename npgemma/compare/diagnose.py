@@ -208,7 +208,7 @@ def _verdict(base: Fit, fits: list, d: Diagnosis | None = None) -> str:
     best = fits[0] if fits else None
     if d is not None and d.authority and best is not None and best.explains:
         where = ("from the prompt's logits" if d.from_token is None else
-                 f"from generated token {d.from_token}")
+                 f"from generated token #{d.from_token} (0-based)")
         return (f"matches {d.authority}; differs from {TRANSFORMERS} (npgemma's default) {where}"
                 f" — not a fault: `{best.name}` to {best.distance:.2g}; {explain(best.name)}")
     if best is not None and best.explains:
