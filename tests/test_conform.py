@@ -12,6 +12,7 @@ import pytest
 
 from npgemma import cli
 from npgemma.compare import conform
+from npgemma.compare.catalogue import CATALOGUE
 
 STANDIN = str(Path(__file__).parent / "peers" / "standin.py") + ":run"
 PG1, PG2 = "pg1-hub-f32", "pg2-hub-caption"
@@ -36,7 +37,7 @@ def test_the_case_set_covers_what_the_diagnosis_needs():
     assert layouts == {"hub", "v4.52", "v5", "v5-save"}
     by_name = {c.name: c for c in conform.CASES}
     for c in conform.CASES:  # a sibling differs in the one property its case is there for
-        assert c.sibling is None or (by_name[c.sibling].sibling is None and c.hint)
+        assert c.sibling is None or (by_name[c.sibling].sibling is None and c.trap in CATALOGUE)
     assert {c.dtype for c in conform.CASES} == {"float32", "bfloat16"}
     assert any(c.shards > 1 for c in conform.CASES) and any(c.image == "gray" for c in conform.CASES)
     prompts = " ".join(c.prompt for c in conform.CASES)
@@ -80,12 +81,13 @@ def test_each_fault_of_the_stand_in_is_diagnosed_by_name(fault, case, names, cap
 def test_a_case_the_peer_cannot_load_is_a_row_with_its_cause(fault, case, capsys, workdir,
                                                             monkeypatch):
     monkeypatch.setenv("NPGEMMA_STANDIN_FAULT", fault)
-    rc, got, _ = _conform(capsys, workdir, cases=f"{PG1},{case}")
-    ok, failed = got["cases"]
-    assert rc == 1 and ok["ok"] and failed["cells"]["load"] == "FAIL"
+    rc, got, _ = _conform(capsys, workdir, cases=case)  # its sibling runs on demand
+    (failed,) = got["cases"]
+    assert rc == 1 and failed["cells"]["load"] == "FAIL"
+    assert [s["case"] for s in got["siblings_run"]] == [PG1] and got["siblings_run"][0]["ok"]
     assert failed["explained"] and failed["error"]
-    hint = next(c.hint for c in conform.CASES if c.name == case)
-    assert failed["verdict"].startswith(hint)
+    trap = next(c.trap for c in conform.CASES if c.name == case)
+    assert failed["verdict"].startswith(CATALOGUE[trap].explain) and failed["deviations"] == [trap]
 
 
 @pytest.mark.parametrize("python", [None, sys.executable])
@@ -165,7 +167,7 @@ def test_markdown_and_the_table(capsys, workdir, tmp_path, monkeypatch):
     lines = out.splitlines()
     assert rc == 1 and lines[0].split()[:7] == ["case", "load", "ids", "pixels", "hidden",
                                                 "logits", "tokens"]
-    assert lines[1].startswith(PG1) and lines[2].startswith(PG2) and "no-sliding-window" in lines[2]
+    assert lines[1].startswith(PG1) and lines[2].startswith(PG2) and "matches big_vision" in lines[2]
     assert lines[-1].startswith("1 of 2 cases fail; every failure is explained")
     text = md.read_text().splitlines()
     assert text[2].startswith("| case | load |") and text[4].startswith(f"| {PG1} | ok |")
@@ -174,3 +176,206 @@ def test_markdown_and_the_table(capsys, workdir, tmp_path, monkeypatch):
 def test_cases_that_match_nothing_are_an_error(capsys):
     rc = cli.main(["conform", "--against", "torch", "--cases", "nothing*"])
     assert rc == 2 and "matches none of" in capsys.readouterr().err
+
+
+# ---- timeouts, crashes sorted by cause, pad faults: each fault written here as a port's own code
+
+SLEEPER = '''
+import time
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    time.sleep(20)   # a hung implementation
+'''
+
+
+@pytest.mark.parametrize("python", [None, sys.executable])
+def test_a_hung_adapter_is_a_timed_out_row_and_the_run_goes_on(python, capsys, workdir,
+                                                              tmp_path):
+    path = tmp_path / "sleeper.py"
+    path.write_text(SLEEPER)
+    extra = ["--python", python] if python else []
+    rc = cli.main(["conform", "--against", f"{path}:run", "--workdir", str(workdir), "--cases",
+                   f"{PG1},{PG2}", "--json", "--quiet", "--timeout", "1", *extra])
+    got = json.loads(capsys.readouterr().out)
+    assert rc == 1 and not got["ok"] and len(got["cases"]) == 2  # both cases ran, both are rows
+    for r in got["cases"]:
+        assert r["verdict"] == "timed out after 1 s" and r["cells"]["load"] == "timeout"
+        assert r["timed_out"] and not r["ok"] and r["seconds"] < 10
+    assert "timed out: " in got["summary"]
+
+
+CRASHER = '''
+import json
+import os
+
+import npgemma
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    fault = os.environ["CRASH_FAULT"]
+    with open(os.path.join(model_dir, "config.json")) as f:
+        text = json.load(f)["text_config"]
+    gemma2 = text.get("model_type") == "gemma2"
+    if fault == "no-gemma2" and gemma2:
+        raise KeyError("gemma2")
+    if fault == "kv" and text.get("num_key_value_heads", 1) > 1:  # a mask built for one head
+        raise RuntimeError("The size of tensor a (2) must match the size of tensor b (1)")
+    pipe = npgemma.load(model_dir)
+    length = len(pipe.processor(image, prompt).input_ids) + max_new_tokens
+    if fault == "window" and gemma2 and length > text["sliding_window"]:
+        raise IndexError("index 4 is out of bounds for dimension 2 with size 4")
+    tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
+    return {"logits": pipe.logits(image, prompt, positions=slice(None)), "token_ids": tokens}
+'''
+
+
+@pytest.mark.parametrize("fault, case, cause", [
+    ("no-gemma2", PG2, "no-gemma2"),
+    ("kv", PG2, "prefix-mask-one-kv-head"),
+    ("kv", "pg1-kv2", "prefix-mask-one-kv-head"),
+    ("window", PG2, "fails-past-window"),
+])
+def test_a_crash_is_sorted_by_cause_with_siblings_run_on_demand(fault, case, cause, capsys,
+                                                               workdir, tmp_path, monkeypatch):
+    """Only the crashing case is selected: the siblings that sort it run on demand."""
+    path = tmp_path / "crasher.py"
+    path.write_text(CRASHER)
+    monkeypatch.setenv("CRASH_FAULT", fault)
+    rc = cli.main(["conform", "--against", f"{path}:run", "--workdir", str(workdir), "--cases",
+                   case, "--json", "--quiet", "--max-new-tokens", "2"])
+    got = json.loads(capsys.readouterr().out)
+    (r,) = got["cases"]
+    assert rc == 1 and r["cells"]["load"] == "FAIL" and r["explained"], r["verdict"]
+    assert r["deviations"] == [cause] and r["verdict"].startswith(CATALOGUE[cause].explain)
+    assert got["siblings_run"]  # run although --cases left them out
+
+
+def test_the_new_cases_pair_up():
+    """PaliGemma 1 gets a left-padded batch; PaliGemma 2 a case shorter than its window beside
+    one longer; one and two key/value heads side by side; batch rows all RGB."""
+    by = {c.name: c for c in conform.CASES}
+    assert by["pg1-batch"].config.get("text", "gemma") == "gemma" and by["pg1-batch"].batch
+    short, long_ = by["pg2-short"].config, by["pg2-kv1"].config
+    tokens = (short["image_size"] // 14) ** 2 + 8  # image tokens + a short prompt and answer
+    assert short["sliding_window"] > tokens > long_["sliding_window"]
+    assert short["num_key_value_heads"] == 2 and long_["num_key_value_heads"] == 1
+    assert by["pg1-kv2"].config["num_key_value_heads"] == 2 and "num_key_value_heads" not in \
+        by["pg1-hub-f32"].config  # tiny_config's default: one
+    for name in ("pg1-batch", "pg2-batch"):
+        kinds = [k for k, _ in by[name].batch]
+        assert "gray" not in kinds and len(set(kinds)) == len(kinds)
+
+
+def test_list_traps_reads_the_catalogue(capsys):
+    with pytest.raises(SystemExit) as exit_:  # parity's: before its required arguments
+        cli.main(["parity", "--list-traps"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("bgr-order  [processor]")
+    rc = cli.main(["conform", "--list-traps"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for name, trap in CATALOGUE.items():
+        assert f"{name}  [{trap.family}]" in out
+    assert {t.family for t in CATALOGUE.values()} == {"processor", "math", "decode-time", "batch",
+                                                       "load", "crash", "config"}
+    from npgemma.compare.catalogue import listing
+
+    docs = (Path(__file__).parents[1] / "docs" / "conformance.md").read_text()
+    table = docs.split("<!-- traps: npgemma conform --list-traps --markdown -->\n")[1]
+    assert table.split("\n<!-- /traps -->")[0] == listing(markdown=True)
+
+
+BATCH_PORT = '''
+import os
+
+import numpy as np
+import npgemma
+from npgemma import layers, paligemma
+
+PAD01 = {}
+
+
+def _added(qg, k, mask, scale, logit_cap):
+    """The port's attention: its 0/1 attention mask added to the scores as they are."""
+    scores = (qg @ k.swapaxes(-1, -2)) * np.float32(scale)  # [B, K, G*L, S]
+    if mask is not None:
+        scores = scores + PAD01["mask"][:, None, None, :]
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    w = np.exp(scores)
+    return w / w.sum(axis=-1, keepdims=True)
+
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    fault = os.environ["BATCH_FAULT"]
+    pipe = npgemma.load(model_dir)
+    if not isinstance(prompt, list):
+        tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
+        return {"logits": pipe.logits(image, prompt, positions=slice(None)), "token_ids": tokens}
+    cfg, p = pipe.cfg, pipe.params
+    b = pipe.processor.batch(image, prompt)
+    valid = b.attention_mask.astype(bool)
+    prompt_valid, (rows, n) = valid.copy(), valid.shape
+    prefix = valid.copy()
+    saved = layers.attention_weights
+    if fault == "added":
+        layers.attention_weights = _added
+    try:
+        PAD01["mask"] = valid.astype(np.float32)
+        see = np.ones_like(valid) if fault == "added" else valid
+        feats = paligemma.encode_image(p, b.pixel_values, cfg)
+        cache = paligemma.init_cache(cfg, rows, n + max_new_tokens)
+        logits, cache = paligemma.forward(p, cfg, b.input_ids, np.cumsum(valid, axis=1),
+                                          paligemma.attention_masks(cfg, see, prefix, 0), feats,
+                                          cache=cache)
+        steps, tokens = [logits[:, -1]], []
+        for _ in range(max_new_tokens):
+            token = np.argmax(steps[-1], axis=-1)
+            tokens.append(token)
+            valid = np.concatenate([valid, np.ones((rows, 1), bool)], axis=1)
+            prefix = np.concatenate([prefix, np.zeros((rows, 1), bool)], axis=1)
+            s = valid.shape[1]
+            PAD01["mask"] = valid.astype(np.float32)
+            if fault == "cache-length":  # the step's position: the padded cache's length
+                position = np.full((rows, 1), s)
+            else:
+                position = valid.sum(axis=1, keepdims=True)
+            see = np.ones_like(valid) if fault == "added" else valid
+            masks = paligemma.attention_masks(cfg, see, prefix, s - 1)
+            window = cfg.text_config.sliding_window
+            if fault == "rolling" and "sliding_attention" in masks and s > window:
+                # a rolling cache of the last `window` keys, the padding mask's first columns
+                rolled = np.zeros((rows, 1, s), bool)
+                rolled[:, 0, s - window:] = valid[:, :window]
+                masks["sliding_attention"] = rolled
+            step, cache = paligemma.forward(p, cfg, token[:, None], position, masks,
+                                            cache=cache, last_only=True)
+            steps.append(step[:, -1])
+    finally:
+        layers.attention_weights = saved
+    out = []
+    for i in range(rows):
+        row = [int(t[i]) for t in tokens]
+        if cfg.eos_token_id in row:
+            row = row[:row.index(cfg.eos_token_id) + 1]
+        out.append({"logits": logits[i][prompt_valid[i]], "token_ids": row,
+                    "step_logits": np.stack([s[i] for s in steps[:len(row)]]) if row else None})
+    return out
+'''
+
+
+@pytest.mark.parametrize("fault, case, trap", [
+    ("added", "pg1-batch", "mask-added-unconverted"),
+    ("rolling", "pg2-batch", "rolling-window-pad-mask"),
+    ("cache-length", "pg1-batch", "decode-positions-from-cache-length"),
+])
+def test_a_pad_fault_of_a_batch_is_named_on_its_padded_rows(fault, case, trap, capsys, workdir,
+                                                           tmp_path, monkeypatch):
+    path = tmp_path / "batch_port.py"
+    path.write_text(BATCH_PORT)
+    monkeypatch.setenv("BATCH_FAULT", fault)
+    rc, got, _ = _conform(capsys, workdir, "--against", f"{path}:run", cases=case)
+    (r,) = got["cases"]
+    assert rc == 1 and r["explained"], r["verdict"]
+    padded = [i for i, row in enumerate(r["report"]["rows"]) if not row["ok"]]
+    assert padded and r["deviations"] == [trap] * len(padded), r["verdict"]
+    monkeypatch.setenv("BATCH_FAULT", "none")  # the same port without the fault passes
+    rc, got, _ = _conform(capsys, workdir, "--against", f"{path}:run", cases=case)
+    assert rc == 0, got["cases"][0]["verdict"]

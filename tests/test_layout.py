@@ -210,7 +210,7 @@ def test_the_path_check_catches_old_paths():
     assert not resolves(["analysis"]) and not resolves(["against", "hf"])
     assert not resolves(["checkpoint", "weights", "no_such_name"])
     assert resolves(["inspection", "analysis"])
-    assert resolves(["compare", "hf", "transformers_adapter"])
+    assert resolves(["compare", "adapters", "transformers_adapter", "transformers_adapter"])
     assert resolves(["load"]) and resolves(["errors", "InputError"]) and resolves(["__version__"])
     text = "see `npgemma.tolerances`; from npgemma import analysis, load; npgemma/weights.py."
     assert named_paths(text) == {"npgemma.tolerances", "npgemma.analysis", "npgemma.load",

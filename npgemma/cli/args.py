@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..compare.request import DEFAULT_TIMEOUT_S, Request  # a dataclass: no NumPy
 from ..errors import InputError, NpgemmaError
 
 BACKENDS = ("numpy", "torch")                 # npgemma.generation.backend.BACKENDS
@@ -137,3 +138,37 @@ def check_output(option: str, path: str | None, *, picture: bool = False,
         if os.path.splitext(path)[1].lower() not in Image.registered_extensions():
             raise InputError(f"{option} {path}: not a picture file name Pillow can write; "
                                "end it in .png (or .jpg, .webp)")
+
+
+# ---- `parity --against` and `conform`: the comparison a command line asks for ------------
+
+def add_timeout_arg(p) -> None:
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"per case: an adapter with no answer after this long is a row, "
+                        "'timed out after N s', and the run goes on (0: no limit)")
+
+
+def request_of(args) -> Request:
+    """The comparison the command line asks for (conform fills in each case's inputs)."""
+    if not args.timeout >= 0 or args.timeout == float("inf"):  # NaN fails both ways
+        raise InputError(f"--timeout {args.timeout:g}: expected a finite number of seconds >= 0 "
+                         "(0: no limit)")
+    return Request(against=args.against, model=getattr(args, "model", None),
+                   image=getattr(args, "image", None), prompt=getattr(args, "prompt", "caption en"),
+                   dtype=args.dtype, device=args.device, attn=args.attn,
+                   max_new_tokens=args.max_new_tokens, python=args.python,
+                   diagnose=getattr(args, "diagnose", True), timeout=args.timeout or None)
+
+
+class ListTraps(argparse.Action):
+    """`--list-traps`: print the trap catalogue and exit (before the required arguments are
+    checked, as --version does)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=None, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from ..compare.catalogue import listing
+
+        print(listing())
+        parser.exit()

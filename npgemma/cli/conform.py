@@ -3,6 +3,7 @@ table, case x stage, with the diagnosis of each failing case. Exit status 1 when
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -11,13 +12,30 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..compare import conform
+from ..compare.catalogue import listing
 from ..errors import InputError
-from .args import check_output
+from .args import check_output, request_of
 from .parity import _plain_json
 from .progress import bar
 
 
 def run(args) -> int:
+    if args.list_adapters:
+        from ..compare.adapters import BUILTINS
+
+        for b in BUILTINS.values():
+            import os
+
+            missing = b.own_venv and not os.path.isfile(b.spec().rsplit(":", 1)[0])
+            where = (f"own venv (--python); setup: {b.setup_path()}" if b.own_venv else
+                     "this interpreter") + (" (its adapter is not in this copy)" if missing else "")
+            print(f"{b.name:<20} {b.what}\n{'':<20} {where}")
+        return 0
+    if args.list_traps:
+        print(listing())
+        if args.markdown:
+            Path(args.markdown).write_text(listing(markdown=True) + "\n")
+        return 0
     cases = conform.select(args.cases, [conform.model_case(m) for m in args.model])
     if args.list:
         for c in cases:
@@ -41,12 +59,13 @@ def run(args) -> int:
 def _run(args, cases, root: Path) -> int:
     t0 = time.perf_counter()
     results = []
+    base = request_of(argparse.Namespace(**(vars(args) | {"model": None, "diagnose": True})))
     with bar(len(cases), "conform", unit="case", quiet=args.quiet) as progress:
         for case in cases:
             progress.set_postfix_str(case.name)
-            results.append(conform.run_case(case, root, args))
+            results.append(conform.run_case(case, root, base))
             progress.update(1)
-    conform.explain_load_failures(cases, results)
+    siblings = conform.explain_crashes(cases, results, root, base)
     seconds = time.perf_counter() - t0
     ok = conform.passed(results)
     if args.markdown:
@@ -59,7 +78,9 @@ def _run(args, cases, root: Path) -> int:
         print(json.dumps(_plain_json({"against": args.against, "ok": ok,
                                       "seconds": round(seconds, 1),
                                       "summary": conform.summary(results),
-                                      "cases": [asdict(r) for r in results]}), default=_plain))
+                                      "cases": [asdict(r) for r in results],
+                                      "siblings_run": [asdict(r) for r in siblings.values()]}),
+                         default=_plain))
     else:
         print(conform.table(results))
         if conform.verdicts(results):

@@ -87,7 +87,17 @@ def _parity(args) -> int:
 
 
 def _against(args) -> int:
-    report, rc = against.run(args)
+    from ..compare.contract import TimedOut
+    from .args import request_of
+
+    try:
+        report, rc = against.run(request_of(args))
+    except TimedOut as e:  # a row of its own, as conform's table has it: the run failed
+        report, rc = {"against": args.against, "dtype": args.dtype, "ok": False,
+                      "stages": [{"stage": "adapter", "ok": False, "max_abs": None,
+                                  "max_rel": None, "limit": None,
+                                  "note": f"timed out after {e.seconds:g} s"}],
+                      "greedy_tokens": None, "diagnosis": None}, 1
     if args.json:
         print(json.dumps(_plain_json(report)))
     else:
@@ -117,10 +127,12 @@ def print_report(report: dict, out=None) -> None:
             p(f"  {side:<8} top-5: " + ("(not returned)" if top is None else
                                         ", ".join(f"{i} {t!r} {v:.4g}" for i, t, v in top)))
     diag = report["diagnosis"]
+    if diag is not None and not isinstance(diag, dict):
+        diag = diag.as_dict()
     if diag:
         p("diagnosis: distance to npgemma under each known deviation, best first")
         base = diag["npgemma"]
-        for f in [base] + diag["candidates"]:
+        for f in ([base] if base else []) + diag["candidates"]:
             label = "npgemma (no deviation)" if f is base else f["name"]
             tokens = f"{f['tokens_agree']}/{f['tokens_total']}" if f["tokens_total"] else "-"
             p(f"  {f['distance']:>10.3g}  {'within' if f['ok'] else 'over  '}  "
@@ -137,7 +149,12 @@ def print_report(report: dict, out=None) -> None:
 
 
 def _plain_json(x):
-    """inf / NaN distances (a NaN-producing deviation) as null: strict JSON."""
+    """inf / NaN distances (a NaN-producing deviation) as null: strict JSON; a dataclass (a
+    `Verdict`) as its dict."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return _plain_json(dataclasses.asdict(x))
     if isinstance(x, dict):
         return {k: _plain_json(v) for k, v in x.items()}
     if isinstance(x, list):

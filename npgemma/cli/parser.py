@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from .args import Parser, add_backend_args, add_model_args, non_negative_int
+from .args import ListTraps, Parser, add_backend_args, add_model_args, add_timeout_arg, non_negative_int
 
 PROMPTS = """\
 prompts (PaliGemma's task prefixes; "en" is the answer's language):
@@ -122,11 +122,17 @@ def _parity(sub) -> None:
                    help="with --against: rank the known deviations by how well each explains "
                         "the difference")
     _against_options(p, "FILE.py:FUNC (or keras-hub, mlx-vlm)")
+    add_timeout_arg(p)
+    p.add_argument("--list-traps", action=ListTraps,
+                   help="list the trap catalogue --diagnose searches, and exit")
 
 
 def _conform(sub) -> None:
     p = _command(sub, "conform", "check another PaliGemma implementation over npgemma's whole "
                                  "case set: one table, a diagnosis per failure")
+    p.description += (" Runs the implementation on every case and diagnoses each failing one "
+                      "(the diagnosis always runs: there is no --diagnose to give); a crash is "
+                      "sorted by cause with sibling cases run on demand.")
     p.add_argument("--against", metavar="SPEC",
                    help="PKG.MODULE:FUNC, FILE.py:FUNC, torch, transformers, openai:URL, "
                         "keras-hub or mlx-vlm (required unless --list)")
@@ -134,6 +140,12 @@ def _conform(sub) -> None:
     p.add_argument("--cases", metavar="GLOB[,GLOB]",
                    help="only these cases, e.g. 'pg2-*' or 'model:*' (default: all)")
     p.add_argument("--list", action="store_true", help="list the cases and what each catches")
+    p.add_argument("--list-traps", action="store_true",
+                   help="list the trap catalogue the diagnosis searches (with --markdown FILE: "
+                        "also as a markdown table)")
+    p.add_argument("--list-adapters", action="store_true",
+                   help="list the built-in adapters, where each runs and its setup script")
+    add_timeout_arg(p)
     p.add_argument("--model", action="append", default=[], metavar="DIR",
                    help="add a checkpoint of yours as a case, named model:DIR (repeatable)")
     p.add_argument("--workdir", metavar="DIR",

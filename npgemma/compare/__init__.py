@@ -1,11 +1,12 @@
-"""`npgemma parity` and `npgemma conform`: another PaliGemma implementation vs npgemma's NumPy
-reference.
+"""Comparing another PaliGemma implementation with npgemma's NumPy reference
+(`npgemma parity --against`, `npgemma conform`).
 
-against.py (`parity --against`: stage by stage), conform.py (`conform`: the whole case set, one
-table), stages.py (numpy vs npgemma's torch backend, stage by stage), tolerances.py (the one
-tolerance table and comparison), adapters.py (the contract, resolving SPEC, the torch adapter),
-hf.py (transformers), openai.py (an OpenAI-compatible server), remote.py (an adapter in another
-Python), peers/ (keras-hub, mlx-vlm), reference.py (npgemma's side), deviations.py +
-replacements.py + swap.py (the known traps, swapped into the reference), pixels.py (the known
-preprocessing traps), diagnose.py (`--diagnose`: which trap explains the difference).
+request.py (what a comparison is asked: `Request`), adapters/ (every built-in adapter, one
+registry, the peers' setup scripts), contract.py (what an adapter returns, calls under a
+timeout), remote.py (an adapter in another interpreter), reference.py (npgemma's side),
+against.py (one input or batch, stage by stage), conform.py (the case set and its table);
+the diagnosis: catalogue.py (the one trap catalogue) over deviations.py + replacements.py +
+swap.py (math, config and decode-time traps swapped into the reference), pixels.py
+(preprocessing), batch.py (batch and pad traps), crashes.py (load and crash causes, sorted by
+sibling cases); diagnose.py ranks the candidates; verdict.py (`Verdict`, typed).
 """

@@ -18,11 +18,15 @@ from ..checkpoint.config_json import load_config
 from ..checkpoint.hub import resolve
 from ..checkpoint.weights import load_weights
 from ..generation.processing import Processor, open_image
-from . import adapters
+from . import adapters, contract
+from .catalogue import CATALOGUE
+from .deviations import TRANSFORMERS
 from .diagnose import diagnose, explain
 from .pixels import diagnose_pixels
 from .reference import forced_tokens, greedy_tokens, log_softmax, teacher_forced
+from .request import Request
 from .tolerances import compare, pick_margin
+from .verdict import Verdict
 
 
 @dataclass
@@ -67,126 +71,48 @@ def _top5(logits_row, proc):
     return [[i, proc.decode([i], skip_special_tokens=False), round(v, 5)] for i, v in items]
 
 
-def run(args) -> tuple[dict, int]:
-    """The report (a dict: stages, greedy tokens, diagnosis) of `args.against` against npgemma
-    on `args.model` (None: the bundled model), and the exit status (1 when anything is over)."""
-    model_dir = resolve(args.model)
+def run(request: Request) -> tuple[dict, int]:
+    """The report (a dict: stages, greedy tokens, diagnosis — a `Verdict`) of `request.against`
+    against npgemma on `request.model` (None: the bundled model), and the exit status (1 when
+    anything is over). The adapter's call is abandoned past `request.timeout` (`TimedOut`)."""
+    model_dir = resolve(request.model)
     cfg = load_config(model_dir)
     proc = Processor.from_pretrained(model_dir, cfg)
-    func = adapters.resolve(args.against, dtype=args.dtype, device=args.device, attn=args.attn,
-                            max_new_tokens=args.max_new_tokens, python=getattr(args, "python", None))
-    if getattr(args, "batch", None):
-        return _batch(args, model_dir, cfg, proc, func)
-    image = open_image(args.image)
-    theirs = adapters.call(args.against, func, str(model_dir), image, args.prompt,
-                           cfg.text_config.num_hidden_layers)
-    return _report(args, model_dir, cfg, proc, image, args.prompt, theirs)
+    func = adapters.resolve(request)
+    if request.batch:
+        return _batch(request, model_dir, cfg, proc, func)
+    image = open_image(request.image)
+    theirs = contract.call(request.against, func, str(model_dir), image, request.prompt,
+                           cfg.text_config.num_hidden_layers, request.timeout)
+    return _report(request, model_dir, cfg, proc, image, request.prompt, theirs)
 
 
-def _batch(args, model_dir, cfg, proc, func) -> tuple[dict, int]:
-    """`args.batch`, [(image path, prompt)], as one call with lists (the implementation pads,
-    left, as generation needs); each row is judged as its own input would be, against npgemma
-    on that row alone, so padding, masks and the per-row image must leave it unchanged."""
-    images = [open_image(path) for path, _ in args.batch]
-    prompts = [prompt for _, prompt in args.batch]
-    rows = adapters.call_batch(args.against, func, str(model_dir), images, prompts,
-                               cfg.text_config.num_hidden_layers)
-    reports = [_report(args, model_dir, cfg, proc, image, prompt, theirs)[0]
+def _batch(request, model_dir, cfg, proc, func) -> tuple[dict, int]:
+    """`request.batch`, ((image path, prompt), ...), as one call with lists (the implementation
+    pads, left, as generation needs); each row is judged as its own input would be, against
+    npgemma on that row alone, so padding, masks and the per-row image must leave it unchanged."""
+    from .batch import batch_diagnosis
+
+    images = [open_image(path) for path, _ in request.batch]
+    prompts = [prompt for _, prompt in request.batch]
+    rows = contract.call_batch(request.against, func, str(model_dir), images, prompts,
+                               cfg.text_config.num_hidden_layers, request.timeout)
+    reports = [_report(request, model_dir, cfg, proc, image, prompt, theirs)[0]
                for image, prompt, theirs in zip(images, prompts, rows)]
     stages = [s | {"stage": f"row {i}: {s['stage']}"} for i, r in enumerate(reports)
               for s in r["stages"]]
     ok = all(r["ok"] for r in reports)
-    report = {"against": args.against, "model": str(model_dir), "dtype": args.dtype,
+    report = {"against": request.against, "model": str(model_dir), "dtype": request.dtype,
               "stages": stages, "ok": ok, "rows": reports, "greedy_tokens": None,
               "diagnosis": None}
     failing = [(i, r) for i, r in enumerate(reports) if not r["ok"]]
-    if args.diagnose and failing:
-        report["diagnosis"] = _batch_diagnosis(model_dir, cfg, failing, rows, images, prompts,
-                                               proc, args.dtype)
+    if request.diagnose and failing:
+        report["diagnosis"] = batch_diagnosis(model_dir, cfg, failing, rows, images, prompts,
+                                              proc, request.dtype)
     return report, 0 if ok else 1
 
 
-def _batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype) -> dict:
-    """Each failing row's own diagnosis, after three batch traps: the row ran another row's
-    image (its pixels are that image's, plain or through a pixel trap, or its logits are
-    npgemma's on that image with the row's own prompt); its left padding shifted the image
-    features (`shifted_features`); or it is a left-padded row that matches no row's image (the
-    padding, its mask or positions, changed it; npgemma has no finer trap for that)."""
-    from .diagnose import fit
-    from .swap import swapped
-
-    params = load_weights(model_dir, cfg, dtype=np.float32)
-    own = [proc.preprocess_image(image) for image in images]
-    ids = [proc(image, prompt).input_ids for image, prompt in zip(images, prompts)]
-    longest = max(len(x) for x in ids)
-    parts, explained, names = [], True, []
-    for i, r in failing:
-        d = r["diagnosis"] or {"verdict": "failed", "explained": False, "deviations": []}
-        theirs, pad = rows[i], longest - len(ids[i])
-        others = [j for j in range(len(images)) if j != i]
-        forced = forced_tokens(cfg, theirs.token_ids or [])
-
-        def matches(j, swaps=()):  # npgemma on row j's image (with `swaps`) within tolerance?
-            with swapped(list(swaps)):
-                ref = teacher_forced(params, cfg, ids[i], own[j], forced)
-            return fit("batch", ref, theirs, forced, dtype).ok
-
-        pix = theirs.pixel_values
-        other = next((j for j in others if pix is not None and pix.shape == own[j].shape
-                      and compare(pix, own[j], "pixel_values", dtype).ok), None)
-        pixels = d.get("pixels")
-        if other is None and pix is not None and pixels and not pixels["explained"] \
-                and pix.shape == own[i].shape:  # another row's image through a pixel trap?
-            other = next((j for j in others if diagnose_pixels(
-                images[j], proc, pix, dtype)["explained"]), None)
-        if other is None and theirs.logits is not None:
-            other = next((j for j in others if matches(j)), None)
-        if other is not None:
-            parts.append(f"row {i}: the implementation ran row {other}'s image for row {i} "
-                         "(a batch must keep each row's own image)")
-            names.append("batch-image-of-another-row")
-            continue
-        shifted = None
-        if pad and theirs.logits is not None:
-            shifted = next((j for j in [i] + others if matches(j, [shifted_features(pad)])), None)
-        if shifted is not None:
-            parts.append(f"row {i}: the implementation places the image features by absolute "
-                         f"position in the padded batch, so the row's {pad} pad tokens shift "
-                         f"them (image token t gets feature t + {pad}, the last {pad} get zeros)"
-                         + (f", and they are row {shifted}'s image" if shifted != i else ""))
-            names.append("batch-image-features-shifted-by-padding")
-            continue
-        if pad and not d["explained"]:
-            parts.append(f"row {i}: a left-padded row ({pad} pad tokens) that matches npgemma on "
-                         "no row's image: the padding (its mask or the positions) changes the "
-                         "row; not explained further")
-            explained = False
-            continue
-        parts.append(f"row {i}: {d['verdict']}")
-        explained = explained and bool(d["explained"])
-        names += d.get("deviations", [])
-    return {"verdict": "; ".join(parts), "explained": explained, "deviations": names,
-            "rows": [i for i, _ in failing]}
-
-
-def shifted_features(pad: int):
-    """The swap that merges image features as an implementation does that takes feature p for
-    the token at padded position p (mlx-vlm's batch): `pad` left pads move every image token
-    `pad` features on, and the last `pad` tokens get the zero padding."""
-    from .swap import Swap
-
-    def shift(original):
-        def encode_image(*a, **k):
-            feats = original(*a, **k)  # [B, P, D]
-            out = np.zeros_like(feats)
-            out[:, :feats.shape[1] - pad] = feats[:, pad:]
-            return out
-        return encode_image
-
-    return Swap("npgemma.paligemma", "encode_image", shift)
-
-
-def _report(args, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict, int]:
+def _report(request, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict, int]:
     """One input's report: `theirs` (an adapter's `Returned`) against npgemma on (image, prompt)."""
     mine = proc(image, prompt)
     rows: list[Row] = []
@@ -198,32 +124,32 @@ def _report(args, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict, in
     if theirs.pixel_values is not None:
         if theirs.pixel_values.shape == mine.pixel_values.shape:
             rows.append(_row("pixel_values", theirs.pixel_values, mine.pixel_values,
-                             "pixel_values", args.dtype))
+                             "pixel_values", request.dtype))
             pix = theirs.pixel_values
         else:
             rows.append(Row("pixel_values", False, note=f"shape {list(theirs.pixel_values.shape)} "
                             f"vs npgemma {list(mine.pixel_values.shape)}"))
     params = load_weights(model_dir, cfg, dtype=np.float32)
     eos = cfg.eos_token_id
-    own = greedy_tokens(params, cfg, ids, pix, args.max_new_tokens)
+    own = greedy_tokens(params, cfg, ids, pix, request.max_new_tokens)
     other = None if theirs.token_ids is None else _with_eos(theirs.token_ids, eos)
     forced = forced_tokens(cfg, other if other is not None else own)
     ref = teacher_forced(params, cfg, ids, pix, forced, hidden=theirs.hidden_states is not None)
     rows += _vocabulary_rows(theirs, proc.tokenizer.get_vocab_size(), cfg.image_token_index)
-    rows += _model_rows(theirs, ref, forced, args.dtype)
+    rows += _model_rows(theirs, ref, forced, request.dtype)
 
-    report = {"against": args.against, "model": str(model_dir), "dtype": args.dtype,
+    report = {"against": request.against, "model": str(model_dir), "dtype": request.dtype,
               "stages": None, "greedy_tokens": None, "diagnosis": None}
     if other is not None:
-        stopped = len(own) < args.max_new_tokens
+        stopped = len(own) < request.max_new_tokens
         report["greedy_tokens"] = _tokens(_with_eos(own, eos, stopped), other, eos, ref, theirs,
-                                          proc, args.dtype)
+                                          proc, request.dtype)
         t = report["greedy_tokens"]
         rows.append(Row("greedy tokens", t["agree"] or t["near_tie"], note=_tokens_note(t)))
     report["stages"] = [asdict(r) for r in rows]
     report["ok"] = all(r.ok for r in rows)
-    if args.diagnose:
-        report["diagnosis"] = _diagnosis(params, cfg, ids, pix, theirs, forced, ref, args.dtype,
+    if request.diagnose:
+        report["diagnosis"] = _diagnosis(params, cfg, ids, pix, theirs, forced, ref, request.dtype,
                                          rows, image, proc)
     return report, 0 if report["ok"] else 1
 
@@ -231,7 +157,7 @@ def _report(args, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict, in
 PROCESSOR_STAGES = ("input_ids", "pixel_values")
 
 
-def _diagnosis(params, cfg, ids, pix, theirs, forced, ref, dtype, rows, image, proc) -> dict:
+def _diagnosis(params, cfg, ids, pix, theirs, forced, ref, dtype, rows, image, proc) -> Verdict:
     """The model's diagnosis (on the other side's own ids and pixels) and, when the pixels
     differ, the preprocessing trap that explains them; one verdict over both, whose first words
     say what failed, so the last line printed and the exit status always agree."""
@@ -259,12 +185,13 @@ def _diagnosis(params, cfg, ids, pix, theirs, forced, ref, dtype, rows, image, p
             parts.append(("the model matches; " if not model_failed and not width else "")
                          + "the processor differs: " + "; ".join(processor))
         verdict = "; ".join(parts) if parts else d.verdict
-    return {"verdict": verdict, "explained": bool(explained), "failed": failed,
-            "deviations": d.names + (["vocab-cut-at-image-token"] if cut else []),
-            "distance": d.distance, "pixels": pixels,
-            "npgemma": asdict(d.plain),
-            "candidates": [asdict(f) | {"explain": explain(f.name)} for f in d.fits],
-            "no_effect": [{"name": n, "needs": _needs(n)} for n in d.no_effect]}
+    authorities = {} if not d.authority else {"npgemma": TRANSFORMERS,
+                                              "implementation": d.authority}
+    fault = not (d.authority and explained and not width and not processor)
+    return Verdict(verdict, bool(explained), d.names + (["vocab-cut-at-image-token"] if cut else []),
+                   d.distance, failed, fault, authorities, pixels, asdict(d.plain),
+                   [asdict(f) | {"explain": explain(f.name)} for f in d.fits],
+                   [{"name": n, "needs": _needs(n)} for n in d.no_effect])
 
 
 def _vocabulary_rows(theirs, vocab: int, image_token_index: int) -> list[Row]:
@@ -315,8 +242,7 @@ def _tokens_note(t: dict) -> str:
 
 
 def _needs(name: str) -> str:
-    from .deviations import DEVIATIONS
-    return DEVIATIONS[name].needs
+    return CATALOGUE[name].needs
 
 
 def _other_top5(theirs, k, proc):

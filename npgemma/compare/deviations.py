@@ -39,9 +39,20 @@ class Deviation:
     # A trap of reading config.json (the model is run with this config instead of the real one);
     # None for the traps of the math.
     config: Callable | None = None
+    family: str = "math"       # the catalogue's family (math, config, decode-time)
+    # Another authority's semantics rather than a fault (see trap.Trap.authority).
+    authority: str | None = None
+    # A decode-time trap: (positions of one decode step int[B, 1], the step's slots, its query
+    # slot) -> the positions the implementation feeds; None for the others.
+    decode_positions: Callable | None = None
 
 
 _DECODER = (GEMMA,)
+# The authorities whose Gemma 2 window semantics differ from transformers 5.24's (npgemma's
+# default): they agree below the window (4096 tokens), i.e. on every 224 and 448 px checkpoint.
+TRANSFORMERS = "transformers 5.24"
+BIG_VISION = "big_vision (the training code: no sliding window)"
+KERAS_HUB = "keras-hub (the window as a two-way band)"
 _NARROW = "bf16/fp16 compute, and even then it is below their tolerances"
 DEVIATIONS: dict[str, Deviation] = {d.name: d for d in (
     Deviation("causal-prefix", 7, "the other implementation runs a causal prefix; pass "
@@ -63,6 +74,17 @@ DEVIATIONS: dict[str, Deviation] = {d.name: d for d in (
               "PaliGemma's first token is at position 1",
               lambda dt: [Swap(PG, "rope_positions", positions_from_zero)],
               needs="positions mixing both; RoPE is relative, a shift of all of them cancels"),
+    Deviation("decode-positions-minus-1", 6, "the other implementation feeds each cached decode "
+              "step the position sum(mask) - 1, one less than the prompt's 1..L numbering gives "
+              "it (the prompt logits match; every decode step is off); count decode positions "
+              "on from the prompt's last",
+              lambda dt: [], family="decode-time", needs="a generated token",
+              decode_positions=lambda pos, slots, q: pos - 1),
+    Deviation("decode-positions-plus-1", 6, "the other implementation feeds each cached decode "
+              "step one position more than the prompt's 1..L numbering gives it (the prompt "
+              "logits match; every decode step is off)",
+              lambda dt: [], family="decode-time", needs="a generated token",
+              decode_positions=lambda pos, slots, q: pos + 1),
     Deviation("image-scale-4x", 4, "the other implementation divides the image features by sqrt(D) "
               "and multiplies the whole sequence by sqrt(D) rounded to its dtype "
               "(transformers 4.x); leave image features unscaled",
@@ -102,15 +124,16 @@ DEVIATIONS: dict[str, Deviation] = {d.name: d for d in (
               "band both ways, also between prefix tokens (a prefix token sees neither the keys "
               "far behind nor far ahead); prefix tokens see the whole prefix (transformers 5.24)",
               lambda dt: [Swap(PG, "prefix_lm_mask", two_way_window)],
-              needs="a Gemma-2 prefix longer than the window"),
+              needs="a Gemma-2 prefix longer than the window", authority=KERAS_HUB),
     Deviation("gemma2-as-gemma1", 0, "the other implementation loads the PaliGemma 2 checkpoint "
               "as PaliGemma 1 (Gemma-1 layers: two of the four norms, no soft caps, no window, "
               "head_dim query scale); read text_config.model_type 'gemma2'",
-              lambda dt: [], needs="a PaliGemma 2 checkpoint", config=as_gemma1),
+              lambda dt: [], needs="a PaliGemma 2 checkpoint", config=as_gemma1, family="config"),
     Deviation("no-sliding-window", 8, "the other implementation never applies Gemma-2's sliding "
               "window (even layers window generated tokens)",
               lambda dt: [Swap(PG, "prefix_lm_mask", no_window)],
-              needs="a Gemma-2 sequence longer than the window"),
+              needs="a Gemma-2 sequence longer than the window",
+              authority=BIG_VISION),
     Deviation("siglip-eps-1e-5", 9, "the other implementation's SigLIP LayerNorm uses eps 1e-5 "
               "(torch's default); SigLIP's is 1e-6",
               lambda dt: [Swap(LAYERS, "layer_norm", layer_norm_eps(1e-5), (SIGLIP,))],

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .deviations import DEVIATIONS, deviated, deviated_config
+from .deviations import DEVIATIONS, TRANSFORMERS, deviated, deviated_config
 from .reference import Forward, log_softmax, teacher_forced
 from .tolerances import compare, pick_margin
 
@@ -35,6 +35,9 @@ class Fit:
     ok: bool             # every comparison within the tolerance table, and every token picked
     tokens_agree: int    # how many of the other side's forced tokens this candidate also picks
     tokens_total: int
+    # An explanation: within tolerance *and* closer to the other side than npgemma unchanged,
+    # by the same measure (distance), whatever dtype's tolerances judged it.
+    explains: bool = False
 
 
 def fit(name: str, ref: Forward, theirs, forced: list[int], dtype: str) -> Fit:
@@ -76,17 +79,38 @@ class Diagnosis:
     explained: bool       # npgemma, or npgemma with the named deviations, is within tolerance
     names: list           # those deviations ([] when none is needed or none explains it)
     distance: float       # the explaining candidate's distance (npgemma's when unexplained)
+    # The explanation is another authority's semantics (`Deviation.authority`), and the first
+    # generated token from which it parts from npgemma's (None: the prompt logits already).
+    authority: str | None = None
+    from_token: int | None = None
+    # npgemma unchanged is within bfloat16's tolerances (a float32 run): a hint, not an
+    # explanation (the other side may compute in bfloat16)
+    within_bf16: bool = False
 
 
 PAIR_SECONDS = 60.0   # try every pair when that is expected to take at most this long
 PAIR_TOP = 6          # else the pairs of this many closest singles
 
 
+def decode_hook(names):
+    """The decode-time deviations among `names` as one decode_positions hook (None if none)."""
+    hooks = [DEVIATIONS[n].decode_positions for n in names if DEVIATIONS[n].decode_positions]
+    if not hooks:
+        return None
+
+    def positions(pos, slots, q):
+        for h in hooks:
+            pos = h(pos, slots, q)
+        return pos
+    return positions
+
+
 def _forward(names, params, cfg, ids, pix, forced, dtype) -> Forward:
     with contextlib.ExitStack() as stack:
         for name in names:
             stack.enter_context(deviated(name, dtype))
-        return teacher_forced(params, deviated_config(names, cfg), ids, pix, forced)
+        return teacher_forced(params, deviated_config(names, cfg), ids, pix, forced,
+                              decode_positions=decode_hook(names))
 
 
 def judged_at(names, dtype: str) -> str:
@@ -106,7 +130,8 @@ def _pairs(fits: list, seconds_each: float, dtype: str) -> list[tuple[str, str]]
         names = names[:PAIR_TOP]
     return [(a, b) for a, b in itertools.combinations(names, 2)
             if not _targets(a, dtype) & _targets(b, dtype)
-            and not (DEVIATIONS[a].config and DEVIATIONS[b].config)]
+            and not (DEVIATIONS[a].config and DEVIATIONS[b].config)
+            and not (DEVIATIONS[a].decode_positions and DEVIATIONS[b].decode_positions)]
 
 
 def _changes(a: Forward, b: Forward, dtype: str) -> bool:
@@ -126,24 +151,49 @@ def diagnose(params, cfg, ids, pix, theirs, forced, plain: Forward, dtype: str) 
         if not _changes(out, plain, dtype):
             no_effect.append(name)
             continue
-        fits.append(fit(name, out, theirs, forced, judged_at([name], dtype)))
+        fits.append(_judged(fit(name, out, theirs, forced, judged_at([name], dtype)), base))
     fits.sort(key=_rank)
     if base.ok:  # nothing to explain: no candidate is listed as "within" beside it
         return Diagnosis(base, [], no_effect, _verdict(base, []), True, [], base.distance)
-    if not any(f.ok for f in fits):
+    if not any(f.explains for f in fits):
         each = (time.perf_counter() - start) / len(DEVIATIONS)
         for a, b in _pairs(fits, each, dtype):
             out = _forward([a, b], params, cfg, ids, pix, forced, dtype)
-            fits.append(fit(f"{a} + {b}", out, theirs, forced, judged_at([a, b], dtype)))
+            fits.append(_judged(fit(f"{a} + {b}", out, theirs, forced, judged_at([a, b], dtype)),
+                                base))
         fits.sort(key=_rank)
-    best = fits[0] if fits and fits[0].ok else None
-    return Diagnosis(base, fits, no_effect, _verdict(base, fits), best is not None,
-                     best.name.split(" + ") if best else [], best.distance if best else base.distance)
+    best = fits[0] if fits and fits[0].explains else None
+    names = best.name.split(" + ") if best else []
+    authority, from_token = None, None
+    if names and all(DEVIATIONS[n].authority for n in names):
+        authority = " and ".join(DEVIATIONS[n].authority for n in names)
+        out = _forward(names, params, cfg, ids, pix, forced, dtype)
+        from_token = _first_step_apart(out, plain, dtype)
+    d = Diagnosis(base, fits, no_effect, "", best is not None, names,
+                  best.distance if best else base.distance, authority, from_token,
+                  dtype == "float32" and fit("npgemma", plain, theirs, forced, "bfloat16").ok)
+    d.verdict = _verdict(base, fits, d)
+    return d
+
+
+def _judged(f: Fit, base: Fit) -> Fit:
+    """A candidate explains only when within its tolerance and nearer than no change: a
+    tolerance widened by the candidate (bf16-compute) must not turn a worse fit into one."""
+    f.explains = f.ok and f.distance < base.distance  # NaN: never
+    return f
+
+
+def _first_step_apart(a: Forward, b: Forward, dtype: str) -> int | None:
+    """The first generated token whose logits differ beyond tolerance; None when the prompt's do."""
+    if a.logits.size and not compare(a.logits, b.logits, "logits", dtype).ok:
+        return None
+    return next((i for i in range(len(a.step_logits))
+                 if not compare(a.step_logits[i], b.step_logits[i], "logits", dtype).ok), None)
 
 
 def _rank(f: Fit):
-    """Within tolerance first, then the most of the other side's tokens reproduced, then closest."""
-    return (not f.ok, f.tokens_total - f.tokens_agree,
+    """Explanations first, then the most of the other side's tokens reproduced, then closest."""
+    return (not f.explains, f.tokens_total - f.tokens_agree,
             np.inf if np.isnan(f.distance) else f.distance)
 
 
@@ -151,13 +201,18 @@ def explain(name: str) -> str:
     return "; and ".join(DEVIATIONS[n].explain for n in name.split(" + "))
 
 
-def _verdict(base: Fit, fits: list) -> str:
+def _verdict(base: Fit, fits: list, d: Diagnosis | None = None) -> str:
     if base.ok:
         return (f"matches npgemma to {base.distance:.2g} (within the tolerance table): "
                 "no deviation needed")
     best = fits[0] if fits else None
-    if best is not None and best.ok:
-        also = [f"`{f.name}`" for f in fits[1:] if f.ok]
+    if d is not None and d.authority and best is not None and best.explains:
+        where = ("from the prompt's logits" if d.from_token is None else
+                 f"from generated token #{d.from_token} (0-based)")
+        return (f"matches {d.authority}; differs from {TRANSFORMERS} (npgemma's default) {where}"
+                f" — not a fault: `{best.name}` to {best.distance:.2g}; {explain(best.name)}")
+    if best is not None and best.explains:
+        also = [f"`{f.name}`" for f in fits[1:] if f.explains]
         judged = [DEVIATIONS[n].judged_at for n in best.name.split(" + ") if DEVIATIONS[n].judged_at]
         return (f"matches npgemma with `{best.name}` to {best.distance:.2g}"
                 + (f" (by the {judged[0]} tolerances)" if judged else "") + " — "
@@ -169,6 +224,13 @@ def _verdict(base: Fit, fits: list) -> str:
         return (f"closest: npgemma with `{best.name}` ({best.distance:.2g}, vs {base.distance:.2g} "
                 f"without) but not within tolerance — likely {explain(best.name)}, plus something "
                 "npgemma does not know")
+    wider = [f for f in fits if f.ok and not f.explains]  # within a wider tolerance, yet farther
+    hint = ("; npgemma unchanged is within the bfloat16 tolerances: if the implementation "
+            "computes in bfloat16, compare with --dtype bfloat16"
+            if d is not None and d.within_bf16 else "")
     return (f"no known deviation explains the difference ({base.distance:.2g} from npgemma"
             + (f"; closest `{closer[0].name}` at {closer[0].distance:.2g})" if closer else
-               "; no deviation comes closer)"))
+               "; no deviation comes closer)")
+            + "".join(f"; `{f.name}` is within its {judged_at(f.name.split(' + '), 'float32')} "
+                      f"tolerances but farther ({f.distance:.4g}) than no change: not an "
+                      "explanation" for f in wider[:1]) + hint)

@@ -150,7 +150,7 @@ def diagnose_pixels(image, processor: Processor, theirs: np.ndarray, dtype: str)
     if plain.ok:
         verdict = f"the pixels match npgemma's to {plain.distance:.2g}"
         explained, name, distance = True, None, plain.distance
-    elif best.ok:
+    elif best.ok and best.distance < plain.distance:  # never a worse fit than no change
         how = "; and ".join(PIXEL_TRAPS[n].explain for n in best.name.split(" + "))
         verdict = f"pixel_values match npgemma's with `{best.name}` to {best.distance:.2g} — {how}"
         explained, name, distance = True, best.name, best.distance

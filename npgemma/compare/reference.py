@@ -39,29 +39,42 @@ def forced_tokens(cfg, tokens) -> list[int]:
 
 
 def teacher_forced(params, cfg, input_ids: np.ndarray, pixel_values: np.ndarray, tokens,
-                   hidden: bool = False) -> Forward:
+                   hidden: bool = False, pad: int = 0, decode_positions=None,
+                   masks=None) -> Forward:
     """Prefill input_ids int[L] (the bidirectional prefix), then decode `tokens` one at a time
     through the KV-cache, as generation does — so a deviation that lets a query see a later
-    key (a mask applied before the soft cap) acts as it does in a real decode loop."""
+    key (a mask applied before the soft cap) acts as it does in a real decode loop.
+
+    `pad`: the row as a left-padded batch row, behind `pad` pad slots (which a correct
+    implementation masks: the result is the row's alone). The hooks are how a decode-time or
+    batch trap is swapped in: decode_positions(positions int[1, 1], slots, q) -> the positions
+    a decode step is fed; masks(slots, cfg, q) -> the masks of the queries at slots q.. ."""
     n = len(input_ids)
     ids = np.asarray(input_ids, np.int64)[None]  # [1, L]
-    slots = Slots.full(*ids.shape)
+    valid = np.ones((1, pad + n), bool)
+    valid[:, :pad] = False
+    if pad:
+        ids = np.concatenate([np.full((1, pad), cfg.pad_token_id or 0, np.int64), ids], axis=1)
+    slots = Slots.prompt(valid)
+    mask_of = masks or (lambda sl, c, q: sl.masks(c, q))
     states: list | None = [] if hidden else None
-    cache = paligemma.init_cache(cfg, 1, n + len(tokens))
+    cache = paligemma.init_cache(cfg, 1, pad + n + len(tokens))
     feats = paligemma.encode_image(params, pixel_values[None].astype(np.float32), cfg)
-    logits, cache = paligemma.forward(params, cfg, ids, slots.positions(), slots.masks(cfg),
+    logits, cache = paligemma.forward(params, cfg, ids, slots.positions(), mask_of(slots, cfg, 0),
                                       image_features=feats, cache=cache, hidden_states=states)
     steps = [logits[0, -1]]
     for t in tokens:  # each forced token is a real, causal (suffix) slot
         slots = slots.append()
         q = slots.length - 1
-        step, cache = paligemma.forward(params, cfg, np.array([[t]], np.int64),
-                                        slots.positions(q), slots.masks(cfg, q),
-                                        cache=cache, last_only=True)
+        positions = slots.positions(q)
+        if decode_positions is not None:
+            positions = decode_positions(positions, slots, q)
+        step, cache = paligemma.forward(params, cfg, np.array([[t]], np.int64), positions,
+                                        mask_of(slots, cfg, q), cache=cache, last_only=True)
         steps.append(step[0, -1])
     if states is not None:  # npgemma's L + 2 (input, each layer, final norm) -> HF's L + 1
-        states = [h[0] for i, h in enumerate(states) if i != len(states) - 2]
-    return Forward(logits[0], np.stack(steps), states)
+        states = [h[0, pad:] for i, h in enumerate(states) if i != len(states) - 2]
+    return Forward(logits[0, pad:], np.stack(steps), states)
 
 
 def greedy_tokens(params, cfg, input_ids: np.ndarray, pixel_values: np.ndarray,

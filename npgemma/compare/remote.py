@@ -1,7 +1,10 @@
 """Run an adapter in another Python (a peer's own virtual environment) and bring its arrays back.
 
-    PYTHON remote.py SPEC MODEL_DIR IMAGE.png PROMPT OUT MAX_NEW_TOKENS
-    PYTHON remote.py SPEC MODEL_DIR '["A.png", ...]' '["prompt a", ...]' OUT MAX_NEW_TOKENS  (a batch)
+    PYTHON remote.py SPEC MODEL_DIR IMAGE.png PROMPT OUT OPTIONS
+    PYTHON remote.py SPEC MODEL_DIR '["A.png", ...]' '["prompt a", ...]' OUT OPTIONS  (a batch)
+
+OPTIONS is a JSON object ({"max_new_tokens": 8, "dtype": "bfloat16", "device": "cpu", ...}):
+each option FUNC takes (by name or **kwargs) is passed to it as a keyword argument.
 
 This file is run *as a script* by that interpreter, which need not have npgemma installed: it
 imports nothing of npgemma, only NumPy, Pillow and the adapter (SPEC: `path/to/file.py:FUNC` or
@@ -26,6 +29,13 @@ EXIT_ADAPTER_FAILED = 2
 
 def _load(spec: str):
     where, name = spec.rsplit(":", 1)
+    here = os.path.dirname(os.path.abspath(__file__))
+    # Run as a script, this file's folder heads sys.path: its modules' names (pixels, swap,
+    # conform, ...) would shadow the adapter's imports. The current directory takes its place,
+    # as `python -m` puts it there.
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if where.endswith(".py"):
         # A name of its own: the file may be named after the package it adapts (mlx_vlm).
         loader = importlib.util.spec_from_file_location("_npgemma_remote_adapter", where)
@@ -34,6 +44,16 @@ def _load(spec: str):
     else:
         module = importlib.import_module(where)
     return getattr(module, name)
+
+
+def _accepts(func, keyword: str) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == keyword or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _to_numpy(x):
@@ -73,7 +93,7 @@ def _pack(got, arrays: dict, prefix: str) -> dict:
 
 def _main(argv: list[str]) -> int:
     """IMAGE and PROMPT are a JSON list each for a batch (one dict per row comes back)."""
-    spec, model_dir, image_arg, prompt_arg, out, max_new_tokens = argv
+    spec, model_dir, image_arg, prompt_arg, out, options = argv
     meta: dict = {}
     try:
         import numpy as np
@@ -88,7 +108,7 @@ def _main(argv: list[str]) -> int:
                 images.append(im.copy())  # its own mode (RGB, L, RGBA, P): the adapter converts
         prompt = json.loads(prompt_arg) if batch else prompt_arg
         got = func(model_dir, images if batch else images[0], prompt,
-                   max_new_tokens=int(max_new_tokens))
+                   **{k: v for k, v in json.loads(options).items() if _accepts(func, k)})
         arrays: dict = {}
         if batch:
             if not isinstance(got, (list, tuple)):
@@ -125,16 +145,18 @@ def _unpack(meta: dict, got: dict, prefix: str) -> dict:
     return out
 
 
-def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_tokens: int = 8,
-                   dtype: str = "float32", timeout: float | None = None, label: str | None = None):
-    """The caller's side: `spec` run by `python`, as an adapter of the `--against` contract.
-    The compute dtype asked for reaches the adapter as NPGEMMA_PEER_DTYPE."""
+def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, options: dict,
+                   timeout: float | None = None, label: str | None = None):
+    """The caller's side: `spec` run by `python`, as an adapter of the `--against` contract;
+    `options` (max_new_tokens, dtype, device, attn) reach FUNC as keyword arguments. Past
+    `timeout` seconds the child is killed and the call raises `TimedOut`."""
     import subprocess
     import tempfile
 
     import numpy as np
 
     from ..errors import InputError, Unsupported
+    from .contract import TimedOut
 
     who = f"--against {label or spec} (in {python})"
     batch = isinstance(image, (list, tuple))
@@ -146,13 +168,12 @@ def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_
         args = [json.dumps(paths), json.dumps(list(prompt))] if batch else [paths[0], prompt]
         try:
             done = subprocess.run([python, os.path.abspath(__file__), spec, os.fspath(model_dir),
-                                   *args, out, str(max_new_tokens)],
-                                  capture_output=True, text=True, timeout=timeout,
-                                  env=os.environ | {"NPGEMMA_PEER_DTYPE": dtype})
+                                   *args, out, json.dumps(options)],
+                                  capture_output=True, text=True, timeout=timeout or None)
         except FileNotFoundError:
             raise InputError(f"--python {python}: no such interpreter") from None
-        except subprocess.TimeoutExpired:
-            raise InputError(f"{who}: no answer in {timeout:.0f} s") from None
+        except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+            raise TimedOut(f"{label or spec} (in {python})", timeout) from None
         if not os.path.isfile(out + ".json"):
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise InputError(f"{who}: the runner failed "
@@ -170,6 +191,9 @@ def remote_adapter(model_dir, image, prompt, *, python: str, spec: str, max_new_
     if batch:
         return [_unpack(m, got, f"r{i}_") for i, m in enumerate(meta["rows"])]
     return _unpack(meta, got, "")
+
+
+remote_adapter.remote_timeout = True  # it enforces the timeout itself (contract._called)
 
 
 if __name__ == "__main__":

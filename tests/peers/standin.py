@@ -63,7 +63,7 @@ def run(model_dir, image, prompt, max_new_tokens=8):
 def _shifted(pad, model_dir, image, prompt, max_new_tokens):
     """One row as an implementation computes it that merges image feature p at padded position
     p: `pad` left pads move each image token `pad` features on, the last ones get zeros."""
-    from npgemma.compare.against import shifted_features
+    from npgemma.compare.batch import shifted_features
     from npgemma.compare.swap import swapped
 
     with swapped([shifted_features(pad)]):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # mlx-vlm (MLX's Linux CPU build) in a virtual environment of its own, at the versions
 # docs/conformance.md was measured with; then the command that checks it.
-#   bash parity/peers/setup_mlx_vlm.sh [VENV]      (default .venv-mlx-vlm)
+#   bash npgemma/compare/adapters/setup_mlx_vlm.sh [VENV]      (default .venv-mlx-vlm)
 set -euo pipefail
 venv="${1:-.venv-mlx-vlm}"
 python3 -m venv "$venv"

@@ -3,7 +3,7 @@ its processor (`prepare_inputs`), the model's forward for the prompt logits, and
 `mlx_vlm.stream_generate` (temperature 0) for the greedy tokens and their log-probabilities.
 
 Run by `npgemma/compare/remote.py` inside mlx-vlm's own environment (`--python`); imports
-nothing of npgemma. NPGEMMA_PEER_DTYPE "bfloat16" casts the loaded weights (mlx-vlm keeps a
+nothing of npgemma. `dtype="bfloat16"` (`--dtype`) casts the loaded weights (mlx-vlm keeps a
 bf16 checkpoint's weights as stored either way).
 """
 
@@ -15,14 +15,14 @@ import tempfile
 import numpy as np
 
 
-def run(model_dir, image, prompt, max_new_tokens=8):
+def run(model_dir, image, prompt, max_new_tokens=8, dtype="float32"):
     import mlx.core as mx
     from mlx_vlm import load, stream_generate
     from mlx_vlm.prompt_utils import apply_chat_template
     from mlx_vlm.utils import prepare_inputs
 
     model, processor = load(str(model_dir))
-    if os.environ.get("NPGEMMA_PEER_DTYPE") == "bfloat16":
+    if dtype == "bfloat16":
         model.set_dtype(mx.bfloat16)
     if isinstance(prompt, list):
         return _batch(model, processor, image, prompt)

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from ..errors import InputError
+from ...errors import InputError
 
 TOP_LOGPROBS = 5     # the chat API allows up to 20
 TIMEOUT_S = 600
@@ -98,8 +98,8 @@ def _steps(kind: str, choice: dict) -> list[tuple[str, list | None, list[tuple[s
 
 
 def openai_adapter(model_dir, image, prompt, *, url: str, max_new_tokens: int = 8) -> dict:
-    from ..checkpoint.config_json import load_config
-    from ..generation.processing import Processor
+    from ...checkpoint.config_json import load_config
+    from ...generation.processing import Processor
 
     base, kind, model = endpoint(url)
     if model is None:

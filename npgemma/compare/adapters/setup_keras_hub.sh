@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # keras-hub on JAX (it pulls TensorFlow for its text preprocessing) in a virtual environment of
 # its own, at the versions docs/conformance.md was measured with; then the command that checks it.
-#   bash parity/peers/setup_keras_hub.sh [VENV]     (default .venv-keras-hub)
+#   bash npgemma/compare/adapters/setup_keras_hub.sh [VENV]     (default .venv-keras-hub)
 set -euo pipefail
 venv="${1:-.venv-keras-hub}"
 python3 -m venv "$venv"

@@ -8,7 +8,7 @@ token ids come back as generated (a string answer re-tokenized drops a generated
 merges pieces: the ids it gives are not the ones the model picked).
 
 Run by `npgemma/compare/remote.py` inside keras-hub's own environment (`--python`); imports
-nothing of npgemma. NPGEMMA_PEER_DTYPE "bfloat16" loads it with dtype="bfloat16".
+nothing of npgemma. `dtype="bfloat16"` (`--dtype`) loads it with dtype="bfloat16".
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import numpy as np
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 
-def run(model_dir, image, prompt, max_new_tokens=8):
+def run(model_dir, image, prompt, max_new_tokens=8, dtype="float32"):
     import keras_hub
 
-    dtype = "bfloat16" if os.environ.get("NPGEMMA_PEER_DTYPE") == "bfloat16" else "float32"
+    dtype = "bfloat16" if dtype == "bfloat16" else "float32"
     lm = keras_hub.models.PaliGemmaCausalLM.from_preset(str(model_dir), dtype=dtype)
     pre, backbone = lm.preprocessor, lm.backbone
     if pre.image_converter is None:  # its HF loader sets none ("TODO: set image size")

@@ -1,0 +1,87 @@
+"""Why an implementation cannot run a case: the load, config and crash traps (`CASE_TRAPS`),
+and `sort_crash`, which runs sibling cases on demand to tell them apart.
+
+A crash is a symptom with a cause, and the case set isolates it: a case that differs from its
+`sibling` in one property (a key layout, a bfloat16 file, a grey image) names that property
+when the sibling runs; the crash traps compare PaliGemma 1 with 2, one key/value head with two,
+and a PaliGemma 2 sequence shorter than its window with one longer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .trap import Trap
+
+PG1_BASE, PG1_KV2 = "pg1-hub-f32", "pg1-kv2"
+PG2_SHORT, PG2_KV1 = "pg2-short", "pg2-kv1"   # K = 2 within the window; K = 1 past it
+
+
+def _layout(name: str, label: str) -> Trap:
+    return Trap(f"unreadable-layout-{name}", "load", "checkpoint/layout.py: every key layout "
+                "transformers has written", f"the implementation cannot read the {label} key "
+                "layout (it reads the Hub's, where the same checkpoint loads)",
+                "the case in that layout fails to load beside its Hub-layout sibling")
+
+
+CASE_TRAPS: dict[str, Trap] = {t.name: t for t in (
+    _layout("v4.52", "transformers 4.52"),
+    _layout("v5", "transformers 5.x (in memory)"),
+    _layout("v5-save", "transformers 5.x save_pretrained"),
+    Trap("no-bf16-file", "load", "checkpoint/weights.py: safetensors BF16 tensors",
+         "the implementation cannot read a bfloat16 safetensors file",
+         "a bfloat16 file fails beside its float32 sibling"),
+    Trap("no-sharded-checkpoint", "load", "model.safetensors.index.json's weight_map",
+         "the implementation cannot read a sharded checkpoint",
+         "three shards fail beside the one-file sibling"),
+    Trap("head-dim-from-image-tokens", "config", "config.json text_config.head_dim",
+         "the implementation runs 16 image tokens (= head_dim) but not 64: it takes head_dim "
+         "from the image-token count (config.json's text_config.head_dim is the head size)",
+         "a case with more image tokens than head_dim fails beside one with as many"),
+    Trap("head-dim-ignored", "config", "config.json text_config.head_dim",
+         "the implementation ignores config.json's head_dim for Gemma 1 (takes hidden_size / "
+         "num_attention_heads)", "head_dim != hidden_size / heads fails beside ="),
+    Trap("no-convert-rgb", "processor", "generation/processing.py: every image converted to RGB",
+         "the implementation does not convert a grey-scale image to RGB (the Hub's "
+         "preprocessor_config.json says do_convert_rgb null; npgemma converts every image, as "
+         "transformers' load_image does)", "the grey-image case fails beside its RGB sibling"),
+    Trap("no-left-padded-batch", "batch", "generation/slots.py: left padding",
+         "the implementation cannot run a left-padded batch",
+         "a batch of RGB rows fails beside its single-input sibling"),
+    Trap("no-gemma2", "crash", "config.json text_config.model_type 'gemma2'",
+         "the implementation has no Gemma 2 (PaliGemma 2): a PaliGemma 1 case runs, every "
+         "PaliGemma 2 case crashes (e.g. KeyError: 'gemma2')",
+         f"{PG1_BASE} runs, {PG2_SHORT} and {PG2_KV1} crash (run on demand)",
+         needs="a PaliGemma 2 case"),
+    Trap("prefix-mask-one-kv-head", "crash", "paligemma.prefix_lm_mask: one mask for every head "
+         "([B, L, S], broadcast over the heads)", "the implementation builds its prefix mask for "
+         "one key/value head (expanded to num_key_value_heads, a shape mismatch): one key/value "
+         "head runs, two crash", f"{PG2_KV1} (or {PG1_BASE}) runs, {PG2_SHORT} (or {PG1_KV2}) "
+         "crashes (run on demand)", needs="num_key_value_heads > 1"),
+    Trap("fails-past-window", "crash", "kv_cache.py: the cache holds the whole sequence; the "
+         "window is a mask", "the implementation's sliding-window cache fails once the sequence "
+         "outgrows the window (e.g. an IndexError at the first token past it)",
+         f"{PG2_SHORT} (shorter than its window) runs, {PG2_KV1} (longer) crashes (run on "
+         "demand)", needs="a Gemma-2 sequence longer than the window"),
+)}
+
+
+def sort_crash(case, outcome: Callable[[str], str | None]) -> str | None:
+    """The catalogue's name of the cause of `case`'s crash, or None. `outcome(name)` runs the
+    case `name` if it has not run (whatever --cases selected) and says "ran", "crashed" or None
+    (declined, timed out, or no such case)."""
+    if case.sibling and case.trap and outcome(case.sibling) == "ran":
+        return case.trap
+    text = case.config.get("text", "gemma")
+    kv = case.config.get("num_key_value_heads", 1)
+    if text == "gemma2":
+        short, kv1 = outcome(PG2_SHORT), outcome(PG2_KV1)
+        if short == "crashed" and kv1 == "crashed" and outcome(PG1_BASE) == "ran":
+            return "no-gemma2"
+        if kv > 1 and kv1 == "ran" and short == "crashed":
+            return "prefix-mask-one-kv-head"
+        if short == "ran" and kv1 == "crashed" and case.name != PG2_SHORT:
+            return "fails-past-window"
+    elif kv > 1 and outcome(PG1_BASE) == "ran":
+        return "prefix-mask-one-kv-head"
+    return None
