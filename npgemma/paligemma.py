@@ -78,11 +78,15 @@ def prefix_lm_mask(valid: np.ndarray, is_prefix: np.ndarray, q_start: int,
 
 
 def attention_masks(cfg: PaliGemmaConfig, valid, is_prefix, q_start: int) -> dict:
-    """One mask per layer type the decoder has ("full_attention", and for Gemma-2 "sliding_attention")."""
+    """One mask per layer type the decoder has ("full_attention", and for Gemma-2 "sliding_attention").
+
+    The window is the one `cfg.text_config.window` names: transformers 5.24's (above), or
+    big_vision's, none at all (its sliding layers then see what the full ones see).
+    """
     masks = {"full_attention": prefix_lm_mask(valid, is_prefix, q_start)}
     if cfg.text_config.is_gemma2:
         masks["sliding_attention"] = prefix_lm_mask(valid, is_prefix, q_start,
-                                                    cfg.text_config.sliding_window)
+                                                    cfg.text_config.applied_window)
     return masks
 
 

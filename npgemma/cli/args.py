@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import WINDOWS
 from ..errors import NpgemmaError
 from ..generation.backend import BACKENDS, DTYPES
 
@@ -33,6 +34,14 @@ def add_backend_args(p: argparse.ArgumentParser, backend: bool = True) -> None:
                         "compute dtype")
 
 
+def add_window_arg(p: argparse.ArgumentParser) -> None:
+    """--window: whose Gemma-2 sliding window npgemma runs (npgemma.load's `window`)."""
+    p.add_argument("--window", default="transformers", choices=WINDOWS,
+                   help="Gemma-2's sliding window as transformers 5.24 applies it (generated "
+                        "tokens only; the default) or as big_vision, Google's training code, "
+                        "does (none); they differ only past 4096 tokens (PaliGemma 2 at 896 px)")
+
+
 def add_model_args(p: argparse.ArgumentParser, several: bool = False, backend: bool = True) -> None:
     """--model, --image/--prompt (one pair, or several and --batch), the backend options,
     --json, --quiet, --force."""
@@ -51,6 +60,7 @@ def add_model_args(p: argparse.ArgumentParser, several: bool = False, backend: b
         p.add_argument("--image", required=True, help="image file")
         p.add_argument("--prompt", required=True, help='task prompt, e.g. "caption en" or "detect cat"')
     add_backend_args(p, backend)
+    add_window_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr (there is none when stderr is not a terminal)")
     p.add_argument("--force", action="store_true",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..compare import conform
 from ..errors import InputError
-from .args import add_backend_args, non_negative_int
+from .args import add_backend_args, add_window_arg, non_negative_int
 from .parity import _plain_json
 from .progress import bar
 
@@ -36,6 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--attn", default="eager", choices=["eager", "sdpa"],
                    help="attention implementation of --against transformers")
     add_backend_args(p, backend=False)
+    add_window_arg(p)  # which authority npgemma's side runs for Gemma-2's window
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -53,7 +53,7 @@ def generate(args) -> int:
     pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                 progress=weights_progress(quiet=args.quiet), force=args.force,
                 text_tokens=text_tokens(longest, args.max_new_tokens), batch=len(pairs),
-                vae=args.vae)
+                vae=args.vae, window=args.window)
     load_s = time.time() - t0
     generation = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

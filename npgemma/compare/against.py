@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..checkpoint.config_json import load_config
+from ..config import with_window
 from ..checkpoint.hub import resolve
 from ..checkpoint.weights import load_weights
 from ..generation.processing import Processor, open_image
@@ -71,7 +72,7 @@ def run(args) -> tuple[dict, int]:
     """The report (a dict: stages, greedy tokens, diagnosis) of `args.against` against npgemma
     on `args.model` (None: the bundled model), and the exit status (1 when anything is over)."""
     model_dir = resolve(args.model)
-    cfg = load_config(model_dir)
+    cfg = with_window(load_config(model_dir), getattr(args, "window", "transformers"))
     proc = Processor.from_pretrained(model_dir, cfg)
     func = adapters.resolve(args.against, dtype=args.dtype, device=args.device, attn=args.attn,
                             max_new_tokens=args.max_new_tokens, python=getattr(args, "python", None))

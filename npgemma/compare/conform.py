@@ -213,7 +213,7 @@ def run_case(case: Case, root: Path, args) -> Result:
     ns = argparse.Namespace(model=str(folder), image=str(image), prompt=case.prompt,
                             against=args.against, dtype=args.dtype, device=args.device,
                             attn=args.attn, max_new_tokens=args.max_new_tokens, diagnose=True,
-                            python=args.python,
+                            python=args.python, window=getattr(args, "window", "transformers"),
                             batch=[(str(p), q) for p, q in row_images(case, root)] or None)
     try:
         report, rc = against.run(ns)
