@@ -105,3 +105,65 @@ def test_window_is_never_read_from_config_json(tmp_path):
     cfg = tiny_config(text="gemma2", minimal=False, sliding_window=WINDOW, window="big_vision")
     folder = write_checkpoint(tmp_path / "m", cfg, layout="hub")
     assert npgemma.load(folder, force=True).cfg.text_config.window == "transformers"
+
+
+# ---- when the choice can matter: the rule, checked against the masks, and the docs' table ----
+
+@pytest.mark.parametrize("window", [1, 3, 6])
+@pytest.mark.parametrize("prefix_len", [2, 4, 6, 9])
+def test_first_windowed_token_is_where_the_masks_first_part(prefix_len, window):
+    """Brute force: the first generated query whose transformers mask row differs from the
+    unwindowed one; token n is read from the query at slot prefix_len + n - 2."""
+    from npgemma.paligemma import first_windowed_token, prefix_lm_mask
+
+    total = prefix_len + window + 4
+    valid = np.ones((1, total), bool)
+    is_prefix = valid.copy()
+    is_prefix[:, prefix_len:] = False
+    windowed = prefix_lm_mask(valid, is_prefix, 0, window)[0]
+    unwindowed = prefix_lm_mask(valid, is_prefix, 0)[0]
+    rows = [i for i in range(total) if (windowed[i] != unwindowed[i]).any()]
+    assert rows and min(rows) >= prefix_len  # the prefix's own rows never differ
+    # the last prefix query gives token 1: that row never differs, so token 1 never does
+    assert first_windowed_token(prefix_len, window) == min(rows) - prefix_len + 2
+    assert first_windowed_token(prefix_len, None) is None
+
+
+# (name, text model, sliding_window) of the real checkpoints: PaliGemma 1 is Gemma 2B (no
+# window); PaliGemma 2 3B/10B/28B are Gemma 2 2B/9B/27B, each config.json with window 4096.
+REAL = [("PaliGemma 1 3B", None), ("PaliGemma 2 3B", 4096), ("PaliGemma 2 10B", 4096),
+        ("PaliGemma 2 28B", 4096)]
+PATCH = 14  # SigLIP So400m/14: image tokens (px / 14)²
+
+
+def two_authority_table() -> str:
+    """docs/conformance.md's table, from the config values above and `first_windowed_token`."""
+    from npgemma.paligemma import first_windowed_token
+
+    lines = ["| checkpoint | px | image tokens | window | can the choice change the output? |",
+             "|---|---|---|---|---|"]
+    for name, window in REAL:
+        for px in (224, 448, 896):
+            tokens = (px // PATCH) ** 2
+            if window is None:
+                verdict = "no: Gemma 1 has no window"
+            else:
+                # the shortest prompt: <bos> and "\n" alone (2 text tokens)
+                n = first_windowed_token(tokens + 2, window)
+                text = 2 + n  # the 2-token prompt and n answer tokens: token n exists
+                if n == 2:
+                    verdict = ("**yes, always**: from the 2nd generated token on (the 1st "
+                               "generated token's own attention is windowed)")
+                else:
+                    verdict = (f"only when prompt (with `<bos>` and `\\n`) + answer reach "
+                               f"{text} tokens")
+            lines.append(f"| {name} | {px} | {tokens} | {window or '-'} | {verdict} |")
+    return "\n".join(lines)
+
+
+def test_docs_two_authority_table_is_the_computed_one():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "conformance.md").read_text(encoding="utf-8")
+    table = two_authority_table()
+    assert table in doc, "docs/conformance.md's two-authority table should read:\n" + table
