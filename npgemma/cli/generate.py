@@ -80,6 +80,7 @@ def generate(args) -> int:
     if args.json:
         print(json.dumps({"text": text, "token_ids": token_ids, "objects": objects,
                           "backend": args.backend, "device": args.device, "dtype": args.dtype,
+                          "window": args.window,
                           "load_s": round(load_s, 3), "generate_s": round(time.time() - t1, 3)}))
     return 0
 

@@ -18,6 +18,8 @@ npgemma. What differs between releases, and how it is met here:
     padding dropped, its tokens up to the first EOS).
 The dtype comes as a keyword (`dtype=`) when the caller passes one, else from
 NPGEMMA_PEER_DTYPE ("bfloat16" or "float32", the default).
+Weights the release cannot find in the file (a key layout newer than it) are an error here,
+not the warning and random weights transformers gives.
 A release that cannot run a case raises, and the row says what it raised: that is a finding
 (a release without Gemma 2 raises KeyError 'gemma2' on a PaliGemma 2 config), not a defect here.
 """
@@ -49,9 +51,17 @@ def _load(model_dir: str, dtype: str):
     transformers.logging.set_verbosity_error()  # the "add <image> tokens" notice, load reports
     processor = PaliGemmaProcessor.from_pretrained(model_dir)
     key = "dtype" if _version() >= (4, 56) else "torch_dtype"
-    model = PaliGemmaForConditionalGeneration.from_pretrained(
-        model_dir, attn_implementation="eager", **{key: getattr(torch, dtype)}).eval()
-    return processor, model
+    model, info = PaliGemmaForConditionalGeneration.from_pretrained(
+        model_dir, attn_implementation="eager", output_loading_info=True,
+        **{key: getattr(torch, dtype)})
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # what its own warning says ("newly initialized"), as the error it is
+        unexpected = sorted(info.get("unexpected_keys") or [])
+        raise RuntimeError(
+            f"transformers {transformers.__version__} found {len(missing)} weights missing from "
+            f"the checkpoint and initialised them at random (e.g. {missing[0]!r}); keys it did "
+            f"not expect: {len(unexpected)} (e.g. {unexpected[0] if unexpected else None!r})")
+    return processor, model.eval()
 
 
 def _generate(model, inputs: dict, max_new_tokens: int):
