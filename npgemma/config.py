@@ -8,7 +8,9 @@ loader's job: `npgemma/checkpoint/config_json.py`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+WINDOWS = ("transformers", "big_vision")  # the two authorities for Gemma-2's sliding window
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ class TextConfig:
     layer_types: tuple[str, ...] | None = None
     attn_logit_softcapping: float | None = None
     final_logit_softcapping: float | None = None
+    # npgemma's option, not a config.json field: whose Gemma-2 sliding window to run.
+    # "transformers" (5.24, the default): generated tokens see at most `sliding_window` slots
+    # back, the prefix is never windowed. "big_vision" (Google's training code): no window at
+    # all. They differ only once a sequence outgrows the window (docs/numerics.md).
+    window: str = "transformers"
 
     @property
     def is_gemma2(self) -> bool:
@@ -71,11 +78,19 @@ class TextConfig:
         base = self.query_pre_attn_scalar if self.is_gemma2 else self.head_dim
         return float(base) ** -0.5
 
-    def layer_sliding_window(self, layer_idx: int) -> int | None:
-        """The window of one layer, or None for full attention."""
-        if self.layer_types is None or self.sliding_window is None:
+    @property
+    def applied_window(self) -> int | None:
+        """The sliding window as run: the checkpoint's under "transformers", None (full
+        attention on every layer) under "big_vision" or for Gemma-1."""
+        if not self.is_gemma2 or self.window == "big_vision":
             return None
-        return self.sliding_window if self.layer_types[layer_idx] == "sliding_attention" else None
+        return self.sliding_window
+
+    def layer_sliding_window(self, layer_idx: int) -> int | None:
+        """The window of one layer as run, or None for full attention."""
+        if self.layer_types is None or self.applied_window is None:
+            return None
+        return self.applied_window if self.layer_types[layer_idx] == "sliding_attention" else None
 
 
 @dataclass(frozen=True)
@@ -93,3 +108,11 @@ class PaliGemmaConfig:
     @property
     def num_image_tokens(self) -> int:
         return self.vision_config.num_patches
+
+
+def with_window(cfg: PaliGemmaConfig, window: str) -> PaliGemmaConfig:
+    """`cfg` running the given authority's Gemma-2 window (one of WINDOWS)."""
+    if window not in WINDOWS:
+        from .errors import InputError
+        raise InputError(f"window {window!r}: expected one of {', '.join(WINDOWS)}")
+    return replace(cfg, text_config=replace(cfg.text_config, window=window))

@@ -77,12 +77,27 @@ def prefix_lm_mask(valid: np.ndarray, is_prefix: np.ndarray, q_start: int,
     return (causal[None] | both_prefix) & valid[:, None, :]
 
 
+def first_windowed_token(prefix_len: int, window: int | None) -> int | None:
+    """The first generated token (1 = the first) whose logits the two authorities for
+    Gemma-2's window give differently, for an unpadded prompt of `prefix_len` slots (image
+    tokens, <bos>, prompt, "\\n"); None when there is no window. Token n is read from the
+    query at slot prefix_len + n - 2; the prefix's own queries are never windowed, a generated
+    query at slot i >= window is (key slot 0 is i >= window behind it). So n >= 2 always."""
+    if window is None:
+        return None
+    return max(2, window - prefix_len + 2)
+
+
 def attention_masks(cfg: PaliGemmaConfig, valid, is_prefix, q_start: int) -> dict:
-    """One mask per layer type the decoder has ("full_attention", and for Gemma-2 "sliding_attention")."""
+    """One mask per layer type the decoder has ("full_attention", and for Gemma-2 "sliding_attention").
+
+    The window is the one `cfg.text_config.window` names: transformers 5.24's (above), or
+    big_vision's, none at all (its sliding layers then see what the full ones see).
+    """
     masks = {"full_attention": prefix_lm_mask(valid, is_prefix, q_start)}
     if cfg.text_config.is_gemma2:
         masks["sliding_attention"] = prefix_lm_mask(valid, is_prefix, q_start,
-                                                    cfg.text_config.sliding_window)
+                                                    cfg.text_config.applied_window)
     return masks
 
 

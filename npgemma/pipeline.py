@@ -15,7 +15,7 @@ from .checkpoint.hub import resolve
 from .checkpoint.memory import Streaming
 from .checkpoint.vae_file import load_vae
 from .checkpoint.weights import header_summary
-from .config import PaliGemmaConfig
+from .config import PaliGemmaConfig, with_window
 from .errors import InputError
 from .generation.backend import Backend, check_backend, get_backend
 from .generation.generate import GenerationConfig, check_length, generate_tokens
@@ -133,7 +133,7 @@ class Pipeline:
 def load(model: str | os.PathLike | None = None, backend: str = "numpy", device: str = "cpu",
          dtype: str = "float32", progress: Callable[[int, int, str], None] | None = None, *,
          force: bool = False, text_tokens: int = estimate.TEXT_TOKENS, batch: int = 1,
-         vae: str | os.PathLike | None = None) -> Pipeline:
+         vae: str | os.PathLike | None = None, window: str = "transformers") -> Pipeline:
     """Load a Hugging Face PaliGemma checkpoint: a folder (config.json, *.safetensors,
     tokenizer.json) or a model id `org/name[@revision]` in the local Hugging Face cache; None
     (the default) is the bundled demo model, `npgemma/demo/model/`, with its mask VQ-VAE
@@ -147,12 +147,15 @@ def load(model: str | os.PathLike | None = None, backend: str = "numpy", device:
     raises InputError with the figures, unless `force`. The check's estimate is the Pipeline's
     `.memory`; when the weights stream from disk, its `.streaming` says how (the CLI prints it).
     `vae`: PaliGemma's mask VQ-VAE (`vae-oid.npz` layout), to turn `<seg>` codes into masks.
+    `window`: whose Gemma-2 sliding window to run, "transformers" (5.24's: generated tokens
+    only) or "big_vision" (the training code's: none); they differ only past 4096 tokens
+    (docs/numerics.md, "Two authorities for the sliding window").
     """
     if model is None and vae is None:
         vae = bundled.vae_path()  # the bundled model's own VQ-VAE (resolve(None) is its folder)
     check_backend(backend, device, dtype)  # a mistyped name fails before anything is read
     model_dir = resolve(model)
-    cfg = load_config(model_dir)
+    cfg = with_window(load_config(model_dir), window)
     need = None
     if not force:
         files, headers = header_summary(model_dir)

@@ -45,7 +45,7 @@ _PALIGEMMA_TEXT_DEFAULTS = dict(
 
 def _pick(cls, raw: dict, defaults: dict) -> dict:
     """Values for `cls` fields: raw config.json entries over `defaults` over the class's own."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - {"window"}  # npgemma's option, not a file's
     out = {k: v for k, v in defaults.items() if k in names}
     out.update({k: v for k, v in raw.items() if k in names})
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..compare.request import DEFAULT_TIMEOUT_S, Request  # a dataclass: no NumPy
+from ..config import WINDOWS  # dataclasses only: no NumPy
 from ..errors import InputError, NpgemmaError
 
 BACKENDS = ("numpy", "torch")                 # npgemma.generation.backend.BACKENDS
@@ -86,6 +87,14 @@ def add_backend_args(p: argparse.ArgumentParser, backend: bool = True) -> None:
                         "reference computes in float32)")
 
 
+def add_window_arg(p: argparse.ArgumentParser) -> None:
+    """--window: whose Gemma-2 sliding window npgemma runs (npgemma.load's `window`)."""
+    p.add_argument("--window", default="transformers", choices=WINDOWS,
+                   help="Gemma-2's sliding window as transformers 5.24 applies it (generated "
+                        "tokens only) or as big_vision, Google's training code, "
+                        "does (none); they differ only past 4096 tokens (PaliGemma 2 at 896 px)")
+
+
 def add_model_args(p: argparse.ArgumentParser, several: bool = False, backend: bool = True) -> None:
     """--model, --image/--prompt (one pair, or several and --batch), the backend options,
     --json, --quiet, --force."""
@@ -108,6 +117,7 @@ def add_model_args(p: argparse.ArgumentParser, several: bool = False, backend: b
         p.add_argument("--prompt", required=True,
                        help='task prompt, e.g. "caption en" or "detect cat"')
     add_backend_args(p, backend)
+    add_window_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--quiet", action="store_true",
                    help="no progress bar on stderr (there is none when stderr is not a terminal)")
@@ -157,7 +167,8 @@ def request_of(args) -> Request:
                    image=getattr(args, "image", None), prompt=getattr(args, "prompt", "caption en"),
                    dtype=args.dtype, device=args.device, attn=args.attn,
                    max_new_tokens=args.max_new_tokens, python=args.python,
-                   diagnose=getattr(args, "diagnose", True), timeout=args.timeout or None)
+                   diagnose=getattr(args, "diagnose", True), timeout=args.timeout or None,
+                   window=getattr(args, "window", "transformers"))
 
 
 class ListTraps(argparse.Action):

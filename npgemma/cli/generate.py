@@ -75,7 +75,7 @@ def generate(args) -> int:
     pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
                 progress=weights_progress(quiet=args.quiet), force=args.force,
                 text_tokens=text_tokens(longest, args.max_new_tokens), batch=len(pairs),
-                vae=args.vae)
+                vae=args.vae, window=args.window)
     load_s = time.time() - t0
     say_streaming(pipe)
     if len(pairs) > 1 or args.batch:
@@ -100,6 +100,7 @@ def generate(args) -> int:
     if args.json:
         print(json.dumps({"text": text, "token_ids": token_ids, "objects": objects,
                           "backend": args.backend, "device": args.device, "dtype": args.dtype,
+                          "window": args.window,
                           "load_s": round(load_s, 3), "generate_s": round(time.time() - t1, 3)}))
     return 0
 

@@ -50,6 +50,7 @@ def run(args) -> int:
     quiet = args.quiet
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     pipe = load(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+                window=args.window,
                 force=args.force, text_tokens=text_tokens(args.prompt, args.max_new_tokens))
     say_streaming(pipe)
     rgb = load_image(args.image)

@@ -14,6 +14,7 @@ from ..checkpoint.hub import resolve
 from ..checkpoint.estimate import text_tokens
 from ..checkpoint.weights import header_summary
 from ..compare import against
+from ..config import with_window
 from ..compare.stages import parity_rows
 from ..errors import NpgemmaError
 from ..generation.backend import get_backend
@@ -39,7 +40,7 @@ def _parity(args) -> int:
     dtype computes on the same mapped pages."""
     tb = get_backend("torch", device=args.device, dtype=args.dtype)
     model_dir = resolve(args.model)
-    cfg = load_config(model_dir)
+    cfg = with_window(load_config(model_dir), args.window)
     files, headers = header_summary(model_dir)
     disk_dtype, tokens = estimate.stored_dtype(headers), text_tokens(args.prompt, args.max_new_tokens)
     avail = machine.available_memory()

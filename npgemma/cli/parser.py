@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from .args import ListTraps, Parser, add_backend_args, add_model_args, add_timeout_arg, non_negative_int
+from .args import (ListTraps, Parser, add_backend_args, add_model_args, add_timeout_arg,
+                   add_window_arg, non_negative_int)
 
 PROMPTS = """\
 prompts (PaliGemma's task prefixes; "en" is the answer's language):
@@ -154,6 +155,7 @@ def _conform(sub) -> None:
     p.add_argument("--max-new-tokens", type=non_negative_int, default=6, metavar="N",
                    help="greedy tokens compared per case")
     add_backend_args(p, backend=False)
+    add_window_arg(p)  # which authority npgemma's side runs for Gemma-2's window
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--markdown", metavar="FILE", help="also write the table as markdown")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -15,12 +15,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..checkpoint.config_json import load_config
+from ..config import with_window
 from ..checkpoint.hub import resolve
 from ..checkpoint.weights import load_weights
 from ..generation.processing import Processor, open_image
 from . import adapters, contract
 from .catalogue import CATALOGUE
-from .deviations import TRANSFORMERS
+from .deviations import BIG_VISION, TRANSFORMERS
 from .diagnose import diagnose, explain
 from .pixels import diagnose_pixels
 from .reference import forced_tokens, greedy_tokens, log_softmax, teacher_forced
@@ -76,7 +77,7 @@ def run(request: Request) -> tuple[dict, int]:
     against npgemma on `request.model` (None: the bundled model), and the exit status (1 when
     anything is over). The adapter's call is abandoned past `request.timeout` (`TimedOut`)."""
     model_dir = resolve(request.model)
-    cfg = load_config(model_dir)
+    cfg = with_window(load_config(model_dir), request.window)
     proc = Processor.from_pretrained(model_dir, cfg)
     func = adapters.resolve(request)
     if request.batch:
@@ -185,8 +186,8 @@ def _diagnosis(params, cfg, ids, pix, theirs, forced, ref, dtype, rows, image, p
             parts.append(("the model matches; " if not model_failed and not width else "")
                          + "the processor differs: " + "; ".join(processor))
         verdict = "; ".join(parts) if parts else d.verdict
-    authorities = {} if not d.authority else {"npgemma": TRANSFORMERS,
-                                              "implementation": d.authority}
+    ours = BIG_VISION if cfg.text_config.window == "big_vision" else TRANSFORMERS  # as it ran
+    authorities = {} if not d.authority else {"npgemma": ours, "implementation": d.authority}
     fault = not (d.authority and explained and not width and not processor)
     return Verdict(verdict, bool(explained), d.names + (["vocab-cut-at-image-token"] if cut else []),
                    d.distance, failed, fault, authorities, pixels, asdict(d.plain),

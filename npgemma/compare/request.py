@@ -21,4 +21,5 @@ class Request:
     max_new_tokens: int = 8
     python: str | None = None        # run the adapter in this interpreter (remote.py)
     diagnose: bool = True
+    window: str = "transformers"   # whose Gemma-2 window npgemma's side runs (config.WINDOWS)
     timeout: float | None = DEFAULT_TIMEOUT_S   # seconds per call; None or 0: no limit

@@ -161,6 +161,28 @@ _SPECIAL_TOKENS_MAP = {
 }
 
 
+def portable_json(tok: Tokenizer) -> str:
+    """`tok` as tokenizer.json text that `tokenizers` releases back to 0.15 parse too.
+
+    `tokenizers` 0.20 writes each BPE merge as a pair ["a", "b"]; releases before it read only
+    the string "a b" and refuse the pair form ("data did not match any variant of untagged enum
+    ModelWrapper") — and 0.19 is what the PaliGemma implementations of 2024 pinned. Every
+    release since reads both forms alike, so the string form changes nothing for a current one.
+    It needs pieces without a space, which these have (a space is "▁" before the model).
+    Encodes and decodes alike under tokenizers 0.23.3, 0.19.1, 0.15.2 and 0.14.1, the oldest
+    tested (0.13.3 reads it but splits `<loc>`/`<seg>` tokens written back to back into
+    characters): tests/test_tokenizer_file.py, NPGEMMA_OLD_TOKENIZERS.
+    """
+    data = json.loads(tok.to_str())
+    merges = data["model"]["merges"]
+    pairs = [m.split(" ") if isinstance(m, str) else list(m) for m in merges]
+    spaced = [p for p in pairs if len(p) != 2 or any(" " in piece for piece in p)]
+    if spaced:
+        raise ValueError(f"merge {spaced[0]!r} has a piece with a space: no string form for it")
+    data["model"]["merges"] = [f"{a} {b}" for a, b in pairs]
+    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
+
+
 def write_tokenizer(folder: str | os.PathLike, *, full: bool = False,
                     words: tuple[str, ...] | None = None) -> Path:
     """Write `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json`; return the json path.
@@ -171,7 +193,7 @@ def write_tokenizer(folder: str | os.PathLike, *, full: bool = False,
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tokenizer.json"
-    build_tokenizer(full=full, words=words).save(str(path))
+    path.write_text(portable_json(build_tokenizer(full=full, words=words)), encoding="utf-8")
     for name, obj in (("tokenizer_config.json", _TOKENIZER_CONFIG),
                       ("special_tokens_map.json", _SPECIAL_TOKENS_MAP)):
         (folder / name).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")

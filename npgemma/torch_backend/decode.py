@@ -73,8 +73,8 @@ def step_masks(cfg: PaliGemmaConfig, state: DecodeState) -> dict:
     """bool[B, 1, S_max] per layer type for the query at `state.slot` (already marked valid)."""
     full = state.valid[:, None, :]  # [B, S_max] -> [B, 1, S_max]
     masks = {"full_attention": full}
-    window = cfg.text_config.sliding_window
-    if cfg.text_config.is_gemma2 and window is not None:
+    window = cfg.text_config.applied_window  # None under big_vision's semantics: no window
+    if window is not None:
         near = (state.slot - state.slots) < window  # [S_max]; future slots are not valid anyway
         masks["sliding_attention"] = full & near
     return masks
