@@ -19,12 +19,15 @@ import argparse
 import datetime
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,6 +220,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="run the mutants whose id contains this text")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--jobs", type=int, default=1, help="mutants run at once, each in its own copy (default 1)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per mutant (default 300)")
     ap.add_argument("--json", type=Path, default=RESULT, help=f"result file (default {RESULT.relative_to(ROOT)})")
     ap.add_argument("--no-json", action="store_true", help="write no result file")
@@ -233,36 +237,54 @@ def main(argv=None) -> int:
             print(f"{mid:40} {path}: {old!r} -> {new!r}  [{', '.join(tests)}]")
         return 0
 
-    rows = []
+    commit = git_commit()  # what was copied: the tree as it is now
     with tempfile.TemporaryDirectory(prefix="npgemma-mutation-") as tmp:
-        tree = Path(tmp)
-        for part in ("npgemma", "tests", "parity"):
-            shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
+        trees = []
+        for j in range(max(1, args.jobs)):  # one copy per worker: a mutant is alone in its tree
+            tree = Path(tmp) / f"tree{j}"
+            for part in ("npgemma", "tests", "parity"):
+                shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copy(ROOT / "pyproject.toml", tree / "pyproject.toml")
+            trees.append(tree)
         every = sorted({t for m in chosen for t in m[4]})
-        status, detail, seconds = run_tests(tree, every, args.timeout * 3)
+        status, detail, seconds = run_tests(trees[0], every, args.timeout * 3)
         print(f"baseline (unmutated, {len(every)} test targets): {status} in {seconds:.0f} s {detail}")
         if status != "pass":
             print("the tests fail without a mutant: fix that first", file=sys.stderr)
             return 2
-        for n, (mid, path, old, new, tests) in enumerate(chosen, 1):
-            target = tree / path
-            original = target.read_text()
-            target.write_text(apply(original, old, new, mid))
+        free = queue.Queue()
+        for tree in trees:
+            free.put(tree)
+        done = [0]
+        lock = threading.Lock()
+
+        def one(mutant):
+            mid, path, old, new, tests = mutant
+            tree = free.get()
             try:
-                status, detail, seconds = run_tests(tree, tests, args.timeout)
+                target = tree / path
+                original = target.read_text()
+                target.write_text(apply(original, old, new, mid))
+                try:
+                    status, detail, seconds = run_tests(tree, tests, args.timeout)
+                finally:
+                    target.write_text(original)
             finally:
-                target.write_text(original)
+                free.put(tree)
             caught = status != "pass"
-            rows.append({"id": mid, "file": path, "original": old, "mutant": new, "tests": tests,
-                         "caught": caught, "by": detail if caught else None,
-                         "outcome": status, "seconds": round(seconds, 1)})
-            print(f"{n:3}/{len(chosen)} {'caught  ' if caught else 'SURVIVED'} {mid:38} "
-                  f"{seconds:5.1f} s  {detail if caught else ' '.join(tests)}", flush=True)
+            with lock:
+                done[0] += 1
+                print(f"{done[0]:3}/{len(chosen)} {'caught  ' if caught else 'SURVIVED'} {mid:38} "
+                      f"{seconds:5.1f} s  {detail if caught else ' '.join(tests)}", flush=True)
+            return {"id": mid, "file": path, "original": old, "mutant": new, "tests": tests,
+                    "caught": caught, "by": detail if caught else None,
+                    "outcome": status, "seconds": round(seconds, 1)}
+
+        with ThreadPoolExecutor(len(trees)) as pool:
+            rows = list(pool.map(one, chosen))
 
     caught = sum(r["caught"] for r in rows)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    commit = git_commit()
     survivors = [r["id"] for r in rows if not r["caught"]]
     if survivors:
         print("survivors (a property no named test checks): " + ", ".join(survivors))
