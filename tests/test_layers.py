@@ -225,6 +225,9 @@ def test_rope_inv_freq_golden():
     np.testing.assert_allclose(inv, [1.0, 0.01], rtol=1e-7)
     inv8 = rope_inv_freq(8, 10000.0)
     np.testing.assert_allclose(inv8, [1.0, 0.1, 0.01, 0.001], rtol=1e-6)
+    # rope_theta is read, not assumed: 1 / 100^(i/2) and 1 / 1e6^(2i/8) (PaliGemma's is 10000)
+    np.testing.assert_allclose(rope_inv_freq(4, 100.0), [1.0, 0.1], rtol=1e-7)
+    np.testing.assert_allclose(rope_inv_freq(8, 1e6), [1.0, 10 ** -1.5, 1e-3, 10 ** -4.5], rtol=1e-6)
 
 
 def test_rope_tables_dtype_and_layout():
