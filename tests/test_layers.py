@@ -536,6 +536,19 @@ def test_linear_low_memory_odd_width_and_strided_weights():
     assert _kernels._reads_as_pairs(np.ascontiguousarray(w))  # the same weight, contiguous
 
 
+def test_linear_plain_widening_keeps_values_beyond_float16():
+    """The plain widening (an odd width) is exact for every bfloat16 value, 1e30 and 1e-30
+    too: far outside float16's range, where a detour through it gives inf and 0."""
+    import ml_dtypes
+
+    from npgemma import _kernels
+
+    w = np.array([[1e30, -1e-30, 3.0]], np.float32).astype(ml_dtypes.bfloat16)  # [out=1, in=3]
+    x = np.array([[1.0, 0.0, 0.0], [0.0, 1e30, 1.0]], np.float32)
+    assert not _kernels._reads_as_pairs(w)
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    np.testing.assert_allclose(_kernels.matmul_t(x, w), want, rtol=1e-6)
+
 def test_bf16_pair_widening_is_exact_for_every_bit_pattern():
     """Widening a bfloat16 row as its even columns shifted up and its odd columns masked equals
     ml_dtypes' cast for all 65536 bfloat16 patterns (NaN payloads, infinities, subnormals, -0),

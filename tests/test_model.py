@@ -329,6 +329,27 @@ def test_vision_embeddings_add_one_position_vector_per_patch():
     np.testing.assert_array_equal(delta[[0, 2, 3]], 0.0)
 
 
+def test_vision_tower_and_decoder_end_in_their_final_norms():
+    """SigLIP's last hidden state goes through its post LayerNorm (each patch: mean = bias,
+    standard deviation = weight) and Gemma's decoder through its final RMSNorm (each position:
+    root mean square = 1 + w): with constant norm weights both are visible in the output."""
+    cfg = make_config(_GEMMA2)
+    params = random_params(cfg, seed=6)
+    vt, lm = params["vision_tower"], params["language_model"]
+    dv, d = cfg.vision_config.hidden_size, cfg.text_config.hidden_size
+    vt["post_layernorm"] = {"weight": np.full(dv, 2.0, F32), "bias": np.full(dv, 3.0, F32)}
+    out = siglip.vision_tower(vt, random_pixels(np.random.default_rng(6), 2, cfg), cfg.vision_config)
+    np.testing.assert_allclose(out.mean(-1), 3.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(-1), 2.0, rtol=1e-4)
+    lm["norm"] = {"weight": np.full(d, 1.5, F32)}  # scale 1 + 1.5
+    ids = prompt(np.random.default_rng(6), 3, cfg)[None]
+    valid = np.ones(ids.shape, bool)
+    h = gemma.decoder(lm, gemma.embed(lm["embed_tokens"], ids, cfg.text_config),
+                      paligemma.rope_positions(valid), paligemma.attention_masks(cfg, valid, valid, 0),
+                      cfg.text_config)
+    np.testing.assert_allclose(np.sqrt((h.astype(np.float64) ** 2).mean(-1)), 2.5, rtol=1e-4)
+
+
 # --------------------------------------------------------------------------- naive float64 layers
 
 
