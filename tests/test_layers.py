@@ -549,6 +549,22 @@ def test_linear_plain_widening_keeps_values_beyond_float16():
     want = x.astype(np.float64) @ w.astype(np.float64).T
     np.testing.assert_allclose(_kernels.matmul_t(x, w), want, rtol=1e-6)
 
+def test_torch_embedding_scale_is_rounded_to_the_table_dtype():
+    """HF multiplies the embeddings by sqrt(D) cast to the weight dtype: 45.25 in bfloat16 for
+    D = 2048 (sqrt(2048) = 45.2548...), sqrt(D) itself in float32. A table entry 1.046875:
+    × 45.25 = 47.371 -> 47.25 on bfloat16's 0.25 grid, where × 45.2548 = 47.376 -> 47.5."""
+    torch = pytest.importorskip("torch")
+    from npgemma.config import TextConfig
+    from npgemma.torch_backend import gemma as torch_gemma
+
+    cfg = TextConfig(hidden_size=2048)
+    ids = torch.zeros((1, 1), dtype=torch.int64)
+    for dtype, want in ((torch.bfloat16, 47.25),
+                        (torch.float32, float(np.float32(1.046875) * np.float32(np.sqrt(2048))))):
+        table = {"weight": torch.full((2, 2048), 1.046875, dtype=dtype)}
+        got = torch_gemma.embed(table, ids, cfg)
+        assert got.dtype == dtype and float(got[0, 0, 0]) == want
+
 def test_bf16_pair_widening_is_exact_for_every_bit_pattern():
     """Widening a bfloat16 row as its even columns shifted up and its odd columns masked equals
     ml_dtypes' cast for all 65536 bfloat16 patterns (NaN payloads, infinities, subnormals, -0),

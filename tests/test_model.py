@@ -350,6 +350,36 @@ def test_vision_tower_and_decoder_end_in_their_final_norms():
     np.testing.assert_allclose(np.sqrt((h.astype(np.float64) ** 2).mean(-1)), 2.5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("text", [_GEMMA1, _GEMMA2], ids=["gemma", "gemma2"])
+def test_generation_picks_what_full_passes_over_masks_built_here_pick(text):
+    """`generate_tokens` on the NumPy backend (the slots, the host decode state, the KV-cache)
+    picks the greedy tokens of full uncached passes whose masks and positions this test builds
+    itself: image and prompt see each other both ways, each generated token is causal (and
+    windowed on the sliding layers), positions count 1, 2, ..."""
+    from npgemma.generation.generate import GenerationConfig, generate_tokens
+    from npgemma.generation.numpy_backend import NumpyBackend
+
+    cfg = dataclasses.replace(make_config(text), eos_token_id=-1)  # never stops early
+    params = random_params(cfg, seed=11)
+    rng = np.random.default_rng(11)
+    pix, ids = random_pixels(rng, 1, cfg), prompt(rng, 5, cfg)
+    feats = paligemma.encode_image(params, pix, cfg)
+    window = cfg.text_config.sliding_window
+    want: list[int] = []
+    for _ in range(6):
+        seq = np.concatenate([ids, want]).astype(np.int64)
+        q, k = np.arange(len(seq))[:, None], np.arange(len(seq))[None]
+        both = (q < len(ids)) & (k < len(ids))
+        masks = {"full_attention": ((k <= q) | both)[None]}
+        if window:
+            masks["sliding_attention"] = (((k <= q) & (q - k < window)) | both)[None]
+        logits, _ = paligemma.forward(params, cfg, seq[None], np.arange(1, len(seq) + 1)[None],
+                                      masks, image_features=feats)
+        want.append(int(logits[0, -1].argmax()))
+    got = generate_tokens(NumpyBackend(), params, cfg, ids[None], pix, GenerationConfig(max_new_tokens=6))
+    assert [int(t[0]) for t in got] == want
+
+
 # --------------------------------------------------------------------------- naive float64 layers
 
 
@@ -671,3 +701,20 @@ def test_prefix_lm_mask_is_the_docstring_grid():
     want = np.array([[c == "1" for c in row] for row in grid])
     np.testing.assert_array_equal(prefix_lm_mask(valid, prefix, 0)[0], want)
     np.testing.assert_array_equal(prefix_lm_mask(valid, prefix, 4)[0], want[4:])  # decode rows
+
+
+def test_slots_of_a_padded_prompt_and_two_generated_tokens_give_that_grid():
+    """`Slots` (what generation and teacher forcing build their masks and positions from): a
+    prompt with one pad, then two generated tokens, is the same grid, positions 1-based on
+    real tokens only."""
+    from npgemma.generation.slots import Slots
+
+    slots = Slots.prompt(np.array([[0, 1, 1, 1]])).append(2)
+    assert slots.valid.tolist() == [[False, True, True, True, True, True]]
+    assert slots.is_prefix.tolist() == [[False, True, True, True, False, False]]
+    np.testing.assert_array_equal(slots.positions(), [[0, 1, 2, 3, 4, 5]])
+    np.testing.assert_array_equal(slots.positions(4), [[4, 5]])
+    grid = ["000000", "011100", "011100", "011100", "011110", "011111"]
+    want = np.array([[c == "1" for c in row] for row in grid])
+    masks = slots.masks(make_config(_GEMMA1), 4)
+    np.testing.assert_array_equal(masks["full_attention"][0], want[4:])
