@@ -225,6 +225,9 @@ def test_rope_inv_freq_golden():
     np.testing.assert_allclose(inv, [1.0, 0.01], rtol=1e-7)
     inv8 = rope_inv_freq(8, 10000.0)
     np.testing.assert_allclose(inv8, [1.0, 0.1, 0.01, 0.001], rtol=1e-6)
+    # rope_theta is read, not assumed: 1 / 100^(i/2) and 1 / 1e6^(2i/8) (PaliGemma's is 10000)
+    np.testing.assert_allclose(rope_inv_freq(4, 100.0), [1.0, 0.1], rtol=1e-7)
+    np.testing.assert_allclose(rope_inv_freq(8, 1e6), [1.0, 10 ** -1.5, 1e-3, 10 ** -4.5], rtol=1e-6)
 
 
 def test_rope_tables_dtype_and_layout():
@@ -532,6 +535,35 @@ def test_linear_low_memory_odd_width_and_strided_weights():
         np.testing.assert_allclose(_kernels.matmul_t(x, w), x @ w.astype(np.float32).T, rtol=1e-6, atol=1e-6)
     assert _kernels._reads_as_pairs(np.ascontiguousarray(w))  # the same weight, contiguous
 
+
+def test_linear_plain_widening_keeps_values_beyond_float16():
+    """The plain widening (an odd width) is exact for every bfloat16 value, 1e30 and 1e-30
+    too: far outside float16's range, where a detour through it gives inf and 0."""
+    import ml_dtypes
+
+    from npgemma import _kernels
+
+    w = np.array([[1e30, -1e-30, 3.0]], np.float32).astype(ml_dtypes.bfloat16)  # [out=1, in=3]
+    x = np.array([[1.0, 0.0, 0.0], [0.0, 1e30, 1.0]], np.float32)
+    assert not _kernels._reads_as_pairs(w)
+    want = x.astype(np.float64) @ w.astype(np.float64).T
+    np.testing.assert_allclose(_kernels.matmul_t(x, w), want, rtol=1e-6)
+
+def test_torch_embedding_scale_is_rounded_to_the_table_dtype():
+    """HF multiplies the embeddings by sqrt(D) cast to the weight dtype: 45.25 in bfloat16 for
+    D = 2048 (sqrt(2048) = 45.2548...), sqrt(D) itself in float32. A table entry 1.046875:
+    × 45.25 = 47.371 -> 47.25 on bfloat16's 0.25 grid, where × 45.2548 = 47.376 -> 47.5."""
+    torch = pytest.importorskip("torch")
+    from npgemma.config import TextConfig
+    from npgemma.torch_backend import gemma as torch_gemma
+
+    cfg = TextConfig(hidden_size=2048)
+    ids = torch.zeros((1, 1), dtype=torch.int64)
+    for dtype, want in ((torch.bfloat16, 47.25),
+                        (torch.float32, float(np.float32(1.046875) * np.float32(np.sqrt(2048))))):
+        table = {"weight": torch.full((2, 2048), 1.046875, dtype=dtype)}
+        got = torch_gemma.embed(table, ids, cfg)
+        assert got.dtype == dtype and float(got[0, 0, 0]) == want
 
 def test_bf16_pair_widening_is_exact_for_every_bit_pattern():
     """Widening a bfloat16 row as its even columns shifted up and its odd columns masked equals

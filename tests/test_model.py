@@ -329,6 +329,57 @@ def test_vision_embeddings_add_one_position_vector_per_patch():
     np.testing.assert_array_equal(delta[[0, 2, 3]], 0.0)
 
 
+def test_vision_tower_and_decoder_end_in_their_final_norms():
+    """SigLIP's last hidden state goes through its post LayerNorm (each patch: mean = bias,
+    standard deviation = weight) and Gemma's decoder through its final RMSNorm (each position:
+    root mean square = 1 + w): with constant norm weights both are visible in the output."""
+    cfg = make_config(_GEMMA2)
+    params = random_params(cfg, seed=6)
+    vt, lm = params["vision_tower"], params["language_model"]
+    dv, d = cfg.vision_config.hidden_size, cfg.text_config.hidden_size
+    vt["post_layernorm"] = {"weight": np.full(dv, 2.0, F32), "bias": np.full(dv, 3.0, F32)}
+    out = siglip.vision_tower(vt, random_pixels(np.random.default_rng(6), 2, cfg), cfg.vision_config)
+    np.testing.assert_allclose(out.mean(-1), 3.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(-1), 2.0, rtol=1e-4)
+    lm["norm"] = {"weight": np.full(d, 1.5, F32)}  # scale 1 + 1.5
+    ids = prompt(np.random.default_rng(6), 3, cfg)[None]
+    valid = np.ones(ids.shape, bool)
+    h = gemma.decoder(lm, gemma.embed(lm["embed_tokens"], ids, cfg.text_config),
+                      paligemma.rope_positions(valid), paligemma.attention_masks(cfg, valid, valid, 0),
+                      cfg.text_config)
+    np.testing.assert_allclose(np.sqrt((h.astype(np.float64) ** 2).mean(-1)), 2.5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("text", [_GEMMA1, _GEMMA2], ids=["gemma", "gemma2"])
+def test_generation_picks_what_full_passes_over_masks_built_here_pick(text):
+    """`generate_tokens` on the NumPy backend (the slots, the host decode state, the KV-cache)
+    picks the greedy tokens of full uncached passes whose masks and positions this test builds
+    itself: image and prompt see each other both ways, each generated token is causal (and
+    windowed on the sliding layers), positions count 1, 2, ..."""
+    from npgemma.generation.generate import GenerationConfig, generate_tokens
+    from npgemma.generation.numpy_backend import NumpyBackend
+
+    cfg = dataclasses.replace(make_config(text), eos_token_id=-1)  # never stops early
+    params = random_params(cfg, seed=11)
+    rng = np.random.default_rng(11)
+    pix, ids = random_pixels(rng, 1, cfg), prompt(rng, 5, cfg)
+    feats = paligemma.encode_image(params, pix, cfg)
+    window = cfg.text_config.sliding_window
+    want: list[int] = []
+    for _ in range(6):
+        seq = np.concatenate([ids, want]).astype(np.int64)
+        q, k = np.arange(len(seq))[:, None], np.arange(len(seq))[None]
+        both = (q < len(ids)) & (k < len(ids))
+        masks = {"full_attention": ((k <= q) | both)[None]}
+        if window:
+            masks["sliding_attention"] = (((k <= q) & (q - k < window)) | both)[None]
+        logits, _ = paligemma.forward(params, cfg, seq[None], np.arange(1, len(seq) + 1)[None],
+                                      masks, image_features=feats)
+        want.append(int(logits[0, -1].argmax()))
+    got = generate_tokens(NumpyBackend(), params, cfg, ids[None], pix, GenerationConfig(max_new_tokens=6))
+    assert [int(t[0]) for t in got] == want
+
+
 # --------------------------------------------------------------------------- naive float64 layers
 
 
@@ -650,3 +701,20 @@ def test_prefix_lm_mask_is_the_docstring_grid():
     want = np.array([[c == "1" for c in row] for row in grid])
     np.testing.assert_array_equal(prefix_lm_mask(valid, prefix, 0)[0], want)
     np.testing.assert_array_equal(prefix_lm_mask(valid, prefix, 4)[0], want[4:])  # decode rows
+
+
+def test_slots_of_a_padded_prompt_and_two_generated_tokens_give_that_grid():
+    """`Slots` (what generation and teacher forcing build their masks and positions from): a
+    prompt with one pad, then two generated tokens, is the same grid, positions 1-based on
+    real tokens only."""
+    from npgemma.generation.slots import Slots
+
+    slots = Slots.prompt(np.array([[0, 1, 1, 1]])).append(2)
+    assert slots.valid.tolist() == [[False, True, True, True, True, True]]
+    assert slots.is_prefix.tolist() == [[False, True, True, True, False, False]]
+    np.testing.assert_array_equal(slots.positions(), [[0, 1, 2, 3, 4, 5]])
+    np.testing.assert_array_equal(slots.positions(4), [[4, 5]])
+    grid = ["000000", "011100", "011100", "011100", "011110", "011111"]
+    want = np.array([[c == "1" for c in row] for row in grid])
+    masks = slots.masks(make_config(_GEMMA1), 4)
+    np.testing.assert_array_equal(masks["full_attention"][0], want[4:])

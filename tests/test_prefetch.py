@@ -1,10 +1,20 @@
 """Streaming a memory-mapped checkpoint (`npgemma/checkpoint/prefetch.py`): the next block is
-asked for ahead and used pages are dropped, and neither changes a single number."""
+asked for ahead and used pages are dropped, and neither changes a single number.
+
+What was dropped is read from the kernel, not from the streamer: `mincore(2)` on a mapping of
+the file made here says which of its pages the page cache holds, `/proc/self/pagemap` which
+pages of a mapping are mapped into this process; the byte ranges of each block are read from
+the safetensors header, not from the streamer's tables.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import json
 import mmap
 import os
+import re
+import struct
 
 import numpy as np
 import pytest
@@ -15,6 +25,78 @@ from npgemma.testing.checkpoint import tiny_config, write_checkpoint
 from npgemma.testing.random_model import example_image
 
 PROMPT = "caption en"
+PAGE = mmap.PAGESIZE
+LAYERS = 4  # a cycle of 5 blocks (4 decoder layers and the table): block i - 2 is never i + 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def cached_pages(path) -> np.ndarray:
+    """bool[pages of the file]: does the page cache hold this page? (mincore on a fresh shared
+    read-only mapping, which maps nothing in: it only asks.)"""
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap")
+        try:
+            vec = (ctypes.c_ubyte * (-(-size // PAGE)))()
+            if _libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+            return np.frombuffer(vec, np.uint8) & 1 == 1
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def mapped_pages(address: int, pages: int) -> np.ndarray:
+    """bool[pages]: is each page from `address` (page-aligned) mapped into this process?
+    (/proc/self/pagemap bit 63, "present", readable without privileges.)"""
+    if not os.path.exists("/proc/self/pagemap"):
+        pytest.skip("no /proc/self/pagemap on this kernel")
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(address // PAGE * 8)
+        entries = np.frombuffer(f.read(8 * pages), np.uint64)
+    return (entries >> np.uint64(63)) == 1
+
+
+def tensor_pages(folder) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Each streamed block's whole pages, read from the safetensors headers: block name ->
+    [(file, indices of the file pages lying wholly inside one of the block's tensors)]. A page
+    shared with a neighbouring tensor is left out: dropping a tensor rounds inwards."""
+    blocks: dict[str, dict[str, set]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        raw = path.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        for key, info in json.loads(raw[8:8 + n]).items():
+            if key == "__metadata__":
+                continue
+            m = re.search(r"language_model\.model\.layers\.(\d+)\.", key)
+            name = (f"decoder.blocks.{m.group(1)}" if m else
+                    "lm_head" if key.endswith("embed_tokens.weight") else None)
+            if name is None:
+                continue
+            begin, end = (8 + n + o for o in info["data_offsets"])
+            inside = range(-(-begin // PAGE), end // PAGE)  # whole pages only
+            blocks.setdefault(name, {}).setdefault(str(path), set()).update(inside)
+    return {name: [(f, np.array(sorted(p), int)) for f, p in files.items() if p]
+            for name, files in blocks.items()}
+
+
+def evict(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # dirty pages cannot be dropped
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +104,21 @@ def folder(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("prefetch") / "pg2",
                             tiny_config(text="gemma2", sliding_window=4), dtype="bfloat16",
                             num_shards=2, seed=5)
+
+
+@pytest.fixture(scope="module")
+def paged(tmp_path_factory):
+    """A checkpoint whose every decoder tensor spans whole pages (the tiny one's 4 KiB tensors
+    straddle page boundaries), four decoder layers, in two shards; its page cache emptied."""
+    root = tmp_path_factory.mktemp("paged")
+    probe = root / "probe.bin"
+    probe.write_bytes(os.urandom(16 * PAGE))
+    evict(probe)
+    if cached_pages(probe).any():
+        pytest.skip("this file system keeps its pages in memory (tmpfs?): nothing to drop")
+    return write_checkpoint(root / "pg2", tiny_config(
+        text="gemma2", sliding_window=4, hidden_size=128, intermediate_size=256, head_dim=32,
+        num_hidden_layers=LAYERS), dtype="bfloat16", num_shards=2, seed=7)
 
 
 def _run(pipe):
@@ -50,6 +147,23 @@ class Spy(prefetch.Streamer):
         super()._dontneed(name)
 
 
+class Watcher(prefetch.Streamer):
+    """The real streamer; on entering each decoder block, once its reader thread has done what
+    it was told, the share of each block's whole pages that the page cache holds (mincore)."""
+
+    def __init__(self, params, drop, pages, keep=0):
+        super().__init__(params, drop, keep)
+        self.pages, self.seen = pages, []
+
+    def __call__(self, name):
+        super().__call__(name)
+        self._reader.submit(lambda: None).result()  # one reader thread, in order: all done
+        if name.startswith("decoder."):
+            cached = {f: cached_pages(f) for f in {f for b in self.pages.values() for f, _ in b}}
+            self.seen.append((name, {block: float(np.mean(np.concatenate(
+                [cached[f][p] for f, p in files]))) for block, files in self.pages.items()}))
+
+
 @pytest.mark.parametrize("drop", [False, True])
 def test_prefetch_and_dropping_pages_never_change_the_results(folder, drop):
     """Bit for bit: the low-memory mode with no streamer, with prefetch, with prefetch and
@@ -71,27 +185,59 @@ def test_prefetch_and_dropping_pages_never_change_the_results(folder, drop):
     assert "lm_head" in spy.fetched and f"decoder.blocks.{layers - 1}" in spy.fetched
     assert spy.bytes_prefetched > 0
     assert bool(spy.dropped) == drop
-    if drop:  # exactly the block two behind each one entered (in order), never the one entered
-        cycle = [n for n in spy.entered if n in spy.behind]
-        assert spy.dropped == [spy.behind[n] for n in cycle if spy.behind[n] != n]
-        assert all(spy.behind[n] != n for n in cycle)
 
 
-def test_kept_layers_are_never_dropped_and_change_nothing(folder):
-    """A streamed run keeping its first decoder layer cached drops every other block it passes,
-    never that one, with the same numbers bit for bit."""
+CYCLE = [f"decoder.blocks.{i}" for i in range(LAYERS)] + ["lm_head"]  # a pass's order, wrapping
+
+
+def _watched(paged, drop, keep=0):
+    pipe = npgemma.load(paged, dtype="bfloat16")
+    for path in paged.glob("*.safetensors"):
+        evict(path)
+    watcher = pipe.backend.streamer = Watcher(pipe.params, drop, tensor_pages(paged), keep)
+    _run(pipe)
+    watcher.close()
+    assert len(watcher.seen) >= 3 * LAYERS  # the prompt passes and the decode steps
+    return watcher.seen
+
+
+def test_streaming_drops_the_block_two_behind_and_keeps_the_one_behind(paged):
+    """On entering block i (the table counts as the block after the last decoder layer), the
+    page cache holds none of block i - 2 and all of block i - 1: at most i - 1, i and i + 1
+    are cached. Measured with mincore on the file."""
+    for k, (name, cached) in enumerate(_watched(paged, drop=True)):
+        i = CYCLE.index(name)
+        assert cached[CYCLE[i - 2]] == 0, f"entering {name} (#{k}): {CYCLE[i - 2]} still cached"
+        if k:  # the first entry of all: only the prompt's rows of the table were read so far
+            assert cached[CYCLE[i - 1]] == 1, f"entering {name} (#{k}): {CYCLE[i - 1]} dropped"
+
+
+def test_without_dropping_every_block_read_stays_cached(paged):
+    """The control: the same run, not streaming, leaves every block it has read in the page
+    cache (so it is the dropping that empties block i - 2 above, not the kernel)."""
+    seen = _watched(paged, drop=False)
+    for k, (name, cached) in enumerate(seen[LAYERS + 1:], LAYERS + 1):  # after one full pass
+        assert all(v == 1 for v in cached.values()), f"entering {name} (#{k}): {cached}"
+
+
+def test_kept_layers_are_never_dropped_and_change_nothing(folder, paged):
+    """A streamed run keeping its first decoder layer cached drops every other block two
+    behind, never that one (mincore), with the same numbers bit for bit."""
     plain = npgemma.load(folder, dtype="bfloat16")
     plain.backend.streamer = None
     want_logits, want_tokens = _run(plain)
     pipe = npgemma.load(folder, dtype="bfloat16")
-    spy = pipe.backend.streamer = Spy(pipe.params, drop=True, keep=1)
+    pipe.backend.streamer = prefetch.Streamer(pipe.params, drop=True, keep=1)
     logits, tokens = _run(pipe)
-    spy.close()
+    pipe.backend.streamer.close()
     np.testing.assert_array_equal(logits, want_logits)
     assert tokens == want_tokens
-    assert spy.kept == {"decoder.blocks.0"} and "decoder.blocks.0" not in spy.dropped
-    cycle = [n for n in spy.entered if n in spy.behind]
-    assert spy.dropped == [spy.behind[n] for n in cycle if spy.behind[n] != "decoder.blocks.0"]
+    for k, (name, cached) in enumerate(_watched(paged, drop=True, keep=1)):
+        i = CYCLE.index(name)
+        if k:  # decoder layer 0 was read by the first pass, and stays
+            assert cached["decoder.blocks.0"] == 1, f"entering {name} (#{k}): layer 0 dropped"
+        if CYCLE[i - 2] != "decoder.blocks.0":
+            assert cached[CYCLE[i - 2]] == 0, f"entering {name} (#{k}): {CYCLE[i - 2]} cached"
 
 
 def test_every_weight_of_a_block_is_found_in_its_file(folder):
@@ -116,15 +262,29 @@ def test_every_weight_of_a_block_is_found_in_its_file(folder):
     assert prefetch._mapping(np.zeros(3)) is None  # an array in RAM has no file
 
 
-def test_dropping_unmaps_whole_pages_only(tmp_path):
-    """madvise(DONTNEED) over a tensor's bytes rounds inwards to pages: a neighbour sharing the
-    first or last page keeps its data (it stays readable either way; the map is read-only)."""
+@pytest.mark.parametrize("offset, drop, gone", [
+    (0, (100, 3 * PAGE), [1, 2]),                # bytes 100 .. 3 pages + 100: pages 1 and 2
+    (0, (PAGE, 2 * PAGE), [1, 2]),               # exactly pages 1 and 2
+    (PAGE + 10, (2 * PAGE + 1, 2 * PAGE), [2]),  # map from file page 1; file page 3 is inside
+    (PAGE + 10, (2 * PAGE, 2 * PAGE - 1), [1]),  # file page 2 is inside, page 3 lacks a byte
+])
+def test_dropping_unmaps_whole_pages_only(tmp_path, offset, drop, gone):
+    """madvise(DONTNEED) over a tensor's file bytes takes out of this process exactly the pages
+    lying wholly inside them (rounding inwards): a neighbour sharing the first or last page
+    keeps it mapped (/proc/self/pagemap). `gone` counts pages of the map, which np.memmap
+    starts at the page holding its offset. The data stays readable either way."""
     path = tmp_path / "x.bin"
-    data = np.arange(5 * mmap.PAGESIZE // 4, dtype=np.float32)
+    data = np.arange(6 * PAGE // 4, dtype=np.float32)
     data.tofile(path)
-    m = np.memmap(path, dtype=np.uint8, mode="r", offset=0)
-    prefetch._unmap(m, 100, 3 * mmap.PAGESIZE)
-    np.testing.assert_array_equal(np.asarray(m).view(np.float32), data)
+    m = np.memmap(path, dtype=np.uint8, mode="r", offset=offset)
+    start = m.__array_interface__["data"][0] - offset % PAGE  # the map's first page
+    pages = -(-(6 * PAGE - offset // PAGE * PAGE) // PAGE)
+    assert int(np.asarray(m).sum()) >= 0 and mapped_pages(start, pages).all()  # all touched
+    prefetch._unmap(m, *drop)
+    want = np.ones(pages, bool)
+    want[gone] = False
+    np.testing.assert_array_equal(mapped_pages(start, pages), want)
+    np.testing.assert_array_equal(np.asarray(m), data.view(np.uint8)[offset:])
 
 
 def test_read_speed_is_measured_on_the_file(tmp_path):

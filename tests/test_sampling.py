@@ -278,3 +278,50 @@ def test_numpy_backend_greedy_marks_non_finite_rows():
 
     x = np.array([[[0.0, 2.0, 1.0]], [[0.0, np.nan, 5.0]], [[np.inf, 0.0, 1.0]]], F32)
     assert NumpyBackend().greedy(x).tolist() == [1, -1, -1]
+
+
+class _Scripted:
+    """A backend whose greedy picks are given row by row (the generation loop's contract with a
+    backend, nothing computed): step t of row b picks script[b][t]."""
+
+    def __init__(self, script):
+        self.script, self.step = np.asarray(script), 0
+
+    def encode_image(self, params, pixel_values, cfg):
+        return None
+
+    def init_cache(self, cfg, batch, max_length):
+        return None
+
+    def forward(self, params, cfg, input_ids, positions, masks, image_features=None, cache=None,
+                last_only=False):
+        return self.script[:, 0], cache
+
+    def start_decode(self, cfg, valid, is_prefix, cache):
+        return None
+
+    def greedy(self, picks):
+        return picks
+
+    def ids_to_numpy(self, ids):
+        return np.asarray(ids, np.int64)
+
+    def decode_step(self, params, cfg, ids, state, cache):
+        self.step += 1
+        return self.script[:, self.step]
+
+
+def test_a_row_that_has_produced_eos_keeps_producing_eos():
+    """Rows finish apart: once a row has given EOS it is given EOS at every later step, whatever
+    the model goes on computing for it, and the loop ends when every row is done."""
+    from types import SimpleNamespace
+
+    from npgemma.generation.generate import generate_tokens
+
+    eos = 1
+    cfg = SimpleNamespace(eos_token_id=eos, num_image_tokens=1,
+                          text_config=SimpleNamespace(max_position_embeddings=100, is_gemma2=False))
+    script = [[5, eos, 7, 8, 9], [6, 6, 6, eos, 4]]
+    got = generate_tokens(_Scripted(script), None, cfg, np.zeros((2, 3), np.int64), None,
+                          GenerationConfig(max_new_tokens=5))
+    assert np.stack(list(got)).T.tolist() == [[5, eos, eos, eos], [6, 6, 6, eos]]

@@ -97,7 +97,8 @@ class Streamer:
                                      "language_model.embed_tokens.weight": table}
         self.last_decoder = decoder[-1]
         blocks = {id(a) for tree in self.unchecked.values() for a in tree.values()}
-        _check_finite({k: a for k, a in flatten(params).items() if id(a) not in blocks})
+        _check_finite({k: a for k, a in flatten(params).items() if id(a) not in blocks},
+                      mapped=False)
         self.drop = drop
         self.bytes_prefetched = 0
         self._fds: dict[str, int] = {}
@@ -147,10 +148,17 @@ class Streamer:
         self._finalizer()
 
 
-def _check_finite(tensors: dict) -> None:
-    """`finite.check` each memory-mapped tensor, naming its file and canonical key."""
+def _check_finite(tensors: dict, mapped: bool = True) -> None:
+    """`finite.check` each memory-mapped tensor, naming its file and canonical key. With
+    `mapped=False` a mapped tensor is read into a buffer (`os.pread`) instead of through the
+    map: touching a map maps the kernel's read-around too, pages of the neighbouring blocks
+    that a drop could then never take out of the page cache."""
     for key, arr in tensors.items():
         m = _mapping(arr)
+        if m is not None and not mapped and arr.flags.c_contiguous:
+            with open(m[0].filename, "rb") as f:
+                arr = np.frombuffer(os.pread(f.fileno(), arr.nbytes, m[1]),
+                                    arr.dtype).reshape(arr.shape)
         finite.check(arr, key, m[0].filename if m else "weights")
 
 

@@ -1,70 +1,157 @@
 """A stand-in PaliGemma implementation with deliberate faults, for the conformance suite's tests.
 
-It is npgemma's own NumPy reference run the way a peer with one fault (or a pair) would run,
-chosen by NPGEMMA_STANDIN_FAULT; `npgemma conform --python PYTHON --against THIS.py:run` runs
-it in a subprocess, as it would run keras-hub or mlx-vlm in their own environments.
+It is what another port looks like: its own preprocessing, its own masks and positions, its own
+greedy loop (no KV-cache: the whole sequence again each step), built on npgemma's plain NumPy
+layers (the weights and the layer math are not what is under test). Each fault, chosen by
+NPGEMMA_STANDIN_FAULT (comma-separated), is written here as its own code, the way the porting
+mistake would look in someone else's implementation. Nothing is imported from npgemma.compare:
+the diagnosis under test must find these faults by its own search, so a wrong trap there fails
+a test. `npgemma conform --python PYTHON --against THIS.py:run` runs it in a subprocess, as it
+would run keras-hub or mlx-vlm in their own environments.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
 
 import numpy as np
+from PIL import Image
 
 import npgemma
-from npgemma.compare.deviations import DEVIATIONS, deviated, deviated_config
-from npgemma.compare.pixels import PIXEL_TRAPS, pixels_with
-from npgemma.compare.reference import teacher_forced
+from npgemma import paligemma
+
+# What a fault changes, by name. Model and config faults:
+MODEL_FAULTS = {"no-sliding-window", "two-way-window", "head-dim-query-scale", "gemma2-as-gemma1"}
+# Preprocessing faults:
+PIXEL_FAULTS = {"bilinear-no-antialias", "imagenet-normalize"}
+# Faults of the interface (what the port refuses, returns or batches):
+OTHER_FAULTS = {"vocab-cut", "head-dim-from-image-tokens", "no-convert-rgb", "declines-gemma2",
+                "no-batch", "batch-first-image", "batch-shifted-features"}
+
+
+def _faults() -> set[str]:
+    faults = {f for f in os.environ.get("NPGEMMA_STANDIN_FAULT", "").split(",") if f}
+    unknown = faults - MODEL_FAULTS - PIXEL_FAULTS - OTHER_FAULTS
+    if unknown:  # a test asking for a fault this file lacks must not run a faultless peer
+        raise ValueError(f"NPGEMMA_STANDIN_FAULT: no such fault {sorted(unknown)}")
+    return faults
 
 
 def run(model_dir, image, prompt, max_new_tokens=8):
-    """One input; or, for lists, a batch row by row (each row alone is what a correct batch
-    gives), with fault "batch-first-image" running row 0's image for every row."""
+    """One input; or, for lists, a batch (each row as it would be alone, which is what a
+    correct batch gives)."""
+    faults = _faults()
     if isinstance(image, list):
-        faults = os.environ.get("NPGEMMA_STANDIN_FAULT", "").split(",")
         if "no-batch" in faults:
             raise NotImplementedError("this stand-in takes one input at a time")
-        images = [image[0]] * len(image) if "batch-first-image" in faults else image
-        if "batch-shifted-features" in faults:  # mlx-vlm's merge: feature p for position p
-            pipe = npgemma.load(model_dir)
-            lengths = [len(pipe.processor(im, p).input_ids) for im, p in zip(image, prompt)]
-            return [_shifted(max(lengths) - n, model_dir, im, p, max_new_tokens)
-                    for n, im, p in zip(lengths, images, prompt)]
-        return [run(model_dir, im, p, max_new_tokens) for im, p in zip(images, prompt)]
-    faults = [f for f in os.environ.get("NPGEMMA_STANDIN_FAULT", "").split(",") if f]
-    with contextlib.ExitStack() as stack:
-        for f in faults:
-            if f in DEVIATIONS:
-                stack.enter_context(deviated(f))
         pipe = npgemma.load(model_dir)
-        cfg = pipe.cfg
-        if "head-dim-from-image-tokens" in faults and cfg.num_image_tokens != cfg.text_config.head_dim:
-            raise ValueError(f"cannot reshape the attention weights for head_dim "
-                             f"{cfg.num_image_tokens}")
-        if "declines-gemma2" in faults and cfg.text_config.model_type == "gemma2":
-            raise NotImplementedError("this stand-in has no Gemma 2")
-        if "no-convert-rgb" in faults and image.mode != "RGB":
-            raise ValueError("mean must have 1 elements if it is an iterable, got 3")
-        pipe.cfg = deviated_config([f for f in faults if f in DEVIATIONS], cfg)
-        traps = tuple(f for f in faults if f in PIXEL_TRAPS)
-        if traps:
-            pipe.processor.preprocess_image = lambda img: pixels_with(traps, img, pipe.processor)
-        x = pipe.processor(image, prompt)
-        tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
-        steps = teacher_forced(pipe.params, pipe.cfg, x.input_ids, x.pixel_values, tokens)
-        logits = pipe.logits(image, prompt, positions=slice(None))
-        if "vocab-cut" in faults:
-            logits = logits[:, :cfg.image_token_index]
-        return {"logits": logits, "input_ids": x.input_ids, "pixel_values": x.pixel_values,
-                "token_ids": tokens, "step_logits": np.asarray(steps.step_logits[:len(tokens)])}
+        images = [image[0]] * len(image) if "batch-first-image" in faults else image
+        # A port that pads the batch on the left and then merges image feature p at padded
+        # position p: row r's features move on by its padding, zeros at the end.
+        lengths = [len(pipe.processor(im, p).input_ids) for im, p in zip(image, prompt)]
+        pads = ([max(lengths) - n for n in lengths] if "batch-shifted-features" in faults
+                else [0] * len(lengths))
+        return [_one(pipe, faults, im, p, max_new_tokens, shift=pad)
+                for im, p, pad in zip(images, prompt, pads)]
+    return _one(npgemma.load(model_dir), faults, image, prompt, max_new_tokens)
 
 
-def _shifted(pad, model_dir, image, prompt, max_new_tokens):
-    """One row as an implementation computes it that merges image feature p at padded position
-    p: `pad` left pads move each image token `pad` features on, the last ones get zeros."""
-    from npgemma.compare.batch import shifted_features
-    from npgemma.compare.swap import swapped
+def _one(pipe, faults, image, prompt, max_new_tokens, shift=0) -> dict:
+    cfg = pipe.cfg
+    text = cfg.text_config
+    if "head-dim-from-image-tokens" in faults and cfg.num_image_tokens != text.head_dim:
+        raise ValueError(f"cannot reshape the attention weights for head_dim {cfg.num_image_tokens}")
+    if "declines-gemma2" in faults and text.model_type == "gemma2":
+        raise NotImplementedError("this stand-in has no Gemma 2")
+    if "no-convert-rgb" in faults and image.mode != "RGB":
+        raise ValueError("mean must have 1 elements if it is an iterable, got 3")
+    cfg = _config(cfg, faults)
+    ids = pipe.processor(image, prompt).input_ids
+    pixels = _pixels(image, cfg.vision_config.image_size, faults)
+    features = paligemma.encode_image(pipe.params, pixels[None], cfg)  # [1, P, D]
+    if shift:
+        features = np.concatenate([features[:, shift:], np.zeros_like(features[:, :shift])], 1)
 
-    with swapped([shifted_features(pad)]):
-        return run(model_dir, image, prompt, max_new_tokens)
+    def forward(seq):  # the whole sequence, prompt as prefix: float32[len(seq), V]
+        return _forward(pipe.params, cfg, np.asarray(seq, np.int64), len(ids), features, faults)
+
+    tokens: list[int] = []
+    for _ in range(max_new_tokens):  # greedy, recomputing everything each step
+        nxt = int(np.argmax(forward(list(ids) + tokens)[-1]))
+        tokens.append(nxt)
+        if nxt == cfg.eos_token_id:
+            break
+    everything = forward(list(ids) + tokens[:-1]) if tokens else forward(ids)
+    logits = everything[:len(ids)]
+    if "vocab-cut" in faults:  # a port whose output layer stops where the special tokens begin
+        logits = logits[:, :cfg.image_token_index]
+    return {"logits": logits, "input_ids": ids, "pixel_values": pixels, "token_ids": tokens,
+            "step_logits": everything[len(ids) - 1:len(ids) - 1 + len(tokens)]}
+
+
+def _config(cfg, faults):
+    """The config as this port reads it."""
+    text = cfg.text_config
+    if "gemma2-as-gemma1" in faults and text.model_type == "gemma2":
+        # A PaliGemma-1 port handed a PaliGemma-2 checkpoint: Gemma-1 layers of the same sizes.
+        # Gemma-1 has no query_pre_attn_scalar, window, layer types or caps to read.
+        text = dataclasses.replace(text, model_type="gemma", query_pre_attn_scalar=None,
+                                   sliding_window=None, layer_types=None,
+                                   attn_logit_softcapping=None, final_logit_softcapping=None)
+    if "head-dim-query-scale" in faults and text.model_type == "gemma2":
+        # The port scales queries the Gemma-1 way, by head_dim^-0.5, whatever the config says.
+        text = dataclasses.replace(text, query_pre_attn_scalar=text.head_dim)
+    return dataclasses.replace(cfg, text_config=text)
+
+
+def _pixels(image, size: int, faults) -> np.ndarray:
+    """float32[3, S, S]: RGB, resized, to [0, 1], normalised."""
+    rgb = np.asarray(image.convert("RGB"))
+    if "bilinear-no-antialias" in faults:  # torch's F.interpolate(mode="bilinear"), by hand
+        x = np.einsum("yh,hwc,xw->yxc", _bilinear_matrix(rgb.shape[0], size),
+                      rgb.astype(np.float64), _bilinear_matrix(rgb.shape[1], size))
+    else:
+        x = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC),
+                       np.float64)
+    x = x / 255.0
+    if "imagenet-normalize" in faults:  # the torchvision habit
+        mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    else:
+        mean, std = np.full(3, 0.5), np.full(3, 0.5)
+    return ((x - mean) / std).astype(np.float32).transpose(2, 0, 1)
+
+
+def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """float64[n_out, n_in]: align_corners=False bilinear weights, no antialiasing filter (each
+    output sample reads its two nearest inputs only, however much the image shrinks)."""
+    src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), lo), 1 - frac)
+    np.add.at(m, (np.arange(n_out), hi), frac)
+    return m
+
+
+def _forward(params, cfg, seq, prefix: int, features, faults) -> np.ndarray:
+    """Logits float32[L, V] of one row: image and prompt (the first `prefix` tokens) see each
+    other both ways, later tokens are causal; Gemma-2's window on its sliding layers."""
+    n = len(seq)
+    q, k = np.arange(n)[:, None], np.arange(n)[None, :]
+    both_prefix = (q < prefix) & (k < prefix)
+    full = (k <= q) | both_prefix
+    masks = {"full_attention": full[None]}
+    window = cfg.text_config.sliding_window
+    if window is not None:
+        if "no-sliding-window" in faults:  # the port never read sliding_window
+            sliding = full
+        elif "two-way-window" in faults:  # the window as a band both ways, prefix included
+            sliding = full & (np.abs(q - k) < window)
+        else:
+            sliding = ((k <= q) & (q - k < window)) | both_prefix
+        masks["sliding_attention"] = sliding[None]
+    positions = np.arange(1, n + 1)[None]  # PaliGemma counts from 1
+    logits, _ = paligemma.forward(params, cfg, seq[None], positions, masks, image_features=features)
+    return logits[0]
