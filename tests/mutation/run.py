@@ -114,7 +114,7 @@ MUTANTS = [
     ("padding-keys-visible", "npgemma/paligemma.py", "return (causal[None] | both_prefix) & valid[:, None, :]", "return causal[None] | both_prefix", [MODEL]),
     ("positions-zero-based", "npgemma/paligemma.py", "return np.cumsum(valid, axis=1, dtype=np.int64)", "return np.cumsum(valid, axis=1, dtype=np.int64) - 1", [MODEL]),
     ("positions-count-pads", "npgemma/paligemma.py", "return np.cumsum(valid, axis=1, dtype=np.int64)", "return np.cumsum(np.ones_like(valid), axis=1, dtype=np.int64)", [MODEL]),
-    ("no-sliding-window", "npgemma/paligemma.py", "                                                    cfg.text_config.sliding_window)", "                                                    None)", [MODEL]),
+    ("no-sliding-window", "npgemma/paligemma.py", "                                                    cfg.text_config.applied_window)", "                                                    None)", [MODEL]),
     ("last-only-takes-first", "npgemma/paligemma.py", "h = h[:, -1:]", "h = h[:, :1]", [MODEL]),
     ("lm-head-always-tied", "npgemma/paligemma.py", "head = params[\"lm_head\"][\"weight\"] if \"lm_head\" in params else lm[\"embed_tokens\"][\"weight\"]", "head = lm[\"embed_tokens\"][\"weight\"]", [MODEL]),
     # ---- npgemma/kv_cache.py
