@@ -16,7 +16,7 @@ repository holds:
   (`vision_tower.vision_model.*`, `multi_modal_projector.linear.*`, `language_model.model.*`,
   no `lm_head`: it is tied to the embedding),
 * `preprocessor_config.json`, `generation_config.json` and `tokenizer.json` (the latter from
-  `npgemma.testing.tokenizer.write_tokenizer`, with the real special-token ids).
+  `npgemma.synthetic.tokenizer.write_tokenizer`, with the real special-token ids).
 
 Values are cheap but sensible: one seed-dependent pool of a few million N(0, 1) draws, scaled per
 tensor (LayerNorm weights ~1, RMSNorm weights ~0 as they are used as 1 + w, linear weights
@@ -364,9 +364,9 @@ def _write_json(path: Path, obj: dict, sort_keys: bool = False) -> None:
 
 def _write_tokenizer(out_dir: Path) -> None:
     try:
-        from npgemma.testing.tokenizer import write_tokenizer
+        from npgemma.synthetic.tokenizer import write_tokenizer
     except ModuleNotFoundError as e:
-        if e.name not in ("npgemma", "npgemma.testing", "npgemma.testing.tokenizer"):
+        if e.name not in ("npgemma", "npgemma.synthetic", "npgemma.synthetic.tokenizer"):
             raise
         repo = str(Path(__file__).resolve().parents[1])
         if e.name == "npgemma" and repo not in sys.path:  # run as a script from a checkout

@@ -11,7 +11,7 @@ How the weights get onto disk:
   built from the config dict, re-initialised from the case's seed (`oracle_cases.init_weights`),
   cast with `.to(torch.bfloat16)` for bf16 cases, then `save_pretrained` (default, or
   `save_original_format=False` for "v5"; `max_shard_size` small enough for >= 2 shards).
-* "hub" / "v4.52" layouts, which 5.24 cannot write: `npgemma.testing.checkpoint.write_checkpoint`
+* "hub" / "v4.52" layouts, which 5.24 cannot write: `npgemma.synthetic.checkpoint.write_checkpoint`
   writes the files (names, shards, index, header metadata); then every tensor's *values* are
   replaced, in place and under the same names, by the same seeded transformers-initialised model
   (write_checkpoint's own small init makes greedy output one repeated token). `source_state`
@@ -58,7 +58,7 @@ def source_state(case: oc.Case) -> dict:
 
 def write_case(case: oc.Case, folder) -> Path:
     """Write one case's checkpoint folder (replacing whatever was there)."""
-    from npgemma.testing.tokenizer import write_tokenizer
+    from npgemma.synthetic.tokenizer import write_tokenizer
 
     folder = Path(folder)
     if folder.exists():
@@ -84,7 +84,7 @@ def _write_with_npgemma(case: oc.Case, folder: Path, model) -> None:
     from safetensors.torch import save_file
 
     from npgemma.checkpoint.weights import LAYOUTS, disk_name
-    from npgemma.testing.checkpoint import write_checkpoint
+    from npgemma.synthetic.checkpoint import write_checkpoint
 
     write_checkpoint(folder, oc.config_dict(case), layout=case.layout, dtype=case.dtype,
                      num_shards=3 if case.sharded else 1, seed=case.seed, tokenizer=False)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from npgemma.testing.checkpoint import tiny_config
-from npgemma.testing.tokenizer import TINY_IMAGE_TOKEN_ID
+from npgemma.synthetic.checkpoint import tiny_config
+from npgemma.synthetic.tokenizer import TINY_IMAGE_TOKEN_ID
 
 MAX_NEW_TOKENS = 12
 FP32_ATOL = 2e-5    # float32 logits (prompt and every generation step), absolute
@@ -61,7 +61,7 @@ class Case:
     """One tiny checkpoint. `layout` is the on-disk key layout (npgemma.checkpoint.layout.LAYOUTS):
     "v5-save" (5.24's default save_pretrained), "v5" (save_original_format=False) are written
     by transformers itself; "hub" and "v4.52" (which 5.24 cannot write) by
-    npgemma.testing.checkpoint.write_checkpoint, then loaded by transformers."""
+    npgemma.synthetic.checkpoint.write_checkpoint, then loaded by transformers."""
 
     id: str
     text: str = "gemma"                 # "gemma" (PaliGemma 1) or "gemma2" (PaliGemma 2)

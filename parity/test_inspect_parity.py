@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 import npgemma  # noqa: E402
 from npgemma.compare.tolerances import assert_close  # noqa: E402
 from npgemma.inspection import trace as inspect  # noqa: E402
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint  # noqa: E402
-from npgemma.testing.random_model import example_image  # noqa: E402
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint  # noqa: E402
+from npgemma.synthetic.random_model import example_image  # noqa: E402
 
 PROMPT = "caption en"
 

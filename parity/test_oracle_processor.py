@@ -14,7 +14,7 @@ from PIL import Image
 transformers = pytest.importorskip("transformers")
 
 from npgemma.generation.processing import Processor  # noqa: E402
-from npgemma.testing.tokenizer import write_tokenizer  # noqa: E402
+from npgemma.synthetic.tokenizer import write_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.oracle
 

@@ -30,7 +30,7 @@ def _image():
     path = os.environ.get("NPGEMMA_REAL_IMAGE")
     if path:
         return Image.open(path)
-    from npgemma.testing.random_model import example_image
+    from npgemma.synthetic.random_model import example_image
 
     return Image.fromarray(example_image(300))
 

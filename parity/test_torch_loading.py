@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from npgemma.checkpoint.config_json import load_config  # noqa: E402
 from npgemma.checkpoint.weights import flatten, iter_weights, load_weights  # noqa: E402
 from npgemma.errors import WeightsError  # noqa: E402
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint  # noqa: E402
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint  # noqa: E402
 from npgemma.torch_backend import TorchBackend  # noqa: E402
 
 

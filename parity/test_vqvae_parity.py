@@ -1,6 +1,6 @@
 """The mask VQ-VAE: NumPy reference vs its torch twin, hypothesis over codes, masks and sizes.
 
-Weights are seeded random in the vae-oid.npz layout (`npgemma.testing.vae`), rounded onto the
+Weights are seeded random in the vae-oid.npz layout (`npgemma.synthetic.vae`), rounded onto the
 compute dtype's grid as in the rest of the suite. Codes are drawn freely (any of the K codes in
 any of the 16 cells, batch 1-3); sizes cover a non-square code width and both encoder kernels.
 """
@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from npgemma import vqvae as V  # noqa: E402
 from npgemma.compare.tolerances import assert_close  # noqa: E402
-from npgemma.testing.vae import random_vae  # noqa: E402
+from npgemma.synthetic.vae import random_vae  # noqa: E402
 from npgemma.torch_backend import vqvae as TV  # noqa: E402
 from parity.strategies import SEEDS, on_grid, to_numpy, to_torch  # noqa: E402
 

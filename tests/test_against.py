@@ -28,7 +28,7 @@ from npgemma.compare.reference import teacher_forced
 from npgemma.compare.replacements import erf
 from npgemma.compare.swap import Swap, swapped
 from npgemma.errors import InputError
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint
 
 PROMPT = "caption en"
 # Gemma-2 settings that bite at this size (as the oracle tier's): window < prefix (9 image

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 import npgemma
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.random_model import example_image
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint
+from npgemma.synthetic.random_model import example_image
 
 REPO = Path(npgemma.__file__).resolve().parents[1]
 PROMPT = "caption en"

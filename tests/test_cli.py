@@ -20,8 +20,8 @@ from safetensors.numpy import load_file, save_file
 
 import npgemma
 from npgemma import cli
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.random_model import write_demo
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint
+from npgemma.synthetic.random_model import write_demo
 
 REPO = Path(npgemma.__file__).resolve().parents[1]
 PROMPT = "caption en"
@@ -31,7 +31,7 @@ SAMPLING_SEED = 3  # a seed whose draw differs from the greedy tokens on the dem
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint folder, example.png), as `python -m npgemma.testing.random_model` writes them."""
+    """(checkpoint folder, example.png), as `python -m npgemma.synthetic.random_model` writes them."""
     return write_demo(tmp_path_factory.mktemp("cli") / "demo")
 
 
@@ -369,7 +369,7 @@ def test_process_bad_input(demo, tmp_path, case):
 
 def test_demo_quick_start(tmp_path):
     """The README's quick start: write the demo, then run the command it prints."""
-    done = _run("-m", "npgemma.testing.random_model", tmp_path / "demo")
+    done = _run("-m", "npgemma.synthetic.random_model", tmp_path / "demo")
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "demo" / "example.png").is_file()
     command = next(line.strip() for line in done.stdout.splitlines()

@@ -57,7 +57,7 @@ def test_segment_answer_is_box_codes_label_and_decodes_to_the_mask():
 def test_shipped_vae_is_small_and_in_the_vae_oid_layout():
     from npgemma.checkpoint.bundled import vae_path
     from npgemma.checkpoint.vae_file import load_vae
-    from npgemma.testing.vae import vae_shapes
+    from npgemma.synthetic.vae import vae_shapes
 
     vae = load_vae(vae_path())
     assert vae_path().stat().st_size < 400_000 and vae["_vq_vae._embedding"].shape[0] == 128

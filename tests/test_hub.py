@@ -16,9 +16,9 @@ import npgemma
 from npgemma import cli
 from npgemma.checkpoint import hub
 from npgemma.errors import InputError
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.hub_cache import cache_snapshot, repo_folder
-from npgemma.testing.random_model import write_demo
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint
+from npgemma.synthetic.hub_cache import cache_snapshot, repo_folder
+from npgemma.synthetic.random_model import write_demo
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 import huggingface_hub.constants  # noqa: E402  (a lazy submodule: load it to patch it)

@@ -22,8 +22,8 @@ from npgemma.errors import InputError
 from npgemma.generation.slots import Slots
 from npgemma.inspection import analysis, capture
 from npgemma.inspection import trace as inspect
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.random_model import example_image
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint
+from npgemma.synthetic.random_model import example_image
 
 PROMPT = "caption en"
 

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "npgemma"
 BOOK = {"config", "errors", "hooks", "_kernels", "kv_cache", "layers", "siglip", "gemma",
         "paligemma", "vqvae"}
 # Everything else by floor: a module imports only from lower floors (or its own folder).
-FLOORS = {"checkpoint": 1, "torch_backend": 2, "testing": 2, "generation": 3, "inspection": 4,
+FLOORS = {"checkpoint": 1, "torch_backend": 2, "synthetic": 2, "generation": 3, "inspection": 4,
           "pipeline": 5, "npgemma": 5, "compare": 6, "demo": 6, "cli": 7, "__main__": 8}
 
 

@@ -17,8 +17,8 @@ from npgemma.checkpoint.config_json import config_from_dict, load_config
 from npgemma.checkpoint.weights import expected_shapes, flatten
 from npgemma.errors import InputError
 from npgemma.generation import numpy_backend
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.random_model import write_demo
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint
+from npgemma.synthetic.random_model import write_demo
 
 REPO = Path(npgemma.__file__).resolve().parents[1]
 GiB = 2**30
@@ -321,7 +321,7 @@ def test_parity_cli_maps_the_reference_and_passes(monkeypatch, tmp_path, capsys)
     from PIL import Image
 
     monkeypatch.setattr(estimate, "_WIDENING_BYTES", 0)
-    from npgemma.testing.random_model import example_image
+    from npgemma.synthetic.random_model import example_image
 
     folder = write_checkpoint(tmp_path / "ck", tiny_config(text="gemma2", sliding_window=4),
                               dtype="bfloat16", seed=3, decisive=True)

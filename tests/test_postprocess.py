@@ -117,7 +117,7 @@ def test_cli_json_has_objects_and_draw_writes_an_image(tmp_path, capsys):
     import json
 
     from npgemma.cli import main
-    from npgemma.testing.random_model import write_demo
+    from npgemma.synthetic.random_model import write_demo
 
     model, image = write_demo(tmp_path / "demo")
     drawn = tmp_path / "out.png"

@@ -21,8 +21,8 @@ import pytest
 
 import npgemma
 from npgemma.checkpoint import prefetch
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.random_model import example_image
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint
+from npgemma.synthetic.random_model import example_image
 
 PROMPT = "caption en"
 PAGE = mmap.PAGESIZE

@@ -9,7 +9,7 @@ from PIL import Image
 from npgemma.checkpoint.config_json import config_from_dict
 from npgemma.errors import ConfigError, InputError
 from npgemma.generation.processing import Inputs, Processor, load_image
-from npgemma.testing.tokenizer import (FULL_IMAGE_TOKEN_ID, FULL_VOCAB_SIZE, TINY_IMAGE_TOKEN_ID,
+from npgemma.synthetic.tokenizer import (FULL_IMAGE_TOKEN_ID, FULL_VOCAB_SIZE, TINY_IMAGE_TOKEN_ID,
                                        TINY_NEWLINE_ID, TINY_VOCAB_SIZE, build_tokenizer,
                                        write_tokenizer)
 

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from npgemma import cli
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.random_model import example_image
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint
+from npgemma.synthetic.random_model import example_image
 
 CHROMIUM = os.environ.get("NPGEMMA_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -11,8 +11,8 @@ import npgemma
 from npgemma.cli import main
 from npgemma.compare.tolerances import assert_close
 from npgemma.errors import InputError
-from npgemma.testing.random_model import write_demo
-from npgemma.testing.vae import FULL, write_vae
+from npgemma.synthetic.random_model import write_demo
+from npgemma.synthetic.vae import FULL, write_vae
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import random
 import pytest
 
 from npgemma.generation.streaming import stream_decode
-from npgemma.testing.tokenizer import build_tokenizer
+from npgemma.synthetic.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["compact", "full-ids"])

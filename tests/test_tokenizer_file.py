@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from tokenizers import Tokenizer
 
-from npgemma.testing.tokenizer import build_tokenizer, write_tokenizer
+from npgemma.synthetic.tokenizer import build_tokenizer, write_tokenizer
 
 TEXTS = ["caption en\n", "detect cat ; dog\n", "answer en what is the  man doing?\n",
          "héllo wörld ✓ 日本 🙂", "<image><image><bos>segment red car\n",

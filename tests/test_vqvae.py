@@ -11,7 +11,7 @@ from npgemma import vqvae as V
 from npgemma.checkpoint.vae_file import load_vae
 from npgemma.compare.tolerances import assert_close
 from npgemma.errors import InputError, WeightsError
-from npgemma.testing.vae import FULL, random_vae, vae_shapes, write_vae
+from npgemma.synthetic.vae import FULL, random_vae, vae_shapes, write_vae
 
 SMALL = dict(num_codes=32, code_dim=8, width=16)
 

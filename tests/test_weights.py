@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 from npgemma.checkpoint.config_json import config_from_dict, load_config
 from npgemma.checkpoint.weights import LAYOUTS, expected_shapes, flatten, load_weights, unflatten
 from npgemma.errors import WeightsError
-from npgemma.testing.checkpoint import random_weights, tiny_config, write_checkpoint
+from npgemma.synthetic.checkpoint import random_weights, tiny_config, write_checkpoint
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 

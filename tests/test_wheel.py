@@ -80,7 +80,7 @@ def test_installed_wheel_runs_outside_the_checkout(venv, tmp_path):
     version = _run([venv / "bin" / "npgemma", "--version"], cwd=tmp_path, env=env).stdout
     assert version.strip() == f"npgemma {npgemma.__version__}"
     # End to end on the numpy backend, with nothing but the wheel's own files.
-    _run([py, "-m", "npgemma.testing.random_model", tmp_path / "demo"], cwd=tmp_path, env=env)
+    _run([py, "-m", "npgemma.synthetic.random_model", tmp_path / "demo"], cwd=tmp_path, env=env)
     out = _run([venv / "bin" / "npgemma", "generate", "--model", tmp_path / "demo", "--image",
                 tmp_path / "demo" / "example.png", "--prompt", "caption en",
                 "--max-new-tokens", "3", "--json"], cwd=tmp_path, env=env)

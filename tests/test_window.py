@@ -17,8 +17,8 @@ from PIL import Image
 import npgemma
 from npgemma.errors import InputError
 from npgemma.generation.slots import Slots
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint
-from npgemma.testing.random_model import example_image
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint
+from npgemma.synthetic.random_model import example_image
 
 WINDOW = 12
 SUFFIX = [5, 9, 7, 11, 6, 8, 10, 12]  # fed tokens, the same for every run (teacher forcing)

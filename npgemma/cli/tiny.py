@@ -3,7 +3,7 @@
 
 The folder is what a Hugging Face PaliGemma repository holds, in its layout (the Hub's key
 names, config.json, preprocessor_config.json, tokenizer.json and tokenizer.model), written by
-the same writers the test suite and `npgemma conform`'s cases use (`npgemma.testing`), plus an
+the same writers the test suite and `npgemma conform`'s cases use (`npgemma.synthetic`), plus an
 example image. The weights are random: the answers are gibberish, but every stage runs.
 """
 
@@ -17,8 +17,8 @@ from PIL import Image
 from ..checkpoint.config_json import load_config
 from ..checkpoint.estimate import num_params
 from ..errors import InputError
-from ..testing.checkpoint import tiny_config, write_checkpoint
-from ..testing.random_model import example_image
+from ..synthetic.checkpoint import tiny_config, write_checkpoint
+from ..synthetic.random_model import example_image
 
 
 def run(args) -> int:

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..testing.checkpoint import tiny_config, write_checkpoint
-from ..testing.random_model import example_image
+from ..synthetic.checkpoint import tiny_config, write_checkpoint
+from ..synthetic.random_model import example_image
 
 # Gemma-2 settings that bite at this size: a window (4) shorter than every prompt, caps inside
 # the range of the scores and logits, a query scale of 24^-0.5 where head_dim is 16.

@@ -9,7 +9,7 @@ does at 224 px) and a "448-like" one where it does not; a Gemma-2 window shorter
 prompt and `query_pre_attn_scalar` != head_dim; a grey-scale image (`convert("RGB")`); prompts
 for caption, VQA, detect and segment. Each case runs `against.run` (the stage rows and the
 diagnosis of `npgemma parity --against`); a case the implementation cannot load is a row with
-its error. The weights are decisive (`testing.checkpoint`, `decisive=True`), so greedy tokens
+its error. The weights are decisive (`synthetic.checkpoint`, `decisive=True`), so greedy tokens
 depend on the layers, not on the embedding alone.
 """
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint.weights import disk_name
-from ..testing.checkpoint import preprocessor_config, tiny_config
-from ..testing.tokenizer import build_tokenizer, write_tokenizer
+from ..synthetic.checkpoint import preprocessor_config, tiny_config
+from ..synthetic.tokenizer import build_tokenizer, write_tokenizer
 from .scenes import IMAGE_SIZE
 from .tasks import WORDS
 

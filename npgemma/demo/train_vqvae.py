@@ -28,7 +28,7 @@ import torch
 from .. import vqvae
 from ..checkpoint.bundled import vae_path
 from ..checkpoint.vae_file import check_vae
-from ..testing.vae import random_vae
+from ..synthetic.vae import random_vae
 from ..torch_backend import vqvae as tv
 from . import scenes
 from .masks import box_crop

@@ -1,4 +1,4 @@
-"""`python -m npgemma.testing.random_model DIR`: a tiny *random* PaliGemma checkpoint and an
+"""`python -m npgemma.synthetic.random_model DIR`: a tiny *random* PaliGemma checkpoint and an
 example image — a test fixture (the CLI, memory, segmentation and wheel tests use it).
 
 The weights are random, so the "caption" is gibberish; what it shows is that the whole path —
@@ -38,7 +38,7 @@ def write_demo(folder: str | Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m npgemma.testing.random_model",
+    parser = argparse.ArgumentParser(prog="python -m npgemma.synthetic.random_model",
                                      description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("dir", help="folder to write (created if missing)")
     folder, image = write_demo(parser.parse_args(argv).dir)

@@ -1,6 +1,6 @@
 """Random VQ-VAE weights in the `vae-oid.npz` key layout (for tests and size checks).
 
-`python -m npgemma.testing.vae OUT.npz [--full]` writes one. `--full` uses the sizes of
+`python -m npgemma.synthetic.vae OUT.npz [--full]` writes one. `--full` uses the sizes of
 PaliGemma's vae-oid.npz: 128 codes of width 512, decoder width 128 halving to 16 on the way up,
 the encoder 1 -> 16 -> 32 -> 64 -> 128 with 4×4 stride-2 kernels. (The loader reads every size
 from the file, so nothing depends on these numbers being exactly the released ones.)
@@ -62,7 +62,7 @@ def write_vae(path, seed: int = 0, **sizes) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m npgemma.testing.vae", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m npgemma.synthetic.vae", description=__doc__.splitlines()[0])
     p.add_argument("out")
     p.add_argument("--full", action="store_true", help="the sizes of PaliGemma's vae-oid.npz")
     p.add_argument("--seed", type=int, default=0)

@@ -35,7 +35,7 @@ _FULL_SIGLIP = dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, num_cha
 
 
 def _tokenizer_ids() -> tuple[int, int]:
-    """(vocab size, <image> id) of the tiny tokenizer in npgemma.testing.tokenizer."""
+    """(vocab size, <image> id) of the tiny tokenizer in npgemma.synthetic.tokenizer."""
     from .tokenizer import TINY_IMAGE_TOKEN_ID, TINY_VOCAB_SIZE
     return TINY_VOCAB_SIZE, TINY_IMAGE_TOKEN_ID
 
