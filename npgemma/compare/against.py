@@ -23,6 +23,7 @@ from .catalogue import CATALOGUE
 from .deviations import TRANSFORMERS
 from .diagnose import diagnose, explain
 from .pixels import diagnose_pixels
+from .quantdiag import amend, effective_params
 from .reference import forced_tokens, greedy_tokens, log_softmax, teacher_forced
 from .request import Request
 from .tolerances import compare, pick_margin
@@ -129,7 +130,10 @@ def _report(request, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict,
         else:
             rows.append(Row("pixel_values", False, note=f"shape {list(theirs.pixel_values.shape)} "
                             f"vs npgemma {list(mine.pixel_values.shape)}"))
-    params = load_weights(model_dir, cfg, dtype=np.float32)
+    params = float_params = load_weights(model_dir, cfg, dtype=np.float32)
+    replaced = None
+    if theirs.weights:  # its own effective weights: the reference runs on exactly those
+        params, replaced = effective_params(params, theirs.weights, request.against)
     eos = cfg.eos_token_id
     own = greedy_tokens(params, cfg, ids, pix, request.max_new_tokens)
     other = None if theirs.token_ids is None else _with_eos(theirs.token_ids, eos)
@@ -151,6 +155,7 @@ def _report(request, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict,
     if request.diagnose:
         report["diagnosis"] = _diagnosis(params, cfg, ids, pix, theirs, forced, ref, request.dtype,
                                          rows, image, proc)
+    amend(report, request, cfg, ids, pix, theirs, forced, params, float_params, replaced)
     return report, 0 if report["ok"] else 1
 
 
