@@ -167,7 +167,7 @@ def test_a_right_quantized_port_is_named_by_scheme_not_a_fault(capsys, monkeypat
     assert case["verdict"].startswith("matches npgemma on MLX 4-bit g64 weights")
     assert "not a fault" in got["summary"]
     q = case["report"]["quantization"]
-    assert q["policy"] == "linears+embedding" and q["cost"]["kl_mean"] > 0
+    assert q["policy"] == "decoder+embedding" and q["cost"]["kl_mean"] > 0
     assert 0 <= q["cost"]["top1_agreement"] <= 1
 
 

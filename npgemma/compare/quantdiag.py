@@ -92,8 +92,11 @@ def identify(params, replaced: dict) -> dict:
             best = (s, d)
     scale = max(float(np.abs(flat[k]).max()) for k in changed)
     s, d = best
+    policy = next((p for p in POLICIES if sorted(quantized_params(
+        {k: v for k, v in flat.items() if v.ndim == 2}, s, p)[1]) == sorted(changed)), None)
     return {"scheme": s.name if d <= 1e-6 * max(scale, 1.0) else None,
             "title": s.title, "closest_distance": d, "quantized": len(changed),
+            "policy": policy, "layers": POLICIES[policy][0] if policy else "other layers",
             "vision_tower_quantized": any(k.startswith("vision_tower.") for k in changed),
             "embedding_quantized": "language_model.embed_tokens.weight" in changed}
 
@@ -166,8 +169,9 @@ def amend(report: dict, request, cfg, ids, pix, theirs, forced, params, float_pa
                                   "replaced": len(replaced), **who, "cost": cost}
         if d is not None:
             d.verdict += (f"; on the implementation's own weights ({who['quantized']} tensors "
-                          f"quantized: {who['title'] if who['scheme'] else 'no catalogue scheme'}"
-                          f"); cost vs float weights: {describe(cost)}")
+                          + (f"quantized: {who['title']}, {who['layers']}" if who['scheme'] else
+                             "changed, by no catalogue scheme")
+                          + f"); cost vs float weights: {describe(cost)}")
         return
     if d is None or d.explained:
         return

@@ -148,9 +148,11 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
 # quantizers (torchao, bitsandbytes, quanto through `quantization_config`) replace every
 # nn.Linear but the output embedding (get_keys_to_not_convert: lm_head, tied to embed_tokens in
 # PaliGemma): the vision tower's, the projector's and the decoder's linears; the patch
-# embedding is a Conv2d and the embeddings are not Linear. mlx-vlm's convert quantizes every
-# module with `to_quantized` (Linear and Embedding) whose last dimension the group divides,
-# so the token embedding (and the LM head that reads it) too.
+# embedding is a Conv2d and the embeddings are not Linear. mlx-vlm's convert (0.7.10,
+# Blaizzy/mlx-vlm mlx_vlm/convert.py and utils.py: skip_multimodal_module) quantizes every
+# module with `to_quantized` (Linear and Embedding) whose input width the group divides, but
+# none under "vision_tower" or "multi_modal_projector": the decoder's linears and the token
+# embedding (which the tied LM head reads).
 def _linear(key: str) -> bool:
     return key.endswith(".weight") and any(p in key for p in (
         "_proj.", "mlp.fc1.", "mlp.fc2.", "multi_modal_projector.linear.")) \
@@ -167,6 +169,10 @@ POLICIES: dict[str, tuple[str, Callable[[str], bool]]] = {
                         lambda k: _linear(k) and k.startswith("language_model.")),
     "linears+embedding": ("every linear and the token embedding (the tied LM head reads it)",
                           lambda k: _linear(k) or k == "language_model.embed_tokens.weight"),
+    "decoder+embedding": ("the decoder's linears and the token embedding (vision tower and "
+                          "projector kept float)",
+                          lambda k: (_linear(k) and k.startswith("language_model."))
+                          or k == "language_model.embed_tokens.weight"),
     "text+embedding": ("the decoder's and projector's linears and the token embedding "
                        "(vision tower kept float)",
                        lambda k: (_linear(k) and not _vision(k))
@@ -174,7 +180,7 @@ POLICIES: dict[str, tuple[str, Callable[[str], bool]]] = {
 }
 
 # Each library's default policy, and its alternatives worth trying.
-DEFAULTS = {"mlx / mlx-vlm": "linears+embedding", "torchao (Int8WeightOnlyConfig)": "linears",
+DEFAULTS = {"mlx / mlx-vlm": "decoder+embedding", "torchao (Int8WeightOnlyConfig)": "linears",
             "optimum-quanto (qint8 weights)": "linears", "bitsandbytes (NF4)": "linears",
             "bitsandbytes (FP4)": "linears"}
 

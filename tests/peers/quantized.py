@@ -3,8 +3,8 @@ weights this file quantizes itself, as a port that converts a checkpoint to MLX 
 (its own code, group by group, after MLX's C++ `quantize`; it never calls npgemma's
 quantization catalogue, which the diagnosis searches).
 
-NPGEMMA_QUANT picks the port: "right" (MLX 4-bit, groups of 64, every linear and the token
-embedding whose width 64 divides), "wrong-group" (dequantizes reading the per-group scales and
+NPGEMMA_QUANT picks the port: "right" (MLX 4-bit, groups of 64, the decoder's linears and the
+token embedding whose width 64 divides, as mlx-vlm's convert), "wrong-group" (dequantizes reading the per-group scales and
 biases as if the groups were 128 wide), "no-bias" (dequantizes as scale * q, forgetting the
 bias). NPGEMMA_QUANT_WEIGHTS=1 also returns its effective weights ("weights" in the contract).
 """
@@ -61,9 +61,11 @@ def _walk(tree, prefix=""):
 
 
 def _quantizes(name: str, w) -> bool:
-    linear = name.endswith(("_proj.weight", "fc1.weight", "fc2.weight", "projector.linear.weight"))
-    return w.ndim == 2 and w.shape[1] % GROUP == 0 and (
-        linear or name == "language_model.embed_tokens.weight")
+    """As mlx-vlm's convert picks: the language model's linears and its embedding, where the
+    group divides the input width; nothing of the vision tower or the projector."""
+    if not name.startswith("language_model.") or w.ndim != 2 or w.shape[1] % GROUP:
+        return False
+    return name.endswith("_proj.weight") or name == "language_model.embed_tokens.weight"
 
 
 def run(model_dir, image, prompt, max_new_tokens=8):
