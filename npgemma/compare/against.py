@@ -149,7 +149,9 @@ def _report(request, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict,
         report["greedy_tokens"] = _tokens(_with_eos(own, eos, stopped), other, eos, ref, theirs,
                                           proc, request.dtype)
         t = report["greedy_tokens"]
-        rows.append(Row("greedy tokens", t["agree"] or t["near_tie"], note=_tokens_note(t)))
+        alone = theirs.logits is None and theirs.step_logits is None and not theirs.top_logprobs
+        rows.append(Row("greedy tokens", t["agree"] or t["near_tie"], note=_tokens_note(t) + (
+            " (tokens only: no logits or logprobs returned)" if alone else "")))
     report["stages"] = [asdict(r) for r in rows]
     report["ok"] = all(r.ok for r in rows)
     if request.diagnose:

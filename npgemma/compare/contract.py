@@ -81,8 +81,9 @@ def check_returned(out, spec: str, num_layers: int) -> Returned:
                           "step_logits", "top_logprobs", "weights"}
     if unknown:
         raise InputError(f"--against {spec}: unknown keys {sorted(unknown)} in FUNC's dict")
-    if out.get("logits") is None and not out.get("top_logprobs"):
-        raise InputError(f"--against {spec}: FUNC's dict has no 'logits' (nor 'top_logprobs')")
+    if out.get("logits") is None and not out.get("top_logprobs") and out.get("token_ids") is None:
+        raise InputError(f"--against {spec}: FUNC's dict has no 'logits' (nor 'top_logprobs' "
+                         "or 'token_ids')")
     logits, last_only = None, False
     if out.get("logits") is not None:
         logits = _array(out["logits"], "logits", spec).astype(np.float32)
