@@ -16,12 +16,14 @@ Either way the report carries what the quantization costs (`divergence.quantizat
 from __future__ import annotations
 
 import numpy as np
+from ml_dtypes import bfloat16
 
 from ..checkpoint.layout import LAYOUTS, disk_names, flatten, unflatten
 from ..errors import InputError
 from .diagnose import Fit, fit
+from .deviations import DEVIATIONS, TRANSFORMERS
 from .divergence import describe, quantization_cost
-from .quantization import DEFAULTS, POLICIES, SCHEMES, faulty, quantized_params
+from .quantization import DEFAULTS, POLICIES, SCHEMES, faulty, mlx_affine, quantized_params
 from .reference import teacher_forced
 from .trap import Trap
 
@@ -83,9 +85,14 @@ def identify(params, replaced: dict) -> dict:
     if not changed:
         return {"scheme": None, "title": "float (no weight differs)", "quantized": 0}
     best = None
+    bf16 = all(np.array_equal(flat[k], flat[k].astype(bfloat16).astype(np.float32))
+               for k in changed)
     for s in SCHEMES.values():
+        # MLX stores scales and biases in the weight's dtype: a bfloat16 checkpoint's in bfloat16
+        fn = (lambda w, s=s: mlx_affine(w, int(s.name.split("-")[1][:-3]), s.group, bfloat16)) \
+            if bf16 and s.name.startswith("mlx-") else s.fn
         try:
-            d = max(float(np.abs(s.fn(flat[k]) - replaced[k]).max()) for k in changed)
+            d = max(float(np.abs(fn(flat[k]) - replaced[k]).max()) for k in changed)
         except ValueError:  # a group the weight's width does not divide
             continue
         if best is None or d < best[1]:
@@ -119,6 +126,9 @@ def search(params, cfg, ids, pix, theirs, forced, base, dtype: str) -> tuple[lis
         return [], None
     fits = _fits(candidates(flat, SCHEMES.values()), cfg, ids, pix, theirs, forced, base, dtype)
     fault = False
+    if not (fits and fits[0][0].explains):  # quantized, and one other trap (an authority's)
+        fits = sorted(fits + _with_deviation(fits[:COMBINE_TOP], cfg, ids, pix, theirs, forced,
+                                             base, dtype), key=_rank)
     if not (fits and fits[0][0].explains):  # a port's own dequantization faults, each scheme
         wrong = [f for s in SCHEMES.values() for f in faulty(s)]   # under its library's default
         fits += _fits(candidates(flat, wrong, (DEFAULTS[wrong[0].library],)), cfg, ids, pix,
@@ -130,10 +140,31 @@ def search(params, cfg, ids, pix, theirs, forced, base, dtype: str) -> tuple[lis
         f, s, policy, qp = fits[0]
         trap = (f"quantized-{s.name}" if not fault else "quantized-dequant-no-bias"
                 if s.name.endswith("-no-bias") else "quantized-dequant-wrong-group")
-        best = {"trap": trap, "scheme": s.name, "title": s.title, "library": s.library,
+        deviation = f.name.split(" + ", 1)[1] if " + " in f.name else None
+        best = {"trap": trap, "deviation": deviation, "scheme": s.name, "title": s.title,
+                "library": s.library,
                 "policy": policy, "layers": POLICIES[policy][0], "distance": f.distance,
                 "fault": fault, "params": qp}
     return [(f, s.title, POLICIES[p][0]) for f, s, p, _ in fits], best
+
+
+COMBINE_TOP = 3   # the closest schemes tried with each other trap of the catalogue
+
+
+def _with_deviation(fits, cfg, ids, pix, theirs, forced, base, dtype) -> list:
+    """The closest schemes' weights, each with one deviation of `deviations.DEVIATIONS`
+    swapped in (judged at that deviation's tolerances)."""
+    from .deviations import DEVIATIONS
+    from .diagnose import _forward, judged_at
+
+    out = []
+    for f0, s, policy, qp in fits:
+        for name in DEVIATIONS:
+            fwd = _forward([name], qp, cfg, ids, pix, forced, dtype)
+            f = fit(f"{s.name} + {name}", fwd, theirs, forced, judged_at([name], dtype))
+            f.explains = f.ok and f.distance < base.distance
+            out.append((f, s, policy, qp))
+    return out
 
 
 def _rank(x):
@@ -192,17 +223,27 @@ def amend(report: dict, request, cfg, ids, pix, theirs, forced, params, float_pa
         return
     cost = quantization_cost(params, best["params"], cfg, ids, pix, request.max_new_tokens)
     report["quantization"] = {"source": "the catalogue search", "trap": best["trap"],
+                              "deviation": best["deviation"],
                               "scheme": best["scheme"], "title": best["title"],
                               "policy": best["policy"], "layers": best["layers"],
                               "distance": best["distance"], "fault": best["fault"], "cost": cost}
     others = [s for s in failed if s not in model_failed]
+    dev = best["deviation"]
     d.explained = not others
-    d.deviations = [best["trap"]]
+    d.deviations = [best["trap"]] + ([dev] if dev else [])
     d.distance = best["distance"]
-    d.fault = best["fault"] or bool(others)
+    authority = DEVIATIONS[dev].authority if dev else None
+    d.fault = best["fault"] or bool(others) or bool(dev and not authority)
+    if authority:
+        d.authorities = {"npgemma": TRANSFORMERS, "implementation": authority}
     what = ("an implementation fault" if best["fault"] else
-            "not an implementation fault: the weights are quantized")
+            "the weights are quantized (not a fault)")
     title = best["title"] if best["fault"] else f"{best['title']} weights"
-    d.verdict = (f"matches npgemma on {title} ({best['layers']}) to "
-                 f"{best['distance']:.2g} — {what}; cost vs float weights: {describe(cost)}"
+    also = ""
+    if dev:
+        also = (f"; and `{dev}`: {DEVIATIONS[dev].explain}"
+                + (f" (follows {authority}, not a fault)" if authority else ""))
+    d.verdict = (f"matches npgemma on {title} ({best['layers']})"
+                 + (f" with `{dev}`" if dev else "") + f" to {best['distance']:.2g} — {what}"
+                 + also + f"; cost vs float weights: {describe(cost)}"
                  + (f"; also failing: {', '.join(others)}" if others else ""))

@@ -69,9 +69,15 @@ def mlx_quantize(w: np.ndarray, bits: int, group_size: int, dtype=np.float32):
 
 
 def mlx_affine(w: np.ndarray, bits: int, group_size: int, dtype=np.float32) -> np.ndarray:
-    """`mx.quantize` then `mx.dequantize`: w ~ scale * q + bias, per group."""
+    """`mx.quantize` then `mx.dequantize`: w ~ scale * q + bias, per group, each operation
+    rounded to the weight's dtype (MLX's bfloat16 arithmetic; checked bit for bit against
+    mlx 0.32.4's `mx.dequantize` in float32 and bfloat16)."""
     q, scale, bias = mlx_quantize(w, bits, group_size, dtype)
-    return (scale * q + bias).reshape(np.shape(w)).astype(np.float32)
+    store = np.dtype(dtype)
+    if store == np.float32:
+        return (scale * q + bias).reshape(np.shape(w)).astype(np.float32)
+    product = (scale * q).astype(store).astype(np.float32)
+    return (product + bias).astype(store).astype(np.float32).reshape(np.shape(w))
 
 
 # Dequantizations a port gets wrong, each a fault the diagnosis can name: the bias term

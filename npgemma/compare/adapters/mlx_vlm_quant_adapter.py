@@ -74,3 +74,11 @@ def run4(model_dir, image, prompt, max_new_tokens=8, dtype="float32"):
 
 def run8(model_dir, image, prompt, max_new_tokens=8, dtype="float32"):
     return run(model_dir, image, prompt, max_new_tokens, dtype, bits=8)
+
+
+def run4_outputs_only(model_dir, image, prompt, max_new_tokens=8, dtype="float32"):
+    """The 4-bit conversion's outputs without its weights: npgemma then has to find the scheme
+    itself (the catalogue search), as for an implementation that cannot give its weights."""
+    out = run(model_dir, image, prompt, max_new_tokens, dtype, bits=4)
+    out.pop("weights", None)
+    return out
