@@ -190,3 +190,19 @@ def test_the_ports_own_weights_judge_it_exactly(capsys, monkeypatch, wide):
     # and the scheme is not named (no catalogue scheme makes those weights).
     rc, got, case = _conform(capsys, monkeypatch, wide, "no-bias", weights=True)
     assert case["ok"] and case["report"]["quantization"]["scheme"] is None
+
+
+def test_the_mlx_scheme_is_mlx_bit_for_bit():
+    """Against MLX itself, when an interpreter with it is named (NPGEMMA_MLX_PYTHON, e.g. the
+    venv of setup_mlx_vlm.sh): every setting's largest difference is 0."""
+    import os
+    import subprocess
+
+    python = os.environ.get("NPGEMMA_MLX_PYTHON")
+    if not python:
+        pytest.skip("NPGEMMA_MLX_PYTHON names no interpreter with mlx")
+    script = Path(__file__).parent / "peers" / "mlx_quantize_check.py"
+    out = subprocess.run([python, str(script)], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    got = json.loads(out)
+    assert len(got) >= 6 and all(v == 0 for v in got.values()), got

@@ -127,8 +127,10 @@ def search(params, cfg, ids, pix, theirs, forced, base, dtype: str) -> tuple[lis
     fits = _fits(candidates(flat, SCHEMES.values()), cfg, ids, pix, theirs, forced, base, dtype)
     fault = False
     if not (fits and fits[0][0].explains):  # quantized, and one other trap (an authority's)
-        fits = sorted(fits + _with_deviation(fits[:COMBINE_TOP], cfg, ids, pix, theirs, forced,
-                                             base, dtype), key=_rank)
+        # a decode-time trap leaves the prompt's logits alone: the closest there go on
+        near = sorted(fits, key=lambda x: x[0].prompt_distance)[:COMBINE_TOP]
+        fits = sorted(fits + _with_deviation(near, cfg, ids, pix, theirs, forced, base, dtype),
+                      key=_rank)
     if not (fits and fits[0][0].explains):  # a port's own dequantization faults, each scheme
         wrong = [f for s in SCHEMES.values() for f in faulty(s)]   # under its library's default
         fits += _fits(candidates(flat, wrong, (DEFAULTS[wrong[0].library],)), cfg, ids, pix,
@@ -149,6 +151,17 @@ def search(params, cfg, ids, pix, theirs, forced, base, dtype: str) -> tuple[lis
 
 
 COMBINE_TOP = 3   # the closest schemes tried with each other trap of the catalogue
+
+
+def _prompt_distance(fwd, theirs) -> float:
+    """Max |difference| of the prompt's logits (inf when the other side gave none)."""
+    if theirs.logits is None:
+        return float("inf")
+    mine = fwd.logits[-1:] if theirs.last_only else fwd.logits
+    if mine.shape[0] != theirs.logits.shape[0]:
+        return float("inf")
+    v = min(mine.shape[1], theirs.logits.shape[1])
+    return float(np.abs(mine[:, :v] - theirs.logits[:, :v]).max())
 
 
 def _with_deviation(fits, cfg, ids, pix, theirs, forced, base, dtype) -> list:
@@ -177,8 +190,10 @@ def _fits(cands, cfg, ids, pix, theirs, forced, base, dtype) -> list:
     fits = []
     for s, policy, q in cands:
         qp = unflatten(q)
-        f = fit(s.name, teacher_forced(qp, cfg, ids, pix, forced), theirs, forced, dtype)
+        fwd = teacher_forced(qp, cfg, ids, pix, forced)
+        f = fit(s.name, fwd, theirs, forced, dtype)
         f.explains = f.ok and f.distance < base.distance
+        f.prompt_distance = _prompt_distance(fwd, theirs)
         fits.append((f, s, policy, qp))
     return sorted(fits, key=_rank)
 
