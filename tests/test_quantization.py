@@ -206,3 +206,19 @@ def test_the_mlx_scheme_is_mlx_bit_for_bit():
                          check=True).stdout
     got = json.loads(out)
     assert len(got) >= 6 and all(v == 0 for v in got.values()), got
+
+
+def test_the_bitsandbytes_schemes_are_bitsandbytes_bit_for_bit():
+    """Against bitsandbytes itself, when an interpreter with it is named (NPGEMMA_BNB_PYTHON,
+    e.g. the venv of setup_transformers_quant.sh bnb): every largest difference is 0."""
+    import os
+    import subprocess
+
+    python = os.environ.get("NPGEMMA_BNB_PYTHON")
+    if not python:
+        pytest.skip("NPGEMMA_BNB_PYTHON names no interpreter with bitsandbytes")
+    script = Path(__file__).parent / "peers" / "bnb_quantize_check.py"
+    out = subprocess.run([python, str(script)], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert len(got) == 4 and all(v == 0 for v in got.values()), got

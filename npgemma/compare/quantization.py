@@ -14,9 +14,11 @@ The libraries' source is the spec (read, not copied):
   absmax_optimizer.py and tensor/weights/qbytes.py: scale = absmax / 127 along axis 0 (per
   output channel), q = clamp(round(w / scale), -128, 127).
 - bitsandbytes NF4 / FP4 (`quantize_4bit`, blocksize 64): bitsandbytes-foundation/bitsandbytes
-  bitsandbytes/functional.py (`get_4bit_type`) for the code tables; csrc kDequantizeBlockwise /
-  dQuantizeNF4 / dQuantizeFP4 (midpoint decision trees: the nearest code) for the rounding. The
-  flattened weight in blocks of 64, absmax per block in float32, w ~ code[q] * absmax.
+  bitsandbytes/functional.py (`get_4bit_type`) for the code tables; the CPU backend's
+  bitsandbytes/backends/default/ops.py (`quantize_4bit`: bucketize on the sorted code's
+  midpoints; csrc's dQuantizeNF4 / dQuantizeFP4 decision trees on CUDA have the same
+  thresholds) for the rounding. The flattened weight in blocks of 64, absmax per block in
+  float32, w ~ code[q] * absmax.
 """
 
 from __future__ import annotations
@@ -108,18 +110,26 @@ def int8_symmetric(w: np.ndarray, divisor: float, reciprocal: bool = False) -> n
 
 
 def bnb_4bit(w: np.ndarray, code: np.ndarray, blocksize: int = BNB_BLOCK) -> np.ndarray:
-    """bitsandbytes `quantize_4bit` then `dequantize_4bit`: the flattened weight in blocks of
+    """bitsandbytes `quantize_4bit` then `dequantize_4bit` as its CPU/default backend computes
+    them (bitsandbytes/backends/default/ops.py, 0.50): the flattened weight in blocks of
     `blocksize` (the last one short when the size does not divide), absmax per block (float32),
-    each value the nearest of `code` to w / absmax, w ~ code[q] * absmax."""
+    x = clip(w * (1 / absmax), -1, 1), its level the bucket of x among the midpoints of the
+    sorted code (`torch.bucketize`, right=False: a value on a midpoint takes the lower level),
+    w ~ level * absmax."""
     w = np.asarray(w, np.float32)
     flat = w.reshape(-1)
     pad = (-flat.size) % blocksize
     blocks = np.concatenate([flat, np.zeros(pad, np.float32)]).reshape(-1, blocksize)
     absmax = np.abs(blocks).max(axis=-1, keepdims=True)              # [B, 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.where(absmax > 0, blocks / absmax, 0).astype(np.float32)
-    q = np.abs(x[..., None] - code).argmin(axis=-1)                  # [B, blocksize]
-    out = (code[q] * absmax).reshape(-1)
+    safe = np.maximum(absmax, np.float32(1e-38))
+    x = blocks * (np.float32(1) / safe)        # full blocks: times the reciprocal
+    if pad:                                    # the short last block: divided
+        x[-1] = blocks[-1] / safe[-1]
+    x = np.clip(x, -1, 1).astype(np.float32)
+    levels = np.sort(code).astype(np.float32)
+    bounds = ((levels[:-1] + levels[1:]) / np.float32(2)).astype(np.float32)
+    q = np.searchsorted(bounds, x, side="left")                      # [B, blocksize]
+    out = (levels[q] * absmax).reshape(-1)
     return out[:flat.size].reshape(w.shape).astype(np.float32)
 
 
