@@ -3,7 +3,7 @@ server), started on one of conform's own case checkpoints on a free port on 127.
 stopped at the end. It needs transformers' serving extra (fastapi, uvicorn, openai,
 accelerate), which npgemma's test environment does not carry: the interpreter that has it is
 NPGEMMA_SERVE_PYTHON (else this one, when it can import them); without one the tests skip, and
-with NPGEMMA_REQUIRE_SERVE=1 (CI's serve stage) they fail instead. About 30 s on 2 cores, most
+with NPGEMMA_REQUIRE_SERVE=1 (CI's serve stage) they fail instead. 30-50 s on 2 cores, most
 of it the server's start."""
 
 from __future__ import annotations
