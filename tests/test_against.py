@@ -345,7 +345,7 @@ def test_a_greedy_divergence_at_a_near_tie_is_judged_by_the_dtype():
 
 @pytest.mark.parametrize("returned, message", [
     ([1, 2], "returned list, expected a dict"),
-    ({"token_ids": [1]}, "has no 'logits'"),
+    ({"input_ids": [1]}, "has no 'logits'"),
     ({"logits": np.zeros((2, 3, 4, 5))}, "expected [L, V] or [V]"),
     ({"logits": np.zeros(5), "hidden_states": [np.zeros((3, 4))]}, "'hidden_states' has 1 entries"),
     ({"logits": np.zeros(5), "extra": 1}, "unknown keys ['extra']"),
@@ -399,7 +399,11 @@ class _Server:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append((self.path, body))
-                self._send(outer.answer(self.path, body))
+                answer = outer.answer(self.path, body)
+                if answer == 500:  # as uvicorn answers an exception in the app
+                    self.send_error(500, "Internal Server Error")
+                    return
+                self._send(answer)
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -762,3 +766,41 @@ def test_parity_against_a_hung_adapter_times_out(pg1, image_path, tmp_path, caps
         rc = cli.main(["parity", "--model", str(pg1), "--image", str(image_path), "--prompt",
                        PROMPT, "--against", spec, "--timeout", bad])
         assert rc == 2 and "--timeout" in capsys.readouterr().err
+
+
+def test_openai_without_logprobs_is_judged_by_its_tokens_alone(pg1, image_path, capsys):
+    """transformers serve answers text without logprobs: the text's tokens are judged by
+    npgemma's teacher-forced picks; npgemma's own tokens pass, others fail."""
+    from npgemma.checkpoint.config_json import load_config
+    from npgemma.generation.processing import Processor
+
+    _, tokens = _served_logprobs(pg1, image_path)
+    tok = Processor.from_pretrained(pg1, load_config(pg1)).tokenizer
+    for sent, ok in ((tokens, True), ([t + 1 for t in tokens], False)):
+        text = tok.decode(sent, skip_special_tokens=False)
+        answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                               "finish_reason": "length"}]}
+        with _Server(lambda path, body: answer) as server:
+            got, rc = report.run(args_for(pg1, image_path, f"openai:{server.url}"))
+        (row,) = [s for s in got["stages"] if s["stage"] == "greedy tokens"]
+        assert (rc == 0) == ok and row["ok"] == ok and "tokens only" in row["note"]
+        assert got["greedy_tokens"]["other"] == sent
+        assert "no logprobs; judging its greedy tokens alone" in capsys.readouterr().err
+        if ok:
+            assert got["diagnosis"].verdict.startswith("matches npgemma's greedy tokens")
+
+
+def test_openai_http_500_without_a_chat_template_says_the_fix(pg1, image_path, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-template"
+    shutil.copytree(pg1, folder)
+    with _Server(lambda path, body: 500) as server:
+        with pytest.raises(InputError) as e:
+            report.run(args_for(folder, image_path, f"openai:{server.url}"))
+        assert "has no chat template" in str(e.value)
+        assert f"> {folder / 'chat_template.jinja'}" in str(e.value)
+        (folder / "chat_template.jinja").write_text("{{ messages }}")
+        with pytest.raises(InputError) as e:  # a template there: the 500 is something else
+            report.run(args_for(folder, image_path, f"openai:{server.url}"))
+        assert "HTTP 500" in str(e.value) and "chat template" not in str(e.value)

@@ -275,7 +275,8 @@ def test_list_traps_reads_the_catalogue(capsys):
     for name, trap in CATALOGUE.items():
         assert f"{name}  [{trap.family}]" in out
     assert {t.family for t in CATALOGUE.values()} == {"processor", "math", "decode-time", "batch",
-                                                       "load", "crash", "config"}
+                                                       "load", "crash", "config",
+                                                       "quantization"}
     from npgemma.compare.catalogue import listing
 
     docs = (Path(__file__).parents[1] / "docs" / "conformance.md").read_text()

@@ -24,6 +24,7 @@ from .catalogue import CATALOGUE
 from .deviations import BIG_VISION, TRANSFORMERS
 from .diagnose import diagnose, explain
 from .pixels import diagnose_pixels
+from .quantdiag import amend, effective_params
 from .reference import forced_tokens, greedy_tokens, log_softmax, teacher_forced
 from .request import Request
 from .tolerances import compare, pick_margin
@@ -130,7 +131,10 @@ def _report(request, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict,
         else:
             rows.append(Row("pixel_values", False, note=f"shape {list(theirs.pixel_values.shape)} "
                             f"vs npgemma {list(mine.pixel_values.shape)}"))
-    params = load_weights(model_dir, cfg, dtype=np.float32)
+    params = float_params = load_weights(model_dir, cfg, dtype=np.float32)
+    replaced = None
+    if theirs.weights:  # its own effective weights: the reference runs on exactly those
+        params, replaced = effective_params(params, theirs.weights, request.against)
     eos = cfg.eos_token_id
     own = greedy_tokens(params, cfg, ids, pix, request.max_new_tokens)
     other = None if theirs.token_ids is None else _with_eos(theirs.token_ids, eos)
@@ -146,12 +150,15 @@ def _report(request, model_dir, cfg, proc, image, prompt, theirs) -> tuple[dict,
         report["greedy_tokens"] = _tokens(_with_eos(own, eos, stopped), other, eos, ref, theirs,
                                           proc, request.dtype)
         t = report["greedy_tokens"]
-        rows.append(Row("greedy tokens", t["agree"] or t["near_tie"], note=_tokens_note(t)))
+        alone = theirs.logits is None and theirs.step_logits is None and not theirs.top_logprobs
+        rows.append(Row("greedy tokens", t["agree"] or t["near_tie"], note=_tokens_note(t) + (
+            " (tokens only: no logits or logprobs returned)" if alone else "")))
     report["stages"] = [asdict(r) for r in rows]
     report["ok"] = all(r.ok for r in rows)
     if request.diagnose:
         report["diagnosis"] = _diagnosis(params, cfg, ids, pix, theirs, forced, ref, request.dtype,
                                          rows, image, proc)
+    amend(report, request, cfg, ids, pix, theirs, forced, params, float_params, replaced)
     return report, 0 if report["ok"] else 1
 
 

@@ -5,7 +5,8 @@ words, `npgemma conform --list-traps` and docs/conformance.md's trap table all r
 Its entries come from where each trap's swap lives: the math, config and decode-time traps
 from `deviations.DEVIATIONS` (swaps of the reference's functions, `replacements.py`), the
 preprocessing traps from `pixels.PIXEL_TRAPS`, the batch traps from `batch.BATCH_TRAPS`, the
-load and crash traps from `crashes.CASE_TRAPS` (sorted by running sibling cases).
+load and crash traps from `crashes.CASE_TRAPS` (sorted by running sibling cases), the
+quantization schemes and dequantization faults from `quantdiag.QUANT_TRAPS`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from .batch import BATCH_TRAPS
 from .crashes import CASE_TRAPS
 from .deviations import DEVIATIONS
 from .pixels import PIXEL_TRAPS
+from .quantdiag import QUANT_TRAPS
 from .trap import FAMILIES, Trap
 
 
@@ -43,6 +45,7 @@ def _entries():
                "read from the logits' width")
     yield from BATCH_TRAPS.values()
     yield from CASE_TRAPS.values()
+    yield from QUANT_TRAPS.values()
 
 
 CATALOGUE: dict[str, Trap] = {t.name: t for t in _entries()}

@@ -159,14 +159,18 @@ def summary(results: list[Result]) -> str:
                 f"every case it runs passes ({ran} of {len(results)}){also}")
     unexplained = [r.case for r in failed if not r.explained]
     timed = [r.case for r in failed if r.timed_out]
-    other = [r.case for r in failed if r.explained and not r.fault]
+    quantized = [r.case for r in failed if r.explained and not r.fault
+                 and any(d.startswith("quantized-") for d in r.deviations)]
+    other = [r.case for r in failed if r.explained and not r.fault and r.case not in quantized]
     return (f"{len(failed)} of {len(results)} cases fail; "
             + ("every failure is explained by the diagnosis" if not unexplained else
                f"unexplained: {', '.join(unexplained)}")
             + (f"; timed out: {', '.join(timed)}" if timed else "")
             + (f"; {len(other)} follow{'s' if len(other) == 1 else ''} another authority, "
                f"not a fault ({', '.join(other)})"
-               if other else "") + also)
+               if other else "")
+            + (f"; {len(quantized)} differ only by quantized weights, not a fault "
+               f"({', '.join(quantized)})" if quantized else "") + also)
 
 
 def table(results: list[Result], markdown: bool = False) -> str:

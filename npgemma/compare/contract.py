@@ -9,7 +9,9 @@ The contract in full is docs/check-your-implementation.md ("The adapter contract
 each keyword passed only when FUNC takes it (by name or **kwargs); "logits" float[L, V] at
 every prompt position (or float[V], the last one) and, optionally, "input_ids" int[L],
 "pixel_values" float[3, S, S], "token_ids", "hidden_states" (transformers' L+1 order or
-npgemma's L+2), "step_logits" float[T, V], "top_logprobs" (per generated token {id: logprob}).
+npgemma's L+2), "step_logits" float[T, V], "top_logprobs" (per generated token {id: logprob}), "weights"
+({checkpoint key: the effective, dequantized weight}: a quantized implementation's own weights,
+which the reference then runs on; quantdiag.py).
 A batch passes lists and expects one such dict per row, as the row alone would give it.
 NotImplementedError("why") declines an input by design (neither a pass nor a failure); any
 other exception is a crash (one line); a call past its timeout is abandoned and reported as
@@ -48,6 +50,7 @@ class Returned:
     hidden_states: list | None          # float32[L, D] each, transformers' order (L+1 entries)
     step_logits: np.ndarray | None      # float32[T, V]
     top_logprobs: list[dict] | None     # per step {id: logprob}
+    weights: dict | None = None         # {checkpoint key: float32 array}: its effective weights
 
 
 def _array(x, what: str, spec: str) -> np.ndarray:
@@ -75,11 +78,12 @@ def check_returned(out, spec: str, num_layers: int) -> Returned:
         raise InputError(f"--against {spec}: FUNC returned {type(out).__name__}, expected a dict "
                          "with 'logits'")
     unknown = set(out) - {"logits", "input_ids", "pixel_values", "token_ids", "hidden_states",
-                          "step_logits", "top_logprobs"}
+                          "step_logits", "top_logprobs", "weights"}
     if unknown:
         raise InputError(f"--against {spec}: unknown keys {sorted(unknown)} in FUNC's dict")
-    if out.get("logits") is None and not out.get("top_logprobs"):
-        raise InputError(f"--against {spec}: FUNC's dict has no 'logits' (nor 'top_logprobs')")
+    if out.get("logits") is None and not out.get("top_logprobs") and out.get("token_ids") is None:
+        raise InputError(f"--against {spec}: FUNC's dict has no 'logits' (nor 'top_logprobs' "
+                         "or 'token_ids')")
     logits, last_only = None, False
     if out.get("logits") is not None:
         logits = _array(out["logits"], "logits", spec).astype(np.float32)
@@ -114,7 +118,14 @@ def check_returned(out, spec: str, num_layers: int) -> Returned:
     top = None
     if out.get("top_logprobs") is not None:
         top = [{int(k): float(v) for k, v in step.items()} for step in out["top_logprobs"]]
-    return Returned(logits, last_only, ids, pix, tokens, hidden, steps, top)
+    weights = None
+    if out.get("weights") is not None:
+        if not isinstance(out["weights"], dict):
+            raise InputError(f"--against {spec}: 'weights' is {type(out['weights']).__name__}; "
+                             "expected a dict {checkpoint key: array}")
+        weights = {str(k): _array(v, f"weights[{k!r}]", spec).astype(np.float32)
+                   for k, v in out["weights"].items()}
+    return Returned(logits, last_only, ids, pix, tokens, hidden, steps, top, weights)
 
 
 def call(spec: str, func: Callable, model_dir: str, image, prompt: str, num_layers: int,

@@ -67,7 +67,9 @@ def fit(name: str, ref: Forward, theirs, forced: list[int], dtype: str) -> Fit:
     # logits tolerance (a near-tie at bfloat16 is not evidence against the candidate).
     agree = sum(int(m <= lim) for m, lim in (pick_margin(ref.step_logits[i], tok, dtype)
                                              for i, tok in enumerate(forced[:t])))
-    return Fit(name, distance, bool(comps) and all(c.ok for c in comps) and agree == t, agree, t)
+    # tokens alone (a server without logprobs): judged by its picks, near-ties allowed
+    judged = all(c.ok for c in comps) if comps else t > 0
+    return Fit(name, distance, judged and agree == t, agree, t)
 
 
 @dataclass
@@ -202,6 +204,9 @@ def explain(name: str) -> str:
 
 
 def _verdict(base: Fit, fits: list, d: Diagnosis | None = None) -> str:
+    if base.ok and np.isnan(base.distance):
+        return (f"matches npgemma's greedy tokens ({base.tokens_agree} of {base.tokens_total}, "
+                "near-ties allowed; tokens only: no logits or logprobs were returned)")
     if base.ok:
         return (f"matches npgemma to {base.distance:.2g} (within the tolerance table): "
                 "no deviation needed")

@@ -66,7 +66,7 @@ def _to_numpy(x):
 
 
 _KEYS = ("logits", "input_ids", "pixel_values", "step_logits", "hidden_states", "token_ids",
-         "top_logprobs")
+         "top_logprobs", "weights")
 
 
 def _pack(got, arrays: dict, prefix: str) -> dict:
@@ -87,6 +87,10 @@ def _pack(got, arrays: dict, prefix: str) -> dict:
     if got.get("top_logprobs") is not None:
         meta["top_logprobs"] = [{str(int(k)): float(v) for k, v in s.items()}
                                 for s in got["top_logprobs"]]
+    if got.get("weights") is not None:  # {checkpoint key: effective (dequantized) weight}
+        meta["weights"] = list(got["weights"])
+        arrays |= {f"{prefix}weight_{i}": _to_numpy(w)
+                   for i, w in enumerate(got["weights"].values())}
     meta["unknown"] = sorted(set(got) - set(_KEYS))
     return meta
 
@@ -142,6 +146,8 @@ def _unpack(meta: dict, got: dict, prefix: str) -> dict:
         out["token_ids"] = meta["token_ids"]
     if "top_logprobs" in meta:
         out["top_logprobs"] = [{int(k): v for k, v in s.items()} for s in meta["top_logprobs"]]
+    if "weights" in meta:
+        out["weights"] = {k: got[f"{prefix}weight_{i}"] for i, k in enumerate(meta["weights"])}
     return out
 
 

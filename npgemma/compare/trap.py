@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FAMILIES = ("processor", "math", "decode-time", "batch", "load", "crash", "config")
+FAMILIES = ("processor", "math", "decode-time", "batch", "load", "crash", "config",
+            "quantization")
 
 
 @dataclass(frozen=True)

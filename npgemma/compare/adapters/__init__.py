@@ -52,6 +52,18 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in (
             "keras_hub_adapter.py:run", own_venv=True, setup="setup_keras_hub.sh"),
     Builtin("mlx-vlm", "mlx-vlm's PaliGemma (MLX), in its own venv",
             "mlx_vlm_adapter.py:run", own_venv=True, setup="setup_mlx_vlm.sh"),
+    Builtin("mlx-vlm-4bit", "mlx-vlm on its own 4-bit conversion (mlx_vlm.convert, group 64); "
+            "returns its dequantized weights", "mlx_vlm_quant_adapter.py:run4", own_venv=True,
+            setup="setup_mlx_vlm.sh"),
+    Builtin("mlx-vlm-8bit", "mlx-vlm on its own 8-bit conversion (mlx_vlm.convert, group 64); "
+            "returns its dequantized weights", "mlx_vlm_quant_adapter.py:run8", own_venv=True,
+            setup="setup_mlx_vlm.sh"),
+    *(Builtin(f"transformers-{k}", f"transformers 5.24 with {what} on the CPU; returns its "
+              "dequantized weights", f"transformers_quant_adapter.py:run_{k.replace('-', '_')}",
+              own_venv=True, setup="setup_transformers_quant.sh")
+      for k, what in (("torchao-int8", "torchao Int8WeightOnlyConfig"),
+                      ("quanto-int8", "optimum-quanto int8 weights"),
+                      ("bnb-nf4", "bitsandbytes NF4"), ("bnb-fp4", "bitsandbytes FP4"))),
     # A slot: transformers at a past release, in a venv of its own (the file and its setup
     # script arrive with the work on past releases; until then the name says so).
     Builtin("transformers-legacy", "transformers at an older version, in its own venv",

@@ -44,6 +44,41 @@ def endpoint(url: str) -> tuple[str, str, str | None]:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", "")), kind, model
 
 
+def _tokens_only(kind: str, choice: dict, tokenizer, max_new_tokens: int) -> dict:
+    """A response without logprobs (transformers serve gives none): its text, tokenized with
+    the checkpoint's tokenizer, is judged alone — npgemma's logits teacher-forced along those
+    tokens, each one npgemma's greedy pick or a near-tie within the logits tolerance."""
+    import sys
+
+    text = (choice.get("message") or {}).get("content") if kind == "chat" else choice.get("text")
+    if text is None:
+        raise InputError("--against openai: the response has neither logprobs nor text")
+    print("npgemma: note: the server returned no logprobs; judging its greedy tokens alone "
+          "(npgemma's logits teacher-forced along them, near-ties allowed)", file=sys.stderr)
+    return {"token_ids": tokenizer.encode(text, add_special_tokens=False).ids[:max_new_tokens]}
+
+
+CHAT_TEMPLATE = ("{% for message in messages %}{% for part in message['content'] %}"
+                 "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}"
+                 "{% endfor %}")
+
+
+def has_chat_template(model_dir) -> bool:
+    """Does the checkpoint carry a chat template (where transformers looks for one)?"""
+    folder = os.fspath(model_dir)
+    if any(os.path.isfile(os.path.join(folder, f))
+           for f in ("chat_template.jinja", "chat_template.json")):
+        return True
+    for name in ("tokenizer_config.json", "processor_config.json"):
+        try:
+            with open(os.path.join(folder, name)) as f:
+                if json.load(f).get("chat_template"):
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
 def _request(url: str, body: dict | None = None) -> dict:
     headers = {"Content-Type": "application/json"}
     if os.environ.get("OPENAI_API_KEY"):
@@ -85,9 +120,6 @@ def token_id(text: str, raw: list | None, tokenizer) -> int | None:
 def _steps(kind: str, choice: dict) -> list[tuple[str, list | None, list[tuple[str, list | None, float]]]]:
     """[(chosen token, its bytes, [(candidate, bytes, logprob)])] from either response shape."""
     lp = choice.get("logprobs")
-    if not lp:
-        raise InputError("--against openai: the response has no logprobs (does the server "
-                         "support logprobs / top_logprobs?)")
     if kind == "chat":
         return [(s["token"], s.get("bytes"),
                  [(t["token"], t.get("bytes"), t["logprob"]) for t in s.get("top_logprobs") or []]
@@ -115,10 +147,23 @@ def openai_adapter(model_dir, image, prompt, *, url: str, max_new_tokens: int = 
         body |= {"prompt": prompt, "logprobs": TOP_LOGPROBS,
                  "image_url": {"url": data_url(image)}}
         path = "/v1/completions"
-    choices = _request(base + path, body).get("choices") or []
+    try:
+        choices = _request(base + path, body).get("choices") or []
+    except InputError as e:
+        if kind == "chat" and "HTTP 500" in str(e) and not has_chat_template(model_dir):
+            raise InputError(
+                f"{e} — {model_dir} has no chat template, and a server that applies one (transformers "
+                "serve: \"Cannot use apply_chat_template because this processor does not have a "
+                "chat template\") cannot answer the chat API; PaliGemma checkpoints carry none. "
+                f"Fix: write the text parts of the message as its template, in the folder the "
+                f"server loads, and restart it: printf '%s' \"{CHAT_TEMPLATE}\" > "
+                f"{os.path.join(os.fspath(model_dir), 'chat_template.jinja')}") from None
+        raise
     if not choices:
         raise InputError(f"--against openai: {base + path} returned no choices")
     tokenizer = Processor.from_pretrained(model_dir, load_config(model_dir)).tokenizer
+    if not choices[0].get("logprobs"):
+        return _tokens_only(kind, choices[0], tokenizer, max_new_tokens)
     tokens, tops, unmapped = [], [], []
     for chosen, raw, candidates in _steps(kind, choices[0]):
         i = token_id(chosen, raw, tokenizer)
