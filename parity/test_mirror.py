@@ -29,7 +29,10 @@ TORCH_EXTRAS = ("dtype", "device")
 NUMPY_ONLY = {
     # Data-independent tensors are built once in NumPy and handed to the backend
     # (npgemma/generation/slots.py); the torch twin receives them as tensors.
-    "paligemma": {"prefix_lm_mask", "attention_masks", "rope_positions"},
+    "paligemma": {"prefix_lm_mask", "attention_masks", "rope_positions",
+                  # Where the two window authorities part: integer arithmetic on a config's
+                  # numbers (docs/conformance.md's table), no tensor on either side.
+                  "first_windowed_token"},
     # The TF "SAME" padding rule is plain integer arithmetic, imported by the twin. (The
     # VQ-VAE file is read once, by npgemma/checkpoint/vae_file.py, and handed to a backend.)
     "vqvae": {"same_padding"},

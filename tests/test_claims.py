@@ -25,6 +25,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RESULTS = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+# `npgemma conform --json` outputs as they came (their commands, versions and wall times in that
+# folder's README.md): figures a page may quote, beside the benchmarks' results.
+CONFORM_RUNS = sorted((ROOT / "docs" / "conformance-runs").glob("*.json"))
 
 NUMBER = r"(\d[\d,]*(?:\.\d+)?)"
 UNITS = {"ms": "ms", "s": "s", "min": "min", "h": "h", "GB/s": "GB/s", "GB": "GB", "GiB": "GiB",
@@ -90,7 +93,7 @@ def harvest(node, key: str = "", out: set | None = None) -> set:
 
 
 RUNS = re.compile(r"\bruns? (\d+[a-d]?(?:(?:\s*[–,-]\s*|,? and )\d+[a-d]?)*)")
-CITED_FILE = re.compile(r"benchmarks/results/([\w.*-]+)\.json")
+CITED_FILE = re.compile(r"([\w.*-]+)\.json")  # a results file or a conform run, by name
 
 
 def cited(text: str) -> list[Path]:
@@ -101,13 +104,17 @@ def cited(text: str) -> list[Path]:
         for part in re.split(r"\s*,\s*|,? and ", group):
             ends = [int(re.match(r"\d+", e).group()) for e in re.split(r"\s*[–-]\s*", part)]
             names |= {f"run-{n:02d}" for n in range(ends[0], ends[-1] + 1)}
-    return [p for n in sorted(names) for p in sorted(RESULTS[0].parent.glob(f"{n}.json"))]
+    folders = (RESULTS[0].parent, ROOT / "docs" / "conformance-runs")
+    return [p for n in sorted(names) for d in folders for p in sorted(d.glob(f"{n}.json"))]
 
 
 def known_figures(paths: list[Path] | None = None) -> set:
     known = set()
-    for path in RESULTS if paths is None else paths:
+    for path in RESULTS + CONFORM_RUNS if paths is None else paths:
         harvest(json.loads(path.read_text(encoding="utf-8")), out=known)
+        timed = path.with_suffix(".time")  # a conform run's wall time, as `time` printed it
+        if timed.is_file():
+            known |= {(float(m), "s") for m in re.findall(r"wall " + NUMBER + " s", timed.read_text())}
     # Derived units: seconds from milliseconds, minutes and hours from seconds, GB from GiB and back.
     known |= {(v / 1000, "s") for v, u in known if u == "ms"}
     for v, u in list(known):

@@ -192,11 +192,12 @@ def test_models_lists_cached_paligemma_and_folders(hf_cache, demo, capsys, no_ne
 def test_models_table_marks_what_does_not_fit(hf_cache, capsys, monkeypatch):
     from npgemma.checkpoint import estimate, machine, memory
 
-    monkeypatch.setattr(machine, "available_memory", lambda: machine.Available(10**9, "fake"))
+    # 10 MB: below even the tiny model's runtime allowance (measured, estimate.runtime_bytes)
+    monkeypatch.setattr(machine, "available_memory", lambda: machine.Available(10**7, "fake"))
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"Hugging Face cache {hf_cache[0]}: 2 PaliGemma checkpoint(s);")
-    assert "1.00 GB (fake)" in out[0]
+    assert "0.01 GB (fake)" in out[0]
     assert out[2].startswith("org/tiny-pali@main") and out[2].count(" NO") == 4
     # Room for the low-memory mode's anonymous memory but not its file pages: it streams.
     from npgemma.checkpoint.config_json import load_config

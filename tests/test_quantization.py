@@ -15,7 +15,7 @@ import pytest
 from npgemma import cli
 from npgemma.compare import divergence, quantization as qz
 from npgemma.compare.catalogue import CATALOGUE
-from npgemma.testing.checkpoint import tiny_config, write_checkpoint
+from npgemma.synthetic.checkpoint import tiny_config, write_checkpoint
 
 PORT = str(Path(__file__).parent / "peers" / "quantized.py") + ":run"
 

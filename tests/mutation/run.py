@@ -291,7 +291,12 @@ def main(argv=None) -> int:
     print(f"mutation score: {caught}/{len(rows)} ({date}, git commit {commit})")
     if not args.no_json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import record  # the machine, BLAS kernel and versions every result file carries
+
+        where = {k: v for k, v in record.provenance("tests/mutation/run.py").items()
+                 if k in ("machine", "blas", "versions", "environment")}
+        args.json.write_text(json.dumps(where | {
             "score": f"{caught}/{len(rows)}", "caught": caught, "total": len(rows),
             "date": date, "commit": commit,
             "command": "python " + " ".join([str(Path(__file__).relative_to(ROOT)), *(argv or sys.argv[1:])]),
