@@ -50,8 +50,10 @@ CUDA_CONTEXT_BYTES = 2**30
 _SCORE_COPIES = 3              # scores, exp(scores - max), the normalized probabilities
 _MLP_COPIES = 4                # gate, up, and tanh-GELU's temporaries, all [B, L, F]
 ITEMSIZE = {name: d.itemsize for name, d in DTYPES.items()}
-# One widened float32 slab per thread of ours (`_kernels`: a reused scratch buffer each).
-_WIDENING_BYTES = _kernels.SLAB_BYTES * (_kernels.WORKERS + 1)
+# One widened float32 slab per thread of ours (`_kernels`: a reused scratch buffer each), the
+# calling thread's grown to a prefill's GEMM-sized slab.
+_WIDENING_BYTES = _kernels.SLAB_BYTES * _kernels.WORKERS + max(_kernels.SLAB_BYTES,
+                                                               _kernels.GEMM_SLAB_BYTES)
 
 
 @dataclass(frozen=True)
