@@ -42,6 +42,10 @@ from . import finite
 from .layout import flatten
 
 PAGE = mmap.PAGESIZE
+# Blocks asked for ahead of the one computing: 1, block i+1 while block i computes. More keeps
+# more blocks in flight (`estimate.resident_layers` counts them) for a deeper queue at the disk;
+# whether it streams faster is measured in benchmarks/RESULTS.md (run 20 on, issue 30).
+READ_AHEAD = 1
 
 
 def _mapping(arr: np.ndarray):
@@ -70,7 +74,7 @@ class Streamer:
     output table (the tied embedding), after which a decode step starts again at decoder layer 0.
     """
 
-    def __init__(self, params: dict, drop: bool, keep: int = 0):
+    def __init__(self, params: dict, drop: bool, keep: int = 0, ahead: int = READ_AHEAD):
         vision = params["vision_tower"]["encoder"]["layers"]
         text = params["language_model"]
         table = params.get("lm_head", {}).get("weight", text["embed_tokens"]["weight"])
@@ -79,13 +83,19 @@ class Streamer:
         decoder = [f"decoder.blocks.{i}" for i in range(len(text["layers"]))]
         self.blocks |= {name: self._ranges(layer) for name, layer in zip(decoder, text["layers"])}
         self.blocks["lm_head"] = self._ranges(table)
+        self.next: dict[str, list[str]] = {}
         vision_names = [f"vision.blocks.{i}" for i in range(len(vision))]
-        # What to ask for on entering a block (the last decoder layer: the output table, then
-        # layer 0 for the next decode step), and what two blocks back to hand back.
-        self.next = {a: [b] for a, b in zip(vision_names, vision_names[1:] + decoder[:1])}
-        self.next |= {a: [b] for a, b in zip(decoder, decoder[1:])}
-        self.next[decoder[-1]] = ["lm_head"] + decoder[:1]
+        # What to ask for on entering a block: the `ahead` blocks after it in the order a pass
+        # reads them (after the last decoder layer: the output table, which the model enters no
+        # scope for, so it rides with that layer, then layer 0 of the next decode step, and on);
+        # and what two blocks back to hand back.
         cycle = decoder + ["lm_head"]
+        prefill = vision_names + cycle + decoder  # a pass, then the next one's start
+        for i, name in enumerate(vision_names):
+            self.next[name] = prefill[i + 1:i + 1 + ahead]
+        for i, name in enumerate(decoder):
+            after = (cycle[i + 1:] + cycle)[:ahead + (i + 1 + ahead > len(decoder))]
+            self.next[name] = after
         self.behind = {name: cycle[i - 2] for i, name in enumerate(cycle)}
         self.kept = set(decoder[:keep])  # never dropped: cached from the first pass on
         # Finiteness, once per block: {block: {canonical key: array}} until first entered.
