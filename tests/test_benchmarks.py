@@ -99,6 +99,11 @@ def test_over_bounds_names_the_row():
     assert "npgemma-numpy:float32" in line and "decode at 120%" in line
     (line,) = bench.over_bounds([row | {"pct_of_gemm_bound": 101.0}])
     assert "prefill at 101%" in line
+    # the GEMM bound is float32's: engines multiplying in bfloat16 are not held to it
+    assert bench._float32_products("npgemma-numpy:bfloat16")  # widened to float32
+    assert bench._float32_products("transformers:float32")
+    assert not bench._float32_products("transformers:bfloat16")
+    assert not bench._float32_products("npgemma-torch:bfloat16:cuda")
 
 
 @pytest.mark.parametrize("args", [["--out", "64", "--in", "32", "--shrink", "2"],
