@@ -8,8 +8,8 @@ again: the page cache, scanned cyclically, keeps nothing useful. Two things make
 at the disk's speed and leave other processes their memory:
 
 - prefetch: when the model enters block i (`hooks.scope`), a reader thread asks the kernel for
-  block i+1's bytes (`posix_fadvise(WILLNEED)`: asynchronous read-ahead), so the disk reads while
-  the cores multiply;
+  the bytes of the READ_AHEAD blocks after it (`posix_fadvise(WILLNEED)`: asynchronous
+  read-ahead), so the disk reads while the cores multiply;
 - drop: block i-2's pages are unmapped from this process (`madvise(DONTNEED)`: a later touch
   reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`), by the same
   thread just before it asks for block i+1, so the file's pages never crowd out anyone's memory
@@ -42,10 +42,13 @@ from . import finite
 from .layout import flatten
 
 PAGE = mmap.PAGESIZE
-# Blocks asked for ahead of the one computing: 1, block i+1 while block i computes. More keeps
-# more blocks in flight (`estimate.resident_layers` counts them) for a deeper queue at the disk;
-# whether it streams faster is measured in benchmarks/RESULTS.md (run 20 on, issue 30).
-READ_AHEAD = 1
+# Blocks asked for ahead of the one computing: blocks i+1 and i+2 while block i computes, so the
+# disk always has a block queued. One more block in flight (`estimate.resident_layers` counts
+# 2 + READ_AHEAD). Measured on paligemma2-10b streamed in an 8 GiB memory group, busy 2-core
+# machine, one run each (benchmarks/RESULTS.md runs 20, 21): one block ahead, 36.2 s a token,
+# 0.41 GB/s streamed, 42% of the disk's sequential rate in that run; two ahead, 28.7 s, 0.53 GB/s,
+# 67%. Not yet the 85% aimed at, and not measured side by side.
+READ_AHEAD = 2
 
 
 def _mapping(arr: np.ndarray):
@@ -129,7 +132,8 @@ class Streamer:
             for block in (name, "lm_head") if name == self.last_decoder else (name,):
                 _check_finite(self.unchecked.pop(block, {}))
         # On the reader thread, in this order: block i-2 handed back first, so that no more than
-        # three blocks (i-1, i, i+1) are ever in the page cache at once; then block i+1 asked for.
+        # 2 + READ_AHEAD blocks (i-1, i, i+1, ...) are ever in the page cache at once; then the
+        # blocks ahead asked for.
         old = self.behind.get(name)
         if self.drop and old is not None and old != name and old not in self.kept:
             self._reader.submit(self._dontneed, old)  # unmapping 1 GB of pages takes a while
