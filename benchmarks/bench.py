@@ -16,10 +16,19 @@ Per engine and batch size: load s, prefill s (vision + the whole prompt, until t
 token), decode ms/token (median over the steps after the first), tokens/s (batch / step time),
 peak RSS (counting memory-mapped file pages), peak anonymous RSS (sampled), and the bytes read
 from disk per decode step (/proc/self/io: a checkpoint streamed from disk re-reads its weights).
-In the same run: the machine's memory bandwidth (a matrix-vector read over 2 GiB, BLAS on every
-core) and the decode bound it implies (weight bytes read per token / bandwidth). The
-table's ratios are against transformers float32 (or the first transformers engine) and against
-the bound. `--resolution 224,896` with `--make` writes and runs each resolution's checkpoint.
+In the same run, the bounds (`bounds`, in a process of its own): the best rate at which a float32
+matrix-vector product reads weights shaped like the checkpoint's decoder (>= 1 GiB of them, BLAS
+on its threads, as the float32 engine runs a decode step) and the best float32 GEMM rate on the
+prefill's shapes (the prompt's rows against the decoder's and the vision tower's matrices). A
+decode step cannot beat its weight bytes at that read rate, nor a prefill its products' FLOPs at
+that GEMM rate: each row's decode and prefill are given as a percentage of those, and a
+percentage over 100 is a bug in the bound: the script says which row and exits 2 (no --record).
+And the disk (`disk_read_gbs`): the largest shard read sequentially after its pages are dropped
+from the page cache, dd-style (buffered, and O_DIRECT) and as the streamer asks (WILLNEED first),
+the fastest of the three; a row that reads its weights from disk each step (streamed) is given
+the bytes it read per second of decode as a percentage of that rate.
+The table's ratios are against transformers float32 (or the first transformers engine) and
+against the bounds. `--resolution 224,896` with `--make` writes and runs each resolution's checkpoint.
 """
 
 from __future__ import annotations
@@ -213,19 +222,142 @@ def run_engine(spec: str, model: str, batches: list[int], new_tokens: int,
     return rows
 
 
-def bandwidth_gbs(gib: float = 2.0, repeats: int = 5) -> float:
-    """Read bandwidth (GB/s, 10^9 bytes) as a decode step meets it: the best of `repeats`
-    float32 matrix-vector products over a 2 GiB matrix (every byte read once, BLAS on every
-    core). Plain reductions (sum, max, dot) read slower here (~24 GB/s vs ~33), so the bound
-    below is what streaming the weights alone would cost, without the rest of the step."""
-    m = np.ones((int(gib * 2**30) // (4 * 4096), 4096), np.float32)
-    x = np.ones(4096, np.float32)
+def _best(fn, repeats: int) -> float:
+    """The shortest of `repeats` timings of fn() (seconds): the least disturbed by the rest of
+    a busy machine."""
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        m @ x
+        fn()
         best = min(best, time.perf_counter() - t)
-    return m.nbytes / best / 1e9
+    return best
+
+
+def _matrices(model: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int, int]:
+    """([out, in] of one decoder layer's matrices, of one vision layer's, the prefill's rows
+    (the image tokens and a few of text), the decoder's width)."""
+    from npgemma.checkpoint.config_json import load_config
+    from npgemma.checkpoint.layout import expected_shapes
+
+    cfg = load_config(model)
+    shapes = expected_shapes(cfg)
+    text = [s for k, s in shapes.items() if k.startswith("language_model.layers.0.") and len(s) == 2]
+    vision = [s for k, s in shapes.items()
+              if k.startswith("vision_tower.encoder.layers.0.") and len(s) == 2]
+    return text, vision, cfg.num_image_tokens + 8, cfg.text_config.hidden_size
+
+
+def bounds(model: str, gib: float = 2.0, repeats: int = 5) -> dict:
+    """The machine's rates as the engines meet them, best of `repeats` each:
+    gemv_gbs: GB/s (10^9 bytes) of weights read by float32 matrix-vector products over distinct
+      matrices shaped like the decoder's (as many layers' as make `gib` GiB, at least one; every
+      byte read once a pass, the pass far larger than the caches), each product the float32
+      engine's own call (x[1, in] @ Wᵀ, BLAS on its threads), and over one [rows, width] matrix
+      of `gib` GiB (as the output table is read): the faster of the two;
+    gemm_gflops: float32 GEMM GFLOP/s over the prefill's shapes (the prompt's rows @ Wᵀ for
+      each decoder and vision matrix): the fastest shape, so that no prefill can beat it.
+    An earlier bound (one 2 GiB matrix of 4096 columns) was beaten by the float32 decode itself:
+    a decode step's matrices read faster than that one did."""
+    text, vision, rows, width = _matrices(model)
+    layer = sum(4 * o * i for o, i in text)
+    layers = max(1, int(gib * 2**30) // layer)
+    mats = [np.ones(s, np.float32) for _ in range(layers) for s in text]
+    xs = {i: np.ones((1, i), np.float32) for _, i in text}
+    nbytes = sum(m.nbytes for m in mats)
+    layered = nbytes / _best(lambda: [xs[m.shape[1]] @ m.T for m in mats], repeats)
+    del mats
+    table = np.ones((max(1, int(gib * 2**30) // (4 * width)), width), np.float32)
+    x = np.ones((1, width), np.float32)
+    one = table.nbytes / _best(lambda: x @ table.T, repeats)
+    del table
+    gemm = 0.0
+    for o, i in dict.fromkeys(text + vision):
+        w, a = np.ones((o, i), np.float32), np.ones((rows, i), np.float32)
+        gemm = max(gemm, 2 * rows * o * i / _best(lambda: a @ w.T, repeats))
+    return {"gemv_gbs": max(layered, one) / 1e9, "gemv_layers_gbs": layered / 1e9,
+            "gemv_table_gbs": one / 1e9, "gemv_gib": nbytes / 2**30,
+            "gemm_gflops": gemm / 1e9, "gemm_rows": rows}
+
+
+def prefill_flops(model: str, prompt_tokens: int, batch: int) -> float:
+    """FLOPs of a prefill's matrix products, at least: each vision matrix (the patch embedding
+    and the projector too) over the patches, each decoder matrix over every prompt token, the
+    output table for the last one. Norms, biases and attention's own products are left out
+    (small at 224 px), so that the bound is never high."""
+    import math
+
+    from npgemma.checkpoint.config_json import load_config
+    from npgemma.checkpoint.layout import expected_shapes
+
+    cfg = load_config(model)
+    flops = 2.0 * cfg.text_config.vocab_size * cfg.text_config.hidden_size
+    for key, shape in expected_shapes(cfg).items():
+        if len(shape) < 2 or "embed_tokens" in key or "position_embedding" in key:
+            continue
+        rows = prompt_tokens if key.startswith("language_model.") else cfg.num_image_tokens
+        flops += 2.0 * rows * math.prod(shape)
+    return batch * flops
+
+
+def _read_through(path: str, n: int, how: str) -> float:
+    """Seconds to read the first n bytes of `path` in order, 8 MiB a read, from the disk: its
+    pages dropped from the page cache first (and after). how: "buffered" (dd's way, the
+    kernel's own read-ahead), "direct" (O_DIRECT, dd iflag=direct) or "willneed" (the whole
+    range asked for first with posix_fadvise, as the streamer asks for a block)."""
+    import mmap
+
+    fd = os.open(path, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if how == "direct" else 0))
+    buf = mmap.mmap(-1, 8 << 20)  # page-aligned, as O_DIRECT wants
+    try:
+        done, t = 0, time.perf_counter()
+        if how == "willneed":
+            os.posix_fadvise(fd, 0, n, os.POSIX_FADV_WILLNEED)
+        while done < n:
+            got = os.preadv(fd, [buf], done)
+            if got <= 0:
+                break
+            done += got
+        seconds = time.perf_counter() - t
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+        buf.close()
+    return seconds if done >= n else float("inf")
+
+
+def disk_read_gbs(model: str, gib: float = 1.0) -> dict | None:
+    """GB/s of the largest shard's first `gib` GiB read in order from the disk (`_read_through`),
+    each way; "best" is the fastest: the disk's sequential rate, the bound of a streamed pass.
+    None where there is no shard."""
+    import glob
+
+    files = glob.glob(os.path.join(model, "*.safetensors"))
+    if not files:
+        return None
+    path = max(files, key=os.path.getsize)
+    n = min(os.path.getsize(path), int(gib * 2**30)) // (8 << 20) * (8 << 20) or os.path.getsize(path)
+    out = {}
+    for how in ("buffered", "direct", "willneed"):
+        try:
+            out[how] = n / _read_through(path, n, how) / 1e9
+        except OSError:  # O_DIRECT refused (tmpfs) or a size it will not read
+            out[how] = 0.0
+    out["best"] = max(out.values())
+    return out if out["best"] > 0 else None
+
+
+def over_bounds(rows: list[dict]) -> list[str]:
+    """One line per row whose decode or prefill beats its bound: the bound is then wrong."""
+    out = []
+    for r in rows:
+        for key, what in (("pct_of_gemv_bound", "decode"), ("pct_of_gemm_bound", "prefill")):
+            if r.get(key, 0) > 100:
+                out.append(f"{r['checkpoint']} {r['engine']} batch {r['batch']}: {what} at "
+                           f"{r[key]:.0f}% of its bound ({key}): the bound does not bound")
+    return out
 
 
 def decode_weight_bytes(model: str, itemsize: int) -> int:
@@ -247,7 +379,7 @@ def _make(name: str, out: str) -> str:
     return out
 
 
-def _table(rows: list[dict], bound_ms: dict[str, float]) -> str:
+def _table(rows: list[dict]) -> str:
     """Markdown: one row per (engine, batch), ratios against transformers float32 at that batch."""
     def base(b):
         hf = [r for r in rows if r["batch"] == b and r["engine"].startswith("transformers")]
@@ -255,19 +387,29 @@ def _table(rows: list[dict], bound_ms: dict[str, float]) -> str:
         return (f32 or hf or [None])[0]
 
     out = ["| engine | batch | load s | prefill s | ms/token | tokens/s | decode × HF | "
-           "prefill ÷ HF | % of bound | peak GiB | anon GiB | disk GB/token | BLAS kernel |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "prefill ÷ HF | decode % of GEMV bound | prefill % of GEMM bound | peak GiB | anon GiB | "
+           "disk GB/token | % of disk rate | BLAS kernel |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = base(r["batch"])
         speed = f"{ref['ms_per_token'] / r['ms_per_token']:.2f}" if ref else "-"
         pre = f"{r['prefill_s'] / ref['prefill_s']:.2f}" if ref else "-"
-        bound = bound_ms.get(r["engine"])
-        pct = f"{100 * bound / r['ms_per_token']:.0f}%" if bound else "-"
+        pct = {k: f"{r[k]:.0f}%" if k in r else "-"
+               for k in ("pct_of_gemv_bound", "pct_of_gemm_bound", "pct_of_disk_rate")}
         out.append(f"| {r['engine']} | {r['batch']} | {r['load_s']:.1f} | {r['prefill_s']:.2f} | "
-                   f"{r['ms_per_token']:.0f} | {r['tokens_per_s']:.2f} | {speed} | {pre} | {pct} | "
+                   f"{r['ms_per_token']:.0f} | {r['tokens_per_s']:.2f} | {speed} | {pre} | "
+                   f"{pct['pct_of_gemv_bound']} | {pct['pct_of_gemm_bound']} | "
                    f"{r['peak_rss_gib']:.2f} | {r.get('anon_peak_gib', float('nan')):.2f} | "
-                   f"{r.get('disk_gb_per_token', float('nan')):.2f} | {r.get('blas', '?')} |")
+                   f"{r.get('disk_gb_per_token', float('nan')):.2f} | {pct['pct_of_disk_rate']} | "
+                   f"{r.get('blas', '?')} |")
     return "\n".join(out)
+
+
+def _float32_products(engine: str) -> bool:
+    """Does the engine multiply in float32 (the GEMM bound's arithmetic)? npgemma's numpy backend
+    always does (its low-memory mode widens the weights); the others in their float32 dtype."""
+    spec = engine.split(" ")[0]
+    return spec.startswith("npgemma-numpy") or (spec.split(":") + ["float32"])[1] == "float32"
 
 
 def _itemsize(engine: str) -> int | None:
@@ -299,8 +441,10 @@ def main(argv=None) -> int:
                     help="write the rows with the machine, BLAS kernel, versions and this command "
                          "(benchmarks/record.py) to FILE, e.g. benchmarks/results/NAME.json")
     ap.add_argument("--bandwidth-gib", type=float, default=2.0,
-                    help="the matrix the read bandwidth is measured over (default 2 GiB; a tiny "
-                         "value for a smoke run on a tiny checkpoint)")
+                    help="the float32 weights the matrix-vector bound is measured over (default "
+                         "2 GiB; a tiny value for a smoke run on a tiny checkpoint)")
+    ap.add_argument("--disk-gib", type=float, default=1.0,
+                    help="how much of the largest shard the disk's sequential rate is read over")
     ap.add_argument("--results", help="append the markdown tables to this file (e.g. RESULTS.md)")
     ap.add_argument("--offload", type=float, metavar="GIB",
                     help="transformers engines load with accelerate's device_map='auto' and "
@@ -309,11 +453,11 @@ def main(argv=None) -> int:
                     help="the interpreter for the transformers engines (a venv of their own, e.g. "
                          "with accelerate for --offload); npgemma's engines run in this one")
     ap.add_argument("--single", help=argparse.SUPPRESS)
-    ap.add_argument("--bandwidth", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bounds", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batch.split(",")]
-    if args.bandwidth:
-        print(bandwidth_gbs(args.bandwidth_gib))
+    if args.bounds:
+        print(json.dumps(bounds(args.model, args.bandwidth_gib)))
         return 0
 
     if args.single:
@@ -330,12 +474,18 @@ def main(argv=None) -> int:
     else:
         ap.error("--model or --make is required")
 
-    # In a child process, so that the 2 GiB buffer never counts in an engine's peak RSS.
-    bw = float(subprocess.run([sys.executable, os.path.abspath(__file__), "--bandwidth",
-                               "--bandwidth-gib", str(args.bandwidth_gib)],
-                              stdout=subprocess.PIPE, text=True, check=True).stdout)
-    print(f"memory read bandwidth: {bw:.1f} GB/s ({os.cpu_count()} threads, "
-          f"{args.bandwidth_gib:g} GiB)", file=sys.stderr)
+    # In a child process, so that its buffers never count in an engine's peak RSS.
+    bound = {name: json.loads(subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--bounds", "--model", model, "--bandwidth-gib",
+         str(args.bandwidth_gib)], stdout=subprocess.PIPE, text=True, check=True).stdout)
+        for name, model in models}
+    for name, model in models:
+        disk = disk_read_gbs(model, args.disk_gib)
+        bound[name] |= {"disk_gbs": disk and disk["best"], "disk_reads_gbs": disk}
+        b = bound[name]
+        print(f"{name}: float32 GEMV reads {b['gemv_gbs']:.1f} GB/s, float32 GEMM "
+              f"{b['gemm_gflops']:.0f} GFLOP/s, disk {b['disk_gbs'] or float('nan'):.2f} GB/s "
+              f"sequential (load average {os.getloadavg()[0]:.2f})", file=sys.stderr)
     forced = os.environ.get("OPENBLAS_CORETYPE")
     print(f"CPU vector extensions: {cpu_extensions()}; OPENBLAS_CORETYPE "
           f"{forced or 'unset'}, OPENBLAS_L2_SIZE {os.environ.get('OPENBLAS_L2_SIZE') or 'unset'}",
@@ -351,7 +501,8 @@ def main(argv=None) -> int:
                      for e in args.engines.split(",") if e.startswith("npgemma-numpy")]
     report = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.python_version()}",
               "cpu_extensions": cpu_extensions(), "openblas_coretype": forced,
-              "bandwidth_gbs": bw, "new_tokens": args.new_tokens, "rows": []}
+              "bounds": bound, "load_average": list(os.getloadavg()),
+              "new_tokens": args.new_tokens, "rows": []}
     for name, model, engine, opt in tqdm(runs, desc="engines", unit="engine", file=sys.stderr):
         env = dict(os.environ)
         if opt.get("unset"):
@@ -371,36 +522,51 @@ def main(argv=None) -> int:
         for row in json.loads(proc.stdout.strip().splitlines()[-1]):
             row |= {"checkpoint": name, "engine": engine}
             report["rows"].append(row)
+    report["load_average_after"] = list(os.getloadavg())
     failed = len(runs) - len({(r["checkpoint"], r["engine"]) for r in report["rows"]})
-    text = [f"machine: {report['machine']}; read bandwidth {bw:.1f} GB/s; CPU vector extensions: "
-            f"{report['cpu_extensions']}; {args.new_tokens} new tokens, `{PROMPT}`"]
+    for name, model in models:  # the bounds as numbers, beside each row
+        b = bound[name]
+        for r in (r for r in report["rows"] if r["checkpoint"] == name):
+            if _itemsize(r["engine"]):  # none for the beside-runs (another BLAS kernel)
+                r["bound_ms"] = 1000 * decode_weight_bytes(model, _itemsize(r["engine"])) / (
+                    b["gemv_gbs"] * 1e9)
+                r["pct_of_gemv_bound"] = 100 * r["bound_ms"] / r["ms_per_token"]
+            if _itemsize(r["engine"]) and _float32_products(r["engine"]):  # bf16 products
+                # (torch's, transformers') may beat the float32 GEMM rate: no bound for them
+                r["prefill_bound_s"] = prefill_flops(model, r["prompt_tokens"], r["batch"]) / (
+                    b["gemm_gflops"] * 1e9)
+                r["pct_of_gemm_bound"] = 100 * r["prefill_bound_s"] / r["prefill_s"]
+            if b["disk_gbs"] and r["disk_gb_per_token"] > 0.01:  # streamed: read from disk
+                r["streamed_gbs"] = r["disk_gb_per_token"] / (r["ms_per_token"] / 1000)
+                r["pct_of_disk_rate"] = 100 * r["streamed_gbs"] / b["disk_gbs"]
+    la = report["load_average"]
+    text = [f"machine: {report['machine']}; CPU vector extensions: {report['cpu_extensions']}; "
+            f"{args.new_tokens} new tokens, `{PROMPT}`; load average {la[0]:.2f} {la[1]:.2f} "
+            f"{la[2]:.2f} before, {report['load_average_after'][0]:.2f} after"]
     for name, model in models:
         rows = [r for r in report["rows"] if r["checkpoint"] == name]
-        bound = {r["engine"]: 1000 * decode_weight_bytes(model, _itemsize(r["engine"])) / (bw * 1e9)
-                 for r in rows if _itemsize(r["engine"])}
+        b = bound[name]
         same = len({tuple(r["tokens"]) for r in rows}) == 1
         text += ["", f"**{name}** ({rows[0]['prompt_tokens'] if rows else '?'} prompt tokens; "
-                 f"decode bound at {bw:.1f} GB/s: "
-                 + ", ".join(f"{e.split(' ')[0]} {ms:.0f} ms" for e, ms in sorted(bound.items())
-                             if "(" not in e)
-                 + f"; greedy tokens identical across engines: {same})", "", _table(rows, bound)]
+                 f"float32 GEMV reads {b['gemv_gbs']:.1f} GB/s over {b['gemv_gib']:.2f} GiB, "
+                 f"float32 GEMM {b['gemm_gflops']:.0f} GFLOP/s, disk "
+                 f"{b['disk_gbs'] or float('nan'):.2f} GB/s sequential; "
+                 f"greedy tokens identical across engines: {same})", "", _table(rows)]
     print("\n".join(text))
+    over = over_bounds(report["rows"])
+    for line in over:
+        print(f"bench.py: error: {line}", file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
     if args.results:
         with open(args.results, "a") as f:
             f.write("\n".join(text) + "\n\n")
+    if over:
+        return 2  # a bound that does not bound: nothing recorded
     if args.record:
         from record import write
 
-        for name, model in models:  # the bound and the ratios the table prints, as numbers
-            rows = [r for r in report["rows"] if r["checkpoint"] == name]
-            for r in rows:
-                if _itemsize(r["engine"]):  # as the table: none for the beside-runs
-                    bound = 1000 * decode_weight_bytes(model, _itemsize(r["engine"]))
-                    r["bound_ms"] = bound / (bw * 1e9)
-                    r["pct_of_bound"] = 100 * r["bound_ms"] / r["ms_per_token"]
         write(args.record, "bench.py", report, argv)
     return 1 if failed else 0
 

@@ -172,6 +172,42 @@ def slab_matmul(x: np.ndarray, weight: np.ndarray, parallel: bool) -> np.ndarray
     return yt.T if x.shape[0] <= FEW_ROWS else np.ascontiguousarray(yt.T)
 
 
+# A prefill multiplies each weight by hundreds of rows: matrix-matrix work, bound by arithmetic,
+# not by reading the weight. There the 4 MiB slabs above cost twice: each is two small products
+# (even and odd columns) too small for BLAS's blocking, and the [out, M] result is transposed
+# at the end. So a prefill widens larger slabs, in the weight's own column order, and runs the
+# float32 mode's own product on each: x @ slabᵀ, all rows of x at once, on BLAS's threads.
+# Widening stays once per slab: for paligemma-3b's 9216 x 2304 gate at 260 rows, 9 ms for a
+# 3640-row slab against ~190 ms for its product (ad hoc timing on the busy 2-core machine), so it
+# is not overlapped with the products, which want both cores. 32 MiB (a 3B gate in 3 slabs):
+# a few large BLAS calls a weight, and the scratch stays small beside the activations
+# (`estimate._WIDENING_BYTES` counts it). The prefill it gives: benchmarks/RESULTS.md run 19.
+GEMM_SLAB_BYTES = 32 << 20
+
+
+def widen_rows(slab: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """narrow[R, C] -> float32[R, C], exactly, in `scratch` (at least R * C values).
+    A bfloat16 is the high half of the float32 of the same value: its 16 bits shifted up."""
+    wide = scratch[:slab.size].reshape(slab.shape)
+    if slab.dtype == BFLOAT16:
+        np.left_shift(slab.view(np.uint16), 16, out=wide.view(np.uint32), dtype=np.uint32)
+    else:
+        np.copyto(wide, slab, casting="unsafe")  # float16 (and float32): ml_dtypes'/NumPy's cast
+    return wide
+
+
+def gemm_slabs(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x @ weight.T for many rows of x and a narrow weight: a GEMM-sized slab of weight rows
+    widened at a time, each product one BLAS call over every row of x. [M, in] -> [M, out]."""
+    rows = max(1, GEMM_SLAB_BYTES // (4 * weight.shape[1]))
+    y = np.empty((x.shape[0], weight.shape[0]), np.float32)  # [M, out]
+    scratch = _slab_buffer(min(rows, weight.shape[0]) * weight.shape[1])
+    for i in range(0, weight.shape[0], rows):
+        wide = widen_rows(weight[i:i + rows], scratch)  # [rows, in] -> float32
+        np.matmul(x, wide.T, out=y[:, i:i + rows])  # [M, in] @ [in, rows] -> [M, rows]
+    return y
+
+
 def matmul_t(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """float32 x @ weight.T for x float32[M, in] and weight [out, in] in any stored dtype:
     the numbers of `x @ weight.astype(np.float32).T` (its terms perhaps summed in another
@@ -181,7 +217,9 @@ def matmul_t(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return slab_matmul(x, weight, parallel=True)  # a decode step on our threads
     if weight.dtype == np.float32 and (m == 1 or m > FEW_ROWS):
         return x @ weight.T  # [M, in] -> [M, out]: one BLAS call on BLAS's threads
-    # Narrow weights, widened slab by slab; or 2..16 rows, where OpenBLAS runs one
+    if m > FEW_ROWS:
+        return gemm_slabs(x, weight)  # a prefill over narrow weights
+    # 2..16 rows, narrow weights widened slab by slab; or float32 weights, where OpenBLAS runs one
     # [M, in] @ [in, out] product far below its matrix-vector speed (8 rows: 3.5x one row)
     # and slabs of the weight, each read once, cost ~2.3x.
     return slab_matmul(x, weight, parallel=False)

@@ -70,10 +70,40 @@ def test_bench(tiny, tmp_path):
     run("bench.py", "--model", str(tiny), "--engines", "npgemma-numpy:float32,npgemma-numpy:bfloat16",
         "--new-tokens", "3", "--bandwidth-gib", "0.01", "--record", str(tmp_path / "r.json"),
         cwd=tmp_path)
-    rows = recorded(tmp_path / "r.json", "bench.py")["rows"]
+    figures = recorded(tmp_path / "r.json", "bench.py")
+    rows = figures["rows"]
     assert [r["engine"] for r in rows] == ["npgemma-numpy:float32", "npgemma-numpy:bfloat16"]
     assert rows[0]["tokens"] == rows[1]["tokens"] and len(rows[0]["tokens"]) == 3
-    assert all(math.isfinite(r["ms_per_token"]) and r["pct_of_bound"] > 0 for r in rows)
+    bound = figures["bounds"][tiny.name]
+    assert bound["gemv_gbs"] > 0 and bound["gemm_gflops"] > 0 and bound["disk_gbs"] > 0
+    assert len(figures["load_average"]) == 3
+    for r in rows:  # a percentage over 100 would have failed the run (see test_over_bounds)
+        assert math.isfinite(r["ms_per_token"]) and 0 < r["pct_of_gemv_bound"] <= 100
+        assert 0 < r["pct_of_gemm_bound"] <= 100
+    # the bounds from their own definitions: weight bytes at the GEMV rate, FLOPs at the GEMM rate
+    f32, bf16 = rows
+    assert f32["bound_ms"] == pytest.approx(2 * bf16["bound_ms"])  # 4 bytes a weight against 2
+    assert f32["prefill_bound_s"] == pytest.approx(bf16["prefill_bound_s"])  # the same products
+
+
+def test_over_bounds_names_the_row():
+    """A decode or prefill faster than its bound is reported by row: the script then exits 2."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", BENCH / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    row = {"checkpoint": "pg", "engine": "npgemma-numpy:float32", "batch": 1}
+    assert bench.over_bounds([row | {"pct_of_gemv_bound": 99.9, "pct_of_gemm_bound": 100}]) == []
+    (line,) = bench.over_bounds([row | {"pct_of_gemv_bound": 120.0, "pct_of_gemm_bound": 50}])
+    assert "npgemma-numpy:float32" in line and "decode at 120%" in line
+    (line,) = bench.over_bounds([row | {"pct_of_gemm_bound": 101.0}])
+    assert "prefill at 101%" in line
+    # the GEMM bound is float32's: engines multiplying in bfloat16 are not held to it
+    assert bench._float32_products("npgemma-numpy:bfloat16")  # widened to float32
+    assert bench._float32_products("transformers:float32")
+    assert not bench._float32_products("transformers:bfloat16")
+    assert not bench._float32_products("npgemma-torch:bfloat16:cuda")
 
 
 @pytest.mark.parametrize("args", [["--out", "64", "--in", "32", "--shrink", "2"],

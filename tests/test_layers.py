@@ -587,6 +587,56 @@ def test_bf16_pair_widening_is_exact_for_every_bit_pattern():
     np.testing.assert_array_equal(odd.view(np.uint32), wide[:, 1::2])
 
 
+def test_prefill_widening_is_exact_for_every_bit_pattern():
+    """A prefill widens a slab in the weight's own column order (`widen_rows`): for all 65536
+    bfloat16 patterns and float16's, the bits of NumPy's/ml_dtypes' cast, over a reused scratch
+    holding garbage, and over a strided (every other column) view."""
+    import ml_dtypes
+
+    from npgemma import _kernels
+
+    every = np.arange(65536, dtype=np.uint16).view(ml_dtypes.bfloat16).reshape(256, 256)
+    scratch = np.full(every.size, np.nan, np.float32)
+    wide = _kernels.widen_rows(every, scratch)
+    np.testing.assert_array_equal(wide.view(np.uint32), every.astype(np.float32).view(np.uint32))
+    strided = every[3:9, 1::2]
+    np.testing.assert_array_equal(_kernels.widen_rows(strided, scratch).view(np.uint32),
+                                  strided.astype(np.float32).view(np.uint32))
+    half = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    half = half[np.isfinite(half).all(axis=1)]  # rows without NaN (its payload may be changed)
+    np.testing.assert_array_equal(_kernels.widen_rows(half, scratch), half.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("shape", [(37, 64), (37, 63), (5, 7)], ids=["even", "odd", "one-slab"])
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+def test_linear_low_memory_prefill_within_float32_rounding(monkeypatch, dtype, shape, strided):
+    """A prefill (more than FEW_ROWS rows) over a narrow weight takes `gemm_slabs`: slabs of the
+    weight widened in column order, one product over all rows each. Golden values are float64
+    sums of the exactly widened weights; the bound is float32 rounding of an n-term sum."""
+    import ml_dtypes
+
+    from npgemma import _kernels, layers
+
+    rng = np.random.default_rng(9)
+    out, n = shape
+    w = rng.standard_normal((out, 2 * n if strided else n)).astype(getattr(ml_dtypes, dtype, dtype))
+    w = w[:, ::2] if strided else w
+    x = rng.standard_normal((3, 40, n)).astype(np.float32)  # 120 rows: a prefill
+    calls = []
+    monkeypatch.setattr(_kernels, "GEMM_SLAB_BYTES", 6 * n * 4)  # 6 rows a slab, the last short
+    monkeypatch.setattr(_kernels, "gemm_slabs",
+                        lambda *a, f=_kernels.gemm_slabs: calls.append(1) or f(*a))
+    got = layers.linear(x, w)
+    assert calls, "a prefill over a narrow weight must take gemm_slabs"
+    exact = x.astype(np.float64) @ w.astype(np.float64).T
+    bound = n * np.finfo(np.float32).eps * (np.abs(x) @ np.abs(w.astype(np.float32)).T)
+    assert got.dtype == np.float32 and got.shape == (3, 40, out)
+    assert (np.abs(got - exact) <= bound).all()
+    # a slab written to the wrong columns (one row off) is far outside that bound
+    assert not (np.abs(np.roll(got, 1, axis=-1) - exact) <= bound).all()
+
+
 def test_on_our_threads_holds_blas_to_one_thread_and_restores_it(monkeypatch):
     """Inside a decode-step block BLAS runs single-threaded (its idle threads would spin beside
     ours); outside it BLAS has its threads back, and the block nests."""

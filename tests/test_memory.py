@@ -12,7 +12,7 @@ import pytest
 
 import npgemma
 from npgemma import cli, paligemma
-from npgemma.checkpoint import estimate, machine, memory, weights
+from npgemma.checkpoint import estimate, machine, memory, prefetch, weights
 from npgemma.checkpoint.config_json import config_from_dict, load_config
 from npgemma.checkpoint.weights import expected_shapes, flatten
 from npgemma.errors import InputError
@@ -367,8 +367,8 @@ def test_a_checkpoint_larger_than_memory_streams_with_a_time_estimate(monkeypatc
 @pytest.mark.parametrize("layers, inter", [(12, 1024), (12, 64)], ids=["layer-largest", "table-largest"])
 def test_a_streamed_run_keeps_what_fits_of_the_decoder_cached(monkeypatch, layers, inter):
     """Beyond its anonymous part, the memory a streamed run has holds the vision tower (never
-    dropped), three blocks in flight (three layers, or two and the output table where that is
-    larger, as in every real PaliGemma) and then as many decoder layers as fit, from the
+    dropped), 2 + READ_AHEAD blocks in flight (as many layers, or one fewer and the output table
+    where that is larger, as in every real PaliGemma) and then as many decoder layers as fit, from the
     first: those stay cached and are not read again per token."""
     cfg = config_from_dict(tiny_config(text="gemma2", num_hidden_layers=layers,
                                        intermediate_size=inter))
@@ -378,7 +378,7 @@ def test_a_streamed_run_keeps_what_fits_of_the_decoder_cached(monkeypatch, layer
     table = 2 * math.prod(shapes["language_model.embed_tokens.weight"])
     vision = 2 * sum(math.prod(s) for k, s in shapes.items()
                      if k.startswith(("vision_tower", "multi_modal_projector")))
-    in_flight = 2 * layer + max(layer, table)
+    in_flight = (1 + prefetch.READ_AHEAD) * layer + max(layer, table)
     need = estimate.estimate(cfg, "numpy", "bfloat16", disk_dtype="bfloat16")
     spare = vision + in_flight + 2 * layer + layer // 2
     assert spare < need.file_total  # so it streams

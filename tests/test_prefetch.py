@@ -130,8 +130,8 @@ def _run(pipe):
 class Spy(prefetch.Streamer):
     """The real streamer, recording what it was told and what it asked for."""
 
-    def __init__(self, params, drop, keep=0):
-        super().__init__(params, drop, keep)
+    def __init__(self, params, drop, keep=0, **kw):
+        super().__init__(params, drop, keep, **kw)
         self.entered, self.fetched, self.dropped = [], [], []
 
     def __call__(self, name):
@@ -238,6 +238,50 @@ def test_kept_layers_are_never_dropped_and_change_nothing(folder, paged):
             assert cached["decoder.blocks.0"] == 1, f"entering {name} (#{k}): layer 0 dropped"
         if CYCLE[i - 2] != "decoder.blocks.0":
             assert cached[CYCLE[i - 2]] == 0, f"entering {name} (#{k}): {CYCLE[i - 2]} cached"
+
+
+def test_reading_two_blocks_ahead_asks_for_each_block_two_entries_early(folder):
+    """With `ahead=2` each block is asked for when the block two before it is entered (the output
+    table riding with the last decoder layer, a pass wrapping to layer 0), the block two behind
+    is still the one dropped, and the numbers are the same bit for bit."""
+    plain = npgemma.load(folder, dtype="bfloat16")
+    plain.backend.streamer = None
+    want_logits, want_tokens = _run(plain)
+    pipe = npgemma.load(folder, dtype="bfloat16")
+    spy = pipe.backend.streamer = Spy(pipe.params, drop=True, ahead=2)
+    logits, tokens = _run(pipe)
+    spy.close()
+    np.testing.assert_array_equal(logits, want_logits)
+    assert tokens == want_tokens
+    n = pipe.cfg.text_config.num_hidden_layers
+    d = [f"decoder.blocks.{i}" for i in range(n)]
+    order = [*d, "lm_head", *d, "lm_head"]  # two passes of a decode step
+    for i, name in enumerate(d):  # the next two blocks, one more when the table is among them
+        want = order[i + 1:i + 3]
+        assert spy.next[name] == (order[i + 1:i + 4] if "lm_head" in want else want), name
+    last_vision = f"vision.blocks.{pipe.cfg.vision_config.num_hidden_layers - 1}"
+    assert spy.next[last_vision] == d[:2]
+    assert set(spy.fetched) >= set(d) | {"lm_head"}
+    assert spy.dropped == [spy.behind[b] for b in spy.entered if b in spy.behind
+                           and spy.behind[b] != b]
+
+
+def test_the_memory_budget_counts_the_blocks_read_ahead(monkeypatch):
+    """`resident_layers` leaves room for 2 + READ_AHEAD blocks in flight: one block further ahead
+    keeps one decoder layer fewer cached, for the same spare memory."""
+    from npgemma.checkpoint import estimate
+    from npgemma.checkpoint.config_json import config_from_dict
+
+    cfg = config_from_dict(tiny_config(text="gemma2"))
+    layer = estimate.decoder_layer_params(cfg) * 2
+    table = estimate._table_params(cfg) * 2
+    vision = estimate._vision_params(cfg) * 2
+    spare = estimate._CACHE_SLACK + vision + max(layer, table) + 2 * layer + layer  # one to keep
+    monkeypatch.setattr(estimate, "READ_AHEAD", 1)
+    assert estimate.resident_layers(cfg, 2, spare) == 1
+    monkeypatch.setattr(estimate, "READ_AHEAD", 2)
+    assert estimate.resident_layers(cfg, 2, spare) == 0
+    assert estimate.resident_layers(cfg, 2, spare + layer) == 1
 
 
 def test_every_weight_of_a_block_is_found_in_its_file(folder):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from .. import _kernels
 from ..config import PaliGemmaConfig
 from .checks import DTYPES
+from .prefetch import READ_AHEAD
 
 MAX_SCORE_BYTES = 256 * 2**20  # attention scores alive at once, with query chunking
 TEXT_TOKENS = 256              # prompt + new tokens budgeted when the caller does not say
@@ -50,8 +51,10 @@ CUDA_CONTEXT_BYTES = 2**30
 _SCORE_COPIES = 3              # scores, exp(scores - max), the normalized probabilities
 _MLP_COPIES = 4                # gate, up, and tanh-GELU's temporaries, all [B, L, F]
 ITEMSIZE = {name: d.itemsize for name, d in DTYPES.items()}
-# One widened float32 slab per thread of ours (`_kernels`: a reused scratch buffer each).
-_WIDENING_BYTES = _kernels.SLAB_BYTES * (_kernels.WORKERS + 1)
+# One widened float32 slab per thread of ours (`_kernels`: a reused scratch buffer each), the
+# calling thread's grown to a prefill's GEMM-sized slab.
+_WIDENING_BYTES = _kernels.SLAB_BYTES * _kernels.WORKERS + max(_kernels.SLAB_BYTES,
+                                                               _kernels.GEMM_SLAB_BYTES)
 
 
 @dataclass(frozen=True)
@@ -160,13 +163,13 @@ def resident_layers(cfg: PaliGemmaConfig, itemsize: int, spare: int) -> int:
     """How many decoder layers, from the first, can stay in the page cache of a streamed run
     with `spare` bytes of memory beyond its anonymous part: what is left after the blocks in
     flight, the vision tower (read once a prefill, never dropped) and some slack. In flight are
-    three blocks in a row (the one done, the one computing, the one asked for next:
-    `prefetch.Streamer` drops the block before those before it asks for the next): three
-    layers, or two and the output table."""
+    2 + READ_AHEAD blocks in a row (the one done, the one computing, the ones asked for ahead:
+    `prefetch.Streamer` drops the block before those before it asks for the next): as many
+    layers, or one fewer and the output table."""
     layer = decoder_layer_params(cfg) * itemsize
     table = _table_params(cfg) * itemsize
     vision = _vision_params(cfg) * itemsize
-    budget = spare - 2 * layer - max(layer, table) - vision - _CACHE_SLACK
+    budget = spare - (1 + READ_AHEAD) * layer - max(layer, table) - vision - _CACHE_SLACK
     return max(0, min(cfg.text_config.num_hidden_layers, budget // layer)) if layer else 0
 
 

@@ -8,8 +8,8 @@ again: the page cache, scanned cyclically, keeps nothing useful. Two things make
 at the disk's speed and leave other processes their memory:
 
 - prefetch: when the model enters block i (`hooks.scope`), a reader thread asks the kernel for
-  block i+1's bytes (`posix_fadvise(WILLNEED)`: asynchronous read-ahead), so the disk reads while
-  the cores multiply;
+  the bytes of the READ_AHEAD blocks after it (`posix_fadvise(WILLNEED)`: asynchronous
+  read-ahead), so the disk reads while the cores multiply;
 - drop: block i-2's pages are unmapped from this process (`madvise(DONTNEED)`: a later touch
   reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`), by the same
   thread just before it asks for block i+1, so the file's pages never crowd out anyone's memory
@@ -42,6 +42,13 @@ from . import finite
 from .layout import flatten
 
 PAGE = mmap.PAGESIZE
+# Blocks asked for ahead of the one computing: blocks i+1 and i+2 while block i computes, so the
+# disk always has a block queued. One more block in flight (`estimate.resident_layers` counts
+# 2 + READ_AHEAD). Measured on paligemma2-10b streamed in an 8 GiB memory group, busy 2-core
+# machine, one run each (benchmarks/RESULTS.md runs 20, 21): one block ahead, 36.2 s a token,
+# 0.41 GB/s streamed, 42% of the disk's sequential rate in that run; two ahead, 28.7 s, 0.53 GB/s,
+# 67%. Not yet the 85% aimed at, and not measured side by side.
+READ_AHEAD = 2
 
 
 def _mapping(arr: np.ndarray):
@@ -70,7 +77,7 @@ class Streamer:
     output table (the tied embedding), after which a decode step starts again at decoder layer 0.
     """
 
-    def __init__(self, params: dict, drop: bool, keep: int = 0):
+    def __init__(self, params: dict, drop: bool, keep: int = 0, ahead: int = READ_AHEAD):
         vision = params["vision_tower"]["encoder"]["layers"]
         text = params["language_model"]
         table = params.get("lm_head", {}).get("weight", text["embed_tokens"]["weight"])
@@ -79,13 +86,19 @@ class Streamer:
         decoder = [f"decoder.blocks.{i}" for i in range(len(text["layers"]))]
         self.blocks |= {name: self._ranges(layer) for name, layer in zip(decoder, text["layers"])}
         self.blocks["lm_head"] = self._ranges(table)
+        self.next: dict[str, list[str]] = {}
         vision_names = [f"vision.blocks.{i}" for i in range(len(vision))]
-        # What to ask for on entering a block (the last decoder layer: the output table, then
-        # layer 0 for the next decode step), and what two blocks back to hand back.
-        self.next = {a: [b] for a, b in zip(vision_names, vision_names[1:] + decoder[:1])}
-        self.next |= {a: [b] for a, b in zip(decoder, decoder[1:])}
-        self.next[decoder[-1]] = ["lm_head"] + decoder[:1]
+        # What to ask for on entering a block: the `ahead` blocks after it in the order a pass
+        # reads them (after the last decoder layer: the output table, which the model enters no
+        # scope for, so it rides with that layer, then layer 0 of the next decode step, and on);
+        # and what two blocks back to hand back.
         cycle = decoder + ["lm_head"]
+        prefill = vision_names + cycle + decoder  # a pass, then the next one's start
+        for i, name in enumerate(vision_names):
+            self.next[name] = prefill[i + 1:i + 1 + ahead]
+        for i, name in enumerate(decoder):
+            after = (cycle[i + 1:] + cycle)[:ahead + (i + 1 + ahead > len(decoder))]
+            self.next[name] = after
         self.behind = {name: cycle[i - 2] for i, name in enumerate(cycle)}
         self.kept = set(decoder[:keep])  # never dropped: cached from the first pass on
         # Finiteness, once per block: {block: {canonical key: array}} until first entered.
@@ -120,7 +133,8 @@ class Streamer:
             for block in (name, "lm_head") if name == self.last_decoder else (name,):
                 _check_finite(self.unchecked.pop(block, {}))
         # On the reader thread, in this order: block i-2 handed back first, so that no more than
-        # three blocks (i-1, i, i+1) are ever in the page cache at once; then block i+1 asked for.
+        # 2 + READ_AHEAD blocks (i-1, i, i+1, ...) are ever in the page cache at once; then the
+        # blocks ahead asked for.
         old = self.behind.get(name)
         if self.drop and old is not None and old != name and old not in self.kept:
             self._reader.submit(self._dontneed, old)  # unmapping 1 GB of pages takes a while
