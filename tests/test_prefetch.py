@@ -26,7 +26,8 @@ from npgemma.synthetic.random_model import example_image
 
 PROMPT = "caption en"
 PAGE = mmap.PAGESIZE
-LAYERS = 4  # a cycle of 5 blocks (4 decoder layers and the table): block i - 2 is never i + 1
+LAYERS = 6  # a cycle of 7 blocks (6 decoder layers and the table): block i - 2 is never among
+            # the blocks read ahead (i + 1, i + 2 and, from the last layer, the table too)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
