@@ -292,6 +292,8 @@ from npgemma import gemma, paligemma
 
 PAD01 = {}
 EMBED = {}
+BLIND = {}
+SAVED = {}
 
 
 def _added(q, k, v, mask, scale, logit_cap=None):
@@ -309,6 +311,17 @@ def _added(q, k, v, mask, scale, logit_cap=None):
     scores = scores - scores.max(axis=-1, keepdims=True)
     w = np.exp(scores)
     return np.einsum("bnls,bnsh->bnlh", w / w.sum(axis=-1, keepdims=True), v).astype(np.float32)
+
+
+def _blind_spread(q, k, v, mask, scale, logit_cap=None):
+    """Its decode attention over a rolling window cache: a row whose every cached key is
+    masked (the dtype's minimum added to each score) weighs the last `window` keys evenly."""
+    out = SAVED["attention"](q, k, v, mask, scale=scale, logit_cap=logit_cap)
+    n, kv, w = q.shape[1], k.shape[1], BLIND["window"]
+    for b in np.flatnonzero(~mask.any(axis=(1, 2))):
+        vv = np.repeat(v[b], n // kv, axis=0)  # [N, S, H]
+        out[b] = vv[:, -w:].mean(axis=1, keepdims=True)
+    return out
 
 
 def _zeroed_pads(table, input_ids, text):
@@ -329,6 +342,7 @@ def run(model_dir, image, prompt, max_new_tokens=8):
     prompt_valid, (rows, n) = valid.copy(), valid.shape
     prefix = valid.copy()
     saved, EMBED["f"] = gemma.attention, gemma.embed
+    SAVED["attention"] = saved
     added = fault.startswith("added")
     if added:
         gemma.attention = _added
@@ -361,12 +375,17 @@ def run(model_dir, image, prompt, max_new_tokens=8):
             masks = paligemma.attention_masks(cfg, valid, prefix, s - 1)
             window = cfg.text_config.sliding_window
             if fault == "rolling" and "sliding_attention" in masks and s > window:
-                # a rolling cache of the last `window` keys, the padding mask's first columns
+                # a rolling cache of the last `window` keys, the padding mask's first columns;
+                # a row that sees none of them: eager attention's even spread over the window
                 rolled = np.zeros((rows, 1, s), bool)
                 rolled[:, 0, s - window:] = valid[:, :window]
                 masks["sliding_attention"] = rolled
+                BLIND["window"] = window
+                gemma.attention = _blind_spread
             step, cache = paligemma.forward(p, cfg, token[:, None], position, masks,
                                             cache=cache, last_only=True)
+            if fault == "rolling":
+                gemma.attention = saved
             steps.append(step[:, -1])
     finally:
         gemma.attention, gemma.embed = saved, EMBED["f"]

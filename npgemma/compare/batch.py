@@ -94,6 +94,25 @@ def _rolling_window_masks(slots, cfg, q):
     return masks | {"sliding_attention": sliding}
 
 
+def _blind_rows_spread(window: int):
+    """attention_weights as eager attention over a rolling cache of `window` keys computes a
+    decode query whose every cached key is masked (the dtype's minimum added to each score:
+    all equal in float32): an even spread over the `window` cached keys, where npgemma's
+    full-length cache would spread it over every slot."""
+    def make(original):
+        def attention_weights(qg, k, mask, scale, logit_cap):
+            w = original(qg, k, mask, scale, logit_cap)  # [B, K, G*L, S]
+            if mask is None or mask.shape[1] != 1 or mask.shape[-1] <= window:
+                return w
+            blind = np.flatnonzero(~mask.any(axis=(1, 2)))  # rows that see no key
+            if blind.size:
+                w[blind] = 0
+                w[blind, :, :, -window:] = np.float32(1 / window)
+            return w
+        return attention_weights
+    return make
+
+
 def _cache_length_positions(pos, slots, q):
     """The decode step's position as its slot count (the padded cache's length): real-token
     count plus the row's pads."""
@@ -103,13 +122,15 @@ def _cache_length_positions(pos, slots, q):
 # The swap each pad trap makes in npgemma's reference run as the padded row: hooks of
 # `teacher_forced` (masks, decode_positions) and function swaps.
 _PAD_SWAPS = {
-    "pads-unmasked": lambda pad: (dict(masks=_visible_pads), []),
-    "mask-added-unconverted": lambda pad: (dict(masks=_added_masks), [
+    "pads-unmasked": lambda pad, cfg: (dict(masks=_visible_pads), []),
+    "mask-added-unconverted": lambda pad, cfg: (dict(masks=_added_masks), [
         Swap(LAYERS, "attention", _added_attention(pad), only=("npgemma.gemma",)),
         Swap("npgemma.gemma", "embed", _zero_pad_embeddings(pad)),
         Swap("npgemma.paligemma", "rope_positions", _pads_at_one)]),
-    "rolling-window-pad-mask": lambda pad: (dict(masks=_rolling_window_masks), []),
-    "decode-positions-from-cache-length": lambda pad: (
+    "rolling-window-pad-mask": lambda pad, cfg: (dict(masks=_rolling_window_masks), [
+        Swap(LAYERS, "attention_weights", _blind_rows_spread(cfg.text_config.sliding_window))]
+        if cfg.text_config.sliding_window else []),
+    "decode-positions-from-cache-length": lambda pad, cfg: (
         dict(decode_positions=_cache_length_positions), []),
 }
 
@@ -133,12 +154,12 @@ def _pad_trap(params, cfg, ids, pixels, forced, pad, theirs, dtype, companions=(
         f = fit(" + ".join(names), ref, theirs, forced, dtype)
         return (names, f) if f.ok and f.distance < base.distance else None
 
-    singles = [x for name, make in _PAD_SWAPS.items() if (x := tried((name,), *make(pad)))]
+    singles = [x for name, make in _PAD_SWAPS.items() if (x := tried((name,), *make(pad, cfg)))]
     if singles:
         return min(singles, key=lambda x: x[1].distance)
     pairs = []
     for name, make in _PAD_SWAPS.items():
-        hooks, swaps = make(pad)
+        hooks, swaps = make(pad, cfg)
         for d in companions:
             step = DEVIATIONS[d].decode_positions
             if step is not None and ("decode_positions" in hooks or not forced):
