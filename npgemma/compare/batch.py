@@ -196,7 +196,8 @@ BATCH_TRAPS: dict[str, Trap] = {t.name: t for t in (
          "and its padding mask are misaligned during decode (the cache holds the last W keys, "
          "the mask's first W columns are applied to them): the padded row's prompt logits "
          "match, its decode steps do not", "the reference run as the padded row; at decode, "
-         "the sliding layers' window key S - W + i takes slot i's validity",
+         "the sliding layers' window key S - W + i takes slot i's validity, and a query that "
+         "sees none of the W keys weighs them evenly (Swap npgemma.layers.attention_weights)",
          needs="a left-padded Gemma-2 row longer than the window"),
     Trap("decode-positions-from-cache-length", "decode-time", _SLOTS, "the implementation "
          "restarts the decode positions at the padded cache's length: a row behind n pads is "
