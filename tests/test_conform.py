@@ -289,19 +289,46 @@ import os
 
 import numpy as np
 import npgemma
-from npgemma import layers, paligemma
+from npgemma import gemma, paligemma
 
 PAD01 = {}
+EMBED = {}
+BLIND = {}
+SAVED = {}
 
 
-def _added(qg, k, mask, scale, logit_cap):
-    """The port's attention: its 0/1 attention mask added to the scores as they are."""
-    scores = (qg @ k.swapaxes(-1, -2)) * np.float32(scale)  # [B, K, G*L, S]
-    if mask is not None:
-        scores = scores + PAD01["mask"][:, None, None, :]
+def _added(q, k, v, mask, scale, logit_cap=None):
+    """The port's decoder attention (as transformers 4.41's PaliGemma): in its prompt pass the
+    0/1 mask's outer product with itself is added to the scores as it is; its decode steps mask
+    the pads as they should."""
+    n, kv = q.shape[1], k.shape[1]
+    k, v = np.repeat(k, n // kv, axis=1), np.repeat(v, n // kv, axis=1)  # [B, N, S, H]
+    scores = np.einsum("bnlh,bnsh->bnls", q, k) * np.float32(scale)
+    if q.shape[2] > 1:
+        m = PAD01["mask"]  # [B, S]
+        scores = scores + (m[:, :, None] * m[:, None, :])[:, None]
+    else:
+        scores = np.where(mask[:, None], scores, np.float32(-1e30))
     scores = scores - scores.max(axis=-1, keepdims=True)
     w = np.exp(scores)
-    return w / w.sum(axis=-1, keepdims=True)
+    return np.einsum("bnls,bnsh->bnlh", w / w.sum(axis=-1, keepdims=True), v).astype(np.float32)
+
+
+def _blind_spread(q, k, v, mask, scale, logit_cap=None):
+    """Its decode attention over a rolling window cache: a row whose every cached key is
+    masked (the dtype's minimum added to each score) weighs the last `window` keys evenly."""
+    out = SAVED["attention"](q, k, v, mask, scale=scale, logit_cap=logit_cap)
+    n, kv, w = q.shape[1], k.shape[1], BLIND["window"]
+    for b in np.flatnonzero(~mask.any(axis=(1, 2))):
+        vv = np.repeat(v[b], n // kv, axis=0)  # [N, S, H]
+        out[b] = vv[:, -w:].mean(axis=1, keepdims=True)
+    return out
+
+
+def _zeroed_pads(table, input_ids, text):
+    """Its merge: the pad tokens' embeddings are zeros."""
+    x = EMBED["f"](table, input_ids, text)
+    return np.where((input_ids == 0)[..., None], np.float32(0), x) if input_ids.shape[1] > 1 else x
 
 
 def run(model_dir, image, prompt, max_new_tokens=8):
@@ -315,15 +342,21 @@ def run(model_dir, image, prompt, max_new_tokens=8):
     valid = b.attention_mask.astype(bool)
     prompt_valid, (rows, n) = valid.copy(), valid.shape
     prefix = valid.copy()
-    saved = layers.attention_weights
-    if fault == "added":
-        layers.attention_weights = _added
+    saved, EMBED["f"] = gemma.attention, gemma.embed
+    SAVED["attention"] = saved
+    added = fault.startswith("added")
+    if added:
+        gemma.attention = _added
+        gemma.embed = _zeroed_pads
     try:
         PAD01["mask"] = valid.astype(np.float32)
-        see = np.ones_like(valid) if fault == "added" else valid
+        see = np.ones_like(valid) if added else valid
         feats = paligemma.encode_image(p, b.pixel_values, cfg)
         cache = paligemma.init_cache(cfg, rows, n + max_new_tokens)
-        logits, cache = paligemma.forward(p, cfg, b.input_ids, np.cumsum(valid, axis=1),
+        positions = np.cumsum(valid, axis=1)
+        if added:  # its positions: the mask's cumsum, the pads at 1
+            positions = np.where(valid, positions, 1)
+        logits, cache = paligemma.forward(p, cfg, b.input_ids, positions,
                                           paligemma.attention_masks(cfg, see, prefix, 0), feats,
                                           cache=cache)
         steps, tokens = [logits[:, -1]], []
@@ -338,19 +371,25 @@ def run(model_dir, image, prompt, max_new_tokens=8):
                 position = np.full((rows, 1), s)
             else:
                 position = valid.sum(axis=1, keepdims=True)
-            see = np.ones_like(valid) if fault == "added" else valid
-            masks = paligemma.attention_masks(cfg, see, prefix, s - 1)
+            if fault == "added-minus-1":  # and its decode steps one position short
+                position = position - 1
+            masks = paligemma.attention_masks(cfg, valid, prefix, s - 1)
             window = cfg.text_config.sliding_window
             if fault == "rolling" and "sliding_attention" in masks and s > window:
-                # a rolling cache of the last `window` keys, the padding mask's first columns
+                # a rolling cache of the last `window` keys, the padding mask's first columns;
+                # a row that sees none of them: eager attention's even spread over the window
                 rolled = np.zeros((rows, 1, s), bool)
                 rolled[:, 0, s - window:] = valid[:, :window]
                 masks["sliding_attention"] = rolled
+                BLIND["window"] = window
+                gemma.attention = _blind_spread
             step, cache = paligemma.forward(p, cfg, token[:, None], position, masks,
                                             cache=cache, last_only=True)
+            if fault == "rolling":
+                gemma.attention = saved
             steps.append(step[:, -1])
     finally:
-        layers.attention_weights = saved
+        gemma.attention, gemma.embed = saved, EMBED["f"]
     out = []
     for i in range(rows):
         row = [int(t[i]) for t in tokens]
@@ -380,3 +419,61 @@ def test_a_pad_fault_of_a_batch_is_named_on_its_padded_rows(fault, case, trap, c
     monkeypatch.setenv("BATCH_FAULT", "none")  # the same port without the fault passes
     rc, got, _ = _conform(capsys, workdir, "--against", f"{path}:run", cases=case)
     assert rc == 0, got["cases"][0]["verdict"]
+
+
+def test_a_padded_row_with_two_faults_is_named_by_the_pair(capsys, workdir, tmp_path,
+                                                          monkeypatch):
+    """As transformers 4.41: its padded rows add the 0/1 mask unconverted in the prompt pass
+    *and* feed each decode step one position short; its unpadded row has the decode fault only."""
+    path = tmp_path / "batch_port.py"
+    path.write_text(BATCH_PORT)
+    monkeypatch.setenv("BATCH_FAULT", "added-minus-1")
+    rc, got, _ = _conform(capsys, workdir, "--against", f"{path}:run", cases="pg1-batch")
+    (r,) = got["cases"]
+    assert rc == 1 and r["explained"], r["verdict"]
+    assert "`mask-added-unconverted` + `decode-positions-minus-1`" in r["verdict"], r["verdict"]
+    assert set(r["deviations"]) == {"mask-added-unconverted", "decode-positions-minus-1"}
+
+
+CRASHER_4_44 = '''
+import json
+import os
+
+import npgemma
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    """As transformers 4.44 fails: a prefix mask built for one key/value head (a shape mismatch
+    wherever K > 1, PaliGemma 1 and 2 alike); a PaliGemma 2 that gets past it fails at generate,
+    looking for the window in the top-level config."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    text = config["text_config"]
+    if text.get("num_key_value_heads", 1) > 1:
+        raise RuntimeError("The size of tensor a (4) must match the size of tensor b (2) at "
+                           "non-singleton dimension 1")
+    if text.get("model_type") == "gemma2" and config.get("sliding_window") is None:
+        raise ValueError("Setting `cache_implementation` to 'sliding_window' requires the model "
+                         "config supporting sliding window attention")
+    pipe = npgemma.load(model_dir)
+    tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
+    return {"logits": pipe.logits(image, prompt, positions=slice(None)), "token_ids": tokens}
+'''
+
+
+def test_a_crash_is_sorted_by_its_own_message_not_only_by_which_siblings_crash(
+        capsys, workdir, tmp_path):
+    """Every PaliGemma 2 case crashes, but not for want of Gemma 2: a shape mismatch where
+    K > 1 (the same on PaliGemma 1) is the one-kv-head prefix mask, the K = 1 case's
+    message names the window's config; neither is `no-gemma2`."""
+    path = tmp_path / "crasher_4_44.py"
+    path.write_text(CRASHER_4_44)
+    rc = cli.main(["conform", "--against", f"{path}:run", "--workdir", str(workdir), "--cases",
+                   "pg1-kv2,pg2-short,pg2-kv1,pg2-hub-caption", "--json", "--quiet",
+                   "--max-new-tokens", "2"])
+    got = json.loads(capsys.readouterr().out)
+    causes = {r["case"]: r["deviations"] for r in got["cases"]}
+    assert rc == 1 and all(r["explained"] for r in got["cases"]), got["summary"]
+    assert causes == {"pg1-kv2": ["prefix-mask-one-kv-head"],
+                      "pg2-short": ["prefix-mask-one-kv-head"],
+                      "pg2-kv1": ["window-not-in-top-config"],
+                      "pg2-hub-caption": ["prefix-mask-one-kv-head"]}, causes

@@ -4,11 +4,14 @@ faults of a left-padded row, each tried on npgemma's reference run as that padde
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from ..checkpoint.weights import load_weights
 from ..paligemma import attention_masks
 from .replacements import LAYERS
+from .deviations import DEVIATIONS, deviated, deviated_config
 from .diagnose import fit
 from .pixels import diagnose_pixels
 from .reference import forced_tokens, teacher_forced
@@ -23,26 +26,60 @@ def _visible_pads(slots, cfg, q):
     return attention_masks(cfg, np.ones_like(slots.valid), slots.is_prefix, q)
 
 
-def _pads_in_prefix(slots, cfg, q):
-    """Pads as real keys *and* part of the bidirectional prompt (as a mask built over the whole
-    padded prompt has them): their own queries see the whole prompt too."""
+def _added_masks(slots, cfg, q):
+    """The prompt pass with every slot a key of every query (a 0/1 mask added to the scores
+    masks nothing), the decode steps masked as they should be (the mask of a cached decode step
+    is converted to 0 / large negative: transformers 4.41's PaliGemma)."""
+    if q:
+        return slots.masks(cfg, q)
     return attention_masks(cfg, np.ones_like(slots.valid), slots.is_prefix | ~slots.valid, q)
 
 
-def _added_mask(pad: int):
-    """attention_weights as an implementation computes them that adds its 0/1 mask to the
-    scores: the real keys get +1, the pads +0 (not -inf), i.e. each pad's weight is e^-1 of
-    what an unmasked pad would have, before the softmax renormalises."""
+def _added_attention(pad: int):
+    """The decoder's attention as transformers 4.41's PaliGemma computes it in the prompt pass:
+    the outer product of the 0/1 attention mask with itself added to the scores, so a real
+    query gives its real keys +1 and the pads +0 (each pad's weight e^-1 of an unmasked pad's),
+    a pad query gives every key +0. Whole (not in query chunks): which query is a pad is its
+    row index. The decode steps (one query) are the reference's own."""
     def make(original):
-        def attention_weights(qg, k, mask, scale, logit_cap):
-            w = original(qg, k, mask, scale, logit_cap)  # [B, K, G*L, S]
-            if mask is None or not pad:  # SigLIP: no mask, nothing added
-                return w
-            w[..., :pad] *= np.float32(np.exp(-1.0))
-            w /= w.sum(axis=-1, keepdims=True)
-            return w
-        return attention_weights
+        def attention(q, k, v, mask, scale, logit_cap=None):
+            if mask is None or not pad or mask.shape[1] == 1:
+                return original(q, k, v, mask, scale=scale, logit_cap=logit_cap)
+            b, n, l, h = q.shape
+            kv, s = k.shape[1], k.shape[2]
+            qg = q.reshape(b, kv, n // kv * l, h)  # [B, N, L, H] -> [B, K, G*L, H]
+            scores = (qg @ k.swapaxes(-1, -2)) * np.float32(scale)  # [B, K, G*L, S]
+            if logit_cap is not None:
+                scores = np.float32(logit_cap) * np.tanh(scores / np.float32(logit_cap))
+            real = np.arange(s) >= pad
+            added = (real[:l, None] & real[None, :]).astype(np.float32)  # [L, S]: 1 real-real
+            scores = scores.reshape(b, kv, n // kv, l, s) + added  # [B, K, G, L, S]
+            scores = np.where(mask[:, None, None], scores, np.float32(-np.inf))
+            scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            w = (scores / scores.sum(axis=-1, keepdims=True)).astype(np.float32)
+            return (w.reshape(b, kv, -1, s) @ v).reshape(b, n, l, h)  # [B, K, G*L, S] @ [B, K, S, H]
+        return attention
     return make
+
+
+def _zero_pad_embeddings(pad: int):
+    """gemma.embed as 4.41's merge leaves the prompt: the pad tokens' embeddings zeroed."""
+    def make(original):
+        def embed(table, input_ids, text):
+            x = original(table, input_ids, text)  # [B, L] -> [B, L, D]
+            if input_ids.shape[1] > 1:  # the prompt pass: its first `pad` slots are the pads
+                x = x.copy()
+                x[:, :pad] = 0
+            return x
+        return embed
+    return make
+
+
+def _pads_at_one(original):
+    """rope_positions as 4.41's merge writes them: attention_mask.cumsum(-1), pads set to 1."""
+    def rope_positions(valid):
+        return np.where(valid, original(valid), 1)
+    return rope_positions
 
 
 def _rolling_window_masks(slots, cfg, q):
@@ -57,6 +94,25 @@ def _rolling_window_masks(slots, cfg, q):
     return masks | {"sliding_attention": sliding}
 
 
+def _blind_rows_spread(window: int):
+    """attention_weights as eager attention over a rolling cache of `window` keys computes a
+    decode query whose every cached key is masked (the dtype's minimum added to each score:
+    all equal in float32): an even spread over the `window` cached keys, where npgemma's
+    full-length cache would spread it over every slot."""
+    def make(original):
+        def attention_weights(qg, k, mask, scale, logit_cap):
+            w = original(qg, k, mask, scale, logit_cap)  # [B, K, G*L, S]
+            if mask is None or mask.shape[1] != 1 or mask.shape[-1] <= window:
+                return w
+            blind = np.flatnonzero(~mask.any(axis=(1, 2)))  # rows that see no key
+            if blind.size:
+                w[blind] = 0
+                w[blind, :, :, -window:] = np.float32(1 / window)
+            return w
+        return attention_weights
+    return make
+
+
 def _cache_length_positions(pos, slots, q):
     """The decode step's position as its slot count (the padded cache's length): real-token
     count plus the row's pads."""
@@ -66,28 +122,52 @@ def _cache_length_positions(pos, slots, q):
 # The swap each pad trap makes in npgemma's reference run as the padded row: hooks of
 # `teacher_forced` (masks, decode_positions) and function swaps.
 _PAD_SWAPS = {
-    "pads-unmasked": lambda pad: (dict(masks=_visible_pads), []),
-    "mask-added-unconverted": lambda pad: (dict(masks=_pads_in_prefix),
-                                           [Swap(LAYERS, "attention_weights", _added_mask(pad))]),
-    "rolling-window-pad-mask": lambda pad: (dict(masks=_rolling_window_masks), []),
-    "decode-positions-from-cache-length": lambda pad: (
+    "pads-unmasked": lambda pad, cfg: (dict(masks=_visible_pads), []),
+    "mask-added-unconverted": lambda pad, cfg: (dict(masks=_added_masks), [
+        Swap(LAYERS, "attention", _added_attention(pad), only=("npgemma.gemma",)),
+        Swap("npgemma.gemma", "embed", _zero_pad_embeddings(pad)),
+        Swap("npgemma.paligemma", "rope_positions", _pads_at_one)]),
+    "rolling-window-pad-mask": lambda pad, cfg: (dict(masks=_rolling_window_masks), [
+        Swap(LAYERS, "attention_weights", _blind_rows_spread(cfg.text_config.sliding_window))]
+        if cfg.text_config.sliding_window else []),
+    "decode-positions-from-cache-length": lambda pad, cfg: (
         dict(decode_positions=_cache_length_positions), []),
 }
 
 
-def _pad_trap(params, cfg, ids, pixels, forced, pad, theirs, dtype):
+def _pad_trap(params, cfg, ids, pixels, forced, pad, theirs, dtype, companions=()):
     """The pad trap (npgemma's reference run as the padded row, the trap swapped in) that
-    explains the row: within tolerance and nearer than the row alone; None if none does."""
+    explains the row: within tolerance and nearer than the row alone; None if none does.
+    Returns (names, fit). Alone first; then, only when no single one explains the row, each
+    pad trap with each deviation in `companions` (a release can have both: 4.41's padded rows
+    add the 0/1 mask *and* feed the decode steps one position less; 4.47's misalign the pad
+    mask with the rolling window *and* window the prefix, as its unpadded rows show)."""
     base = fit("npgemma", teacher_forced(params, cfg, ids, pixels, forced), theirs, forced, dtype)
-    found = []
+
+    def tried(names, hooks, swaps):
+        with contextlib.ExitStack() as stack:
+            for n in names[1:]:
+                stack.enter_context(deviated(n, dtype))
+            stack.enter_context(swapped(swaps))
+            ref = teacher_forced(params, deviated_config(list(names[1:]), cfg), ids, pixels,
+                                 forced, pad=pad, **hooks)
+        f = fit(" + ".join(names), ref, theirs, forced, dtype)
+        return (names, f) if f.ok and f.distance < base.distance else None
+
+    singles = [x for name, make in _PAD_SWAPS.items() if (x := tried((name,), *make(pad, cfg)))]
+    if singles:
+        return min(singles, key=lambda x: x[1].distance)
+    pairs = []
     for name, make in _PAD_SWAPS.items():
-        hooks, swaps = make(pad)
-        with swapped(swaps):
-            ref = teacher_forced(params, cfg, ids, pixels, forced, pad=pad, **hooks)
-        f = fit(name, ref, theirs, forced, dtype)
-        if f.ok and f.distance < base.distance:
-            found.append(f)
-    return min(found, key=lambda f: f.distance, default=None)
+        hooks, swaps = make(pad, cfg)
+        for d in companions:
+            step = DEVIATIONS[d].decode_positions
+            if step is not None and ("decode_positions" in hooks or not forced):
+                continue  # two decode-position traps, or no decode step to show one
+            x = tried((name, d), dict(hooks, decode_positions=step) if step else hooks, swaps)
+            if x is not None:
+                pairs.append(x)
+    return min(pairs, key=lambda x: x[1].distance, default=None)
 
 
 _SLOTS = "generation/slots.py: a pad slot is no query's key, positions count real tokens only"
@@ -116,7 +196,8 @@ BATCH_TRAPS: dict[str, Trap] = {t.name: t for t in (
          "and its padding mask are misaligned during decode (the cache holds the last W keys, "
          "the mask's first W columns are applied to them): the padded row's prompt logits "
          "match, its decode steps do not", "the reference run as the padded row; at decode, "
-         "the sliding layers' window key S - W + i takes slot i's validity",
+         "the sliding layers' window key S - W + i takes slot i's validity, and a query that "
+         "sees none of the W keys weighs them evenly (Swap npgemma.layers.attention_weights)",
          needs="a left-padded Gemma-2 row longer than the window"),
     Trap("decode-positions-from-cache-length", "decode-time", _SLOTS, "the implementation "
          "restarts the decode positions at the padded cache's length: a row behind n pads is "
@@ -137,6 +218,11 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
     ids = [proc(image, prompt).input_ids for image, prompt in zip(images, prompts)]
     longest = max(len(x) for x in ids)
     parts, explained, names = [], True, []
+    # What to pair a pad trap with: the deviations that explain this batch's other rows (the
+    # release's own faults), and every decode-time trap.
+    seen = [n for _, r in failing for n in (r["diagnosis"].deviations if r["diagnosis"] else ())]
+    decode = list(dict.fromkeys([n for n in seen if n in DEVIATIONS] +
+                                [n for n, dv in DEVIATIONS.items() if dv.decode_positions]))
     for i, r in failing:
         d = r["diagnosis"] or Verdict("failed", False)
         theirs, pad = rows[i], longest - len(ids[i])
@@ -173,12 +259,14 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
                          + (f", and they are row {shifted}'s image" if shifted != i else ""))
             names.append("batch-image-features-shifted-by-padding")
             continue
-        found = _pad_trap(params, cfg, ids[i], own[i], forced, pad, theirs, dtype) \
+        found = _pad_trap(params, cfg, ids[i], own[i], forced, pad, theirs, dtype, decode) \
             if pad and not d.explained else None
         if found is not None:
-            parts.append(f"row {i} ({pad} pad tokens): matches npgemma with `{found.name}` to "
-                         f"{found.distance:.2g} — {BATCH_TRAPS[found.name].explain}")
-            names.append(found.name)
+            trap_names, f = found
+            why = "; and ".join((BATCH_TRAPS.get(n) or DEVIATIONS[n]).explain for n in trap_names)
+            parts.append(f"row {i} ({pad} pad tokens): matches npgemma with "
+                         f"{' + '.join(f'`{n}`' for n in trap_names)} to {f.distance:.2g} — {why}")
+            names += trap_names
             continue
         if pad and not d.explained:
             parts.append(f"row {i}: a left-padded row ({pad} pad tokens) that matches npgemma on "

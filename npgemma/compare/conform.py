@@ -26,7 +26,7 @@ from .cases import (BASE, CASES, LARGE, PG1, PG2, Case, model_case,  # noqa: F40
                     row_images, select, write_case)
 from .catalogue import CATALOGUE
 from .contract import TimedOut
-from .crashes import sort_crash
+from .crashes import same_crash, sort_crash
 from .request import Request
 
 COLUMNS = ("load", "ids", "pixels", "hidden", "logits", "tokens")
@@ -122,16 +122,30 @@ def explain_crashes(cases: list[Case], results: list[Result], root: Path, base: 
             extra[name] = run_case(known[name], root, base)
         return _outcome(by_name.get(name) or extra[name])
 
+    def error_of(name: str) -> str | None:
+        r = by_name.get(name) or extra.get(name)
+        return None if r is None else r.error
+
+    unsorted = []
     for case, r in zip(cases, results):
         if r.error is None or r.timed_out:
             continue
         asked.clear()
-        cause = sort_crash(case, outcome)
-        if cause is not None:
-            evidence = [f"{n} {_outcome(by_name.get(n) or extra[n]) or 'n/a'}"
-                        for n in dict.fromkeys(asked) if n in by_name or n in extra]
-            r.verdict = (f"{CATALOGUE[cause].explain} ({r.error}) [{', '.join(evidence)}]")
-            r.explained, r.deviations = True, [cause]
+        cause = sort_crash(case, outcome, error_of)
+        if cause is None:
+            unsorted.append(r)
+            continue
+        evidence = [f"{n} {_outcome(by_name.get(n) or extra[n]) or 'n/a'}"
+                    for n in dict.fromkeys(asked) if n in by_name or n in extra]
+        r.verdict = (f"{CATALOGUE[cause].explain} ({r.error}) [{', '.join(evidence)}]")
+        r.explained, r.deviations = True, [cause]
+    sorted_ = [r for r in results if r.error is not None and r.explained and r.deviations]
+    for r in unsorted:  # the very crash of a sorted case (file and line aside): the same cause
+        twin = next((t for t in sorted_ if same_crash(r.error, t.error)), None)
+        if twin is not None:
+            r.verdict = (f"{CATALOGUE[twin.deviations[0]].explain} ({r.error}) [the same crash "
+                         f"as {twin.case}]")
+            r.explained, r.deviations = True, list(twin.deviations)
     return extra
 
 

@@ -9,6 +9,7 @@ and a PaliGemma 2 sequence shorter than its window with one longer.
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from .trap import Trap
@@ -63,25 +64,87 @@ CASE_TRAPS: dict[str, Trap] = {t.name: t for t in (
          "outgrows the window (e.g. an IndexError at the first token past it)",
          f"{PG2_SHORT} (shorter than its window) runs, {PG2_KV1} (longer) crashes (run on "
          "demand)", needs="a Gemma-2 sequence longer than the window"),
+    Trap("window-not-in-top-config", "crash", "config.json text_config.sliding_window (the "
+         "window is the text model's; PaliGemma's own config has none)", "the implementation "
+         "looks for the Gemma 2 window in PaliGemma's top-level config, which has none (it is "
+         "text_config.sliding_window), and fails there (transformers 4.44's generate builds "
+         "its sliding-window cache from the top-level config when text_config's "
+         "cache_implementation 'hybrid' reaches its generation config)", f"the crash names "
+         f"sliding_window; {PG1_BASE} runs (run on demand)",
+         needs="a PaliGemma 2 case that reaches generate"),
 )}
 
 
-def sort_crash(case, outcome: Callable[[str], str | None]) -> str | None:
+# What a crash's own message says, read before the siblings are (first match wins): a crash is
+# sorted by its error *and* the cases beside it. Each kind: the words transformers, PyTorch and
+# NumPy use for it.
+_KINDS = (
+    ("model-type", re.compile(r"KeyError: '?gemma2'?|Unrecognized (model|configuration)|does not "
+                              r"recognize this architecture|unknown model type|model.type.*gemma2",
+                              re.I)),
+    ("layout", re.compile(r"weights? (were )?missing|missing (from the checkpoint|keys?)|"
+                          r"unexpected keys?|keys? it did not expect", re.I)),
+    ("window-config", re.compile(r"sliding_window", re.I)),
+    ("shape", re.compile(r"must match the size of tensor|shape mismatch|shapes? .*(not )?"
+                         r"(broadcast|aligned)|cannot reshape|size mismatch", re.I)),
+    ("index", re.compile(r"IndexError|out of bounds|index out of range", re.I)),
+)
+_WHERE = re.compile(r" at [\w./-]+:\d+$")   # the adapter's "at FILE:LINE" tail
+
+
+def crash_kind(error: str | None) -> str | None:
+    """The kind of crash `error` (one line, as a conform row holds it) is, or None."""
+    for kind, pattern in _KINDS:
+        if error and pattern.search(error):
+            return kind
+    return None
+
+
+def same_crash(a: str | None, b: str | None) -> bool:
+    """Two crashes with one message (the file and line it was raised at aside)."""
+    strip = lambda e: _WHERE.sub("", e.split("): ", 1)[-1].strip())  # noqa: E731
+    return bool(a and b) and strip(a) == strip(b)
+
+
+def sort_crash(case, outcome: Callable[[str], str | None],
+               error_of: Callable[[str], str | None] = lambda name: None) -> str | None:
     """The catalogue's name of the cause of `case`'s crash, or None. `outcome(name)` runs the
     case `name` if it has not run (whatever --cases selected) and says "ran", "crashed" or None
-    (declined, timed out, or no such case)."""
-    if case.sibling and case.trap and outcome(case.sibling) == "ran":
-        return case.trap
+    (declined, timed out, or no such case); `error_of(name)` is that case's error line. The
+    crash's own message decides first: `no-gemma2` only for a crash about the model type, a
+    shape mismatch never is one, a missing-weights error on a layout case is the layout."""
+    error = error_of(case.name)
+    kind = crash_kind(error)
+    if case.sibling and case.trap:
+        sibling = outcome(case.sibling)
+        if sibling == "ran":
+            return case.trap
+        if (sibling == "crashed" and case.trap.startswith("unreadable-layout") and kind == "layout"
+                and crash_kind(error_of(case.sibling)) != "layout"):
+            return case.trap  # the sibling fails for another reason; this one cannot load
     text = case.config.get("text", "gemma")
     kv = case.config.get("num_key_value_heads", 1)
-    if text == "gemma2":
-        short, kv1 = outcome(PG2_SHORT), outcome(PG2_KV1)
-        if short == "crashed" and kv1 == "crashed" and outcome(PG1_BASE) == "ran":
-            return "no-gemma2"
-        if kv > 1 and kv1 == "ran" and short == "crashed":
+    if kind == "layout":
+        return None
+    if text != "gemma2":
+        if kv > 1 and kind in ("shape", None) and outcome(PG1_BASE) == "ran":
             return "prefix-mask-one-kv-head"
-        if short == "ran" and kv1 == "crashed" and case.name != PG2_SHORT:
-            return "fails-past-window"
-    elif kv > 1 and outcome(PG1_BASE) == "ran":
-        return "prefix-mask-one-kv-head"
+        return None
+    if kind == "model-type":
+        return "no-gemma2" if outcome(PG1_BASE) == "ran" else None
+    if kind == "window-config":
+        return "window-not-in-top-config" if outcome(PG1_BASE) == "ran" else None
+    if kv > 1 and kind in ("shape", None):
+        if outcome(PG2_KV1) == "ran" and outcome(PG2_SHORT) == "crashed":
+            return "prefix-mask-one-kv-head"
+        if kind == "shape" and outcome(PG1_KV2) == "crashed" and \
+                same_crash(error, error_of(PG1_KV2)) and outcome(PG1_BASE) == "ran":
+            return "prefix-mask-one-kv-head"  # pg1-kv2's crash, whose cause its sibling sorts
+    if kind in ("index", None) and case.name != PG2_SHORT and outcome(PG2_SHORT) == "ran" \
+            and outcome(PG2_KV1) == "crashed" and crash_kind(error_of(PG2_KV1)) in ("index", None):
+        return "fails-past-window"
+    if kind is None and outcome(PG1_BASE) == "ran" and all(
+            outcome(n) == "crashed" and same_crash(error, error_of(n))
+            for n in (PG2_SHORT, PG2_KV1)):
+        return "no-gemma2"  # a message it does not know, the same on every PaliGemma 2 case
     return None
