@@ -349,6 +349,12 @@ def test_a_greedy_divergence_at_a_near_tie_is_judged_by_the_dtype():
     ({"logits": np.zeros((2, 3, 4, 5))}, "expected [L, V] or [V]"),
     ({"logits": np.zeros(5), "hidden_states": [np.zeros((3, 4))]}, "'hidden_states' has 1 entries"),
     ({"logits": np.zeros(5), "extra": 1}, "unknown keys ['extra']"),
+    # a value of the wrong kind inside the dict: one error line, never a traceback
+    ({"logits": np.zeros(5), "top_logprobs": [[1, 2]]}, "does not follow the contract"),
+    ({"logits": np.zeros(5), "hidden_states": 5}, "does not follow the contract"),
+    ({"logits": "abc"}, "does not follow the contract"),
+    ({"logits": np.zeros(5), "token_ids": [1.5]}, "'token_ids' holds 1.5; expected integer ids"),
+    ({"logits": np.zeros(5), "token_ids": [float("nan")]}, "expected integer ids"),
 ])
 def test_contract_violations_are_one_clear_error(returned, message):
     with pytest.raises(InputError, match=None) as e:
@@ -804,3 +810,17 @@ def test_openai_http_500_without_a_chat_template_says_the_fix(pg1, image_path, t
         with pytest.raises(InputError) as e:  # a template there: the 500 is something else
             report.run(args_for(folder, image_path, f"openai:{server.url}"))
         assert "HTTP 500" in str(e.value) and "chat template" not in str(e.value)
+
+
+def test_an_adapters_non_finite_weights_are_its_own_error():
+    """Weights the adapter returns (a quantized port's effective weights) holding NaN are
+    named as the adapter's, before the reference runs on them (which would blame npgemma's own
+    generation for NaN logits)."""
+    from npgemma.compare.quantdiag import effective_params
+
+    params = {"language_model": {"norm": {"weight": np.ones(4, np.float32)}}}
+    bad = np.ones(4, np.float32)
+    bad[[1, 3]] = [np.nan, np.inf]
+    with pytest.raises(InputError, match=r"--against m:f: 'weights' 'language_model.norm.weight': "
+                                         r"2 of 4 values are NaN or Inf"):
+        effective_params(params, {"language_model.norm.weight": bad}, "m:f")

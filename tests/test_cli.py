@@ -251,7 +251,8 @@ def test_missing_image(capsys, demo, tmp_path):
     (["--frobnicate"], "--frobnicate"),
     ([*SAMPLING, "--top-p", "1.5"], "top_p must be in (0, 1], got 1.5"),
     (["--do-sample", "--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
-    (["--do-sample", "--temperature", "0"], "temperature must be > 0"),
+    (["--do-sample", "--temperature", "0"], "temperature must be a finite number > 0"),
+    (["--do-sample", "--temperature", "inf"], "temperature must be a finite number > 0 when sampling, got inf"),
     (["--do-sample", "--top-k", "-2"], "top_k"),
     (["--device", "cuda"], "numpy backend runs on the CPU only"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))

@@ -197,7 +197,7 @@ def test_models_table_marks_what_does_not_fit(hf_cache, capsys, monkeypatch):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"Hugging Face cache {hf_cache[0]}: 2 PaliGemma checkpoint(s);")
-    assert "0.01 GB (fake)" in out[0]
+    assert "10.0 MB (fake)" in out[0]
     assert out[2].startswith("org/tiny-pali@main") and out[2].count(" NO") == 4
     # Room for the low-memory mode's anonymous memory but not its file pages: it streams.
     from npgemma.checkpoint.config_json import load_config

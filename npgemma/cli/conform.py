@@ -32,6 +32,7 @@ def run(args) -> int:
             print(f"{b.name:<20} {b.what}\n{'':<20} {where}")
         return 0
     if args.list_traps:
+        check_output("--markdown", args.markdown)
         print(listing())
         if args.markdown:
             Path(args.markdown).write_text(listing(markdown=True) + "\n")

@@ -53,6 +53,13 @@ class Returned:
     weights: dict | None = None         # {checkpoint key: float32 array}: its effective weights
 
 
+def _token_id(t, spec: str) -> int:
+    """A token id as given: an integer (1.5 or NaN is no id, never truncated to one)."""
+    if not float(t).is_integer():
+        raise InputError(f"--against {spec}: 'token_ids' holds {float(t):g}; expected integer ids")
+    return int(t)
+
+
 def _array(x, what: str, spec: str) -> np.ndarray:
     if hasattr(x, "detach"):  # torch (bfloat16 included)
         x = x.detach().float().cpu().numpy()
@@ -73,7 +80,18 @@ def _squeeze_batch(a: np.ndarray, ndim: int, what: str, spec: str) -> np.ndarray
 
 
 def check_returned(out, spec: str, num_layers: int) -> Returned:
-    """Validate an adapter's dict against the contract: one clear error per problem."""
+    """Validate an adapter's dict against the contract: one clear error per problem (a value of
+    the wrong kind inside it, too: never a traceback)."""
+    try:
+        return _check_returned(out, spec, num_layers)
+    except InputError:
+        raise
+    except (TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise InputError(f"--against {spec}: FUNC's dict does not follow the contract "
+                         f"({type(e).__name__}: {e})") from None
+
+
+def _check_returned(out, spec: str, num_layers: int) -> Returned:
     if not isinstance(out, dict):
         raise InputError(f"--against {spec}: FUNC returned {type(out).__name__}, expected a dict "
                          "with 'logits'")
@@ -102,7 +120,7 @@ def check_returned(out, spec: str, num_layers: int) -> Returned:
         pix = _squeeze_batch(_array(out["pixel_values"], "pixel_values", spec), 3,
                              "pixel_values", spec).astype(np.float32)
     tokens = None if out.get("token_ids") is None else [
-        int(t) for t in np.asarray(_array(out["token_ids"], "token_ids", spec)).reshape(-1)]
+        _token_id(t, spec) for t in np.asarray(_array(out["token_ids"], "token_ids", spec)).reshape(-1)]
     if out.get("step_logits") is not None:
         steps = _squeeze_batch(_array(out["step_logits"], "step_logits", spec), 2, "step_logits",
                                spec).astype(np.float32)

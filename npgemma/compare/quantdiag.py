@@ -66,6 +66,10 @@ def effective_params(params, weights: dict, spec: str) -> tuple[dict, list[str]]
             unknown.append(key)
             continue
         a = np.asarray(w, np.float32)
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        if bad:  # the adapter's weights, not npgemma's run, would carry the NaN into the logits
+            raise InputError(f"--against {spec}: 'weights' {key!r}: {bad} of {a.size} values are "
+                             "NaN or Inf")
         if a.shape != flat[canon].shape:
             raise InputError(f"--against {spec}: 'weights' {key!r} has shape {list(a.shape)}; "
                              f"the checkpoint's is {list(flat[canon].shape)}")

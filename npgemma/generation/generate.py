@@ -36,8 +36,9 @@ class GenerationConfig:
             if seed is not None and (not isinstance(seed, (int, np.integer)) or seed < 0):
                 raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         if self.do_sample:
-            if not self.temperature > 0:
-                raise InputError(f"temperature must be > 0 when sampling, got {self.temperature}")
+            if not 0 < self.temperature < float("inf"):  # inf: every token alike, silently
+                raise InputError(f"temperature must be a finite number > 0 when sampling, got "
+                                 f"{self.temperature}")
             if self.top_k is not None and self.top_k < 0:
                 raise InputError(f"top_k must be >= 0, got {self.top_k}")
             if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -107,7 +107,7 @@ def report_data(pipe, trace, rgb: np.ndarray, occlusion_grid: int = 0, progress=
     if "vision.blocks.0.attn.hook_pattern" in trace:
         pix = analysis.pixel_rollout(trace)
         data["pixel"], data["pixel_top"] = _u8(pix), _tops(pix)
-    if cfg.text_config.is_gemma2 and cfg.text_config.sliding_window is not None:
+    if cfg.text_config.applied_window is not None:  # none under --window big_vision
         data["masks"]["sliding"] = _png(mask_picture(cfg, trace.prompt_len, steps, True))
     if data["heads"]:
         per_head = [analysis.image_attention(trace, head=h) for h in range(n)]  # [N][Y, T, g, g]

@@ -64,8 +64,7 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in (
       for k, what in (("torchao-int8", "torchao Int8WeightOnlyConfig"),
                       ("quanto-int8", "optimum-quanto int8 weights"),
                       ("bnb-nf4", "bitsandbytes NF4"), ("bnb-fp4", "bitsandbytes FP4"))),
-    # A slot: transformers at a past release, in a venv of its own (the file and its setup
-    # script arrive with the work on past releases; until then the name says so).
+    # transformers at a past release, in a venv of its own (docs/conformance-runs/).
     Builtin("transformers-legacy", "transformers at an older version, in its own venv",
             "transformers_legacy_adapter.py:run", own_venv=True,
             setup="setup_transformers_legacy.sh"),

@@ -16,8 +16,7 @@ npgemma. What differs between releases, and how it is met here:
     (the Hub's preprocessor_config.json says null, with which a grey image is refused);
   * a batch: the tokenizer pads on the left, each row comes back as it would alone (its
     padding dropped, its tokens up to the first EOS).
-The dtype comes as a keyword (`dtype=`) when the caller passes one, else from
-NPGEMMA_PEER_DTYPE ("bfloat16" or "float32", the default).
+The dtype comes as a keyword (`dtype=`, npgemma's `--dtype`; "float32" when not given).
 Weights the release cannot find in the file (a key layout newer than it) are an error here,
 not the warning and random weights transformers gives.
 A release that cannot run a case raises, and the row says what it raised: that is a finding
@@ -27,7 +26,6 @@ A release that cannot run a case raises, and the row says what it raised: that i
 from __future__ import annotations
 
 import inspect
-import os
 
 import numpy as np
 
@@ -80,7 +78,7 @@ def _generate(model, inputs: dict, max_new_tokens: int):
 def run(model_dir, image, prompt, max_new_tokens=8, dtype=None):
     import torch
 
-    dtype = dtype or os.environ.get("NPGEMMA_PEER_DTYPE", "float32")
+    dtype = dtype or "float32"
     processor, model = _load(str(model_dir), dtype)
     batch = isinstance(prompt, (list, tuple))
     if batch:  # left-padded, as generate needs
