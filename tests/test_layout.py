@@ -195,7 +195,8 @@ def test_named_module_paths_exist():
     in the code, tests or parity suite: every one a .py file names exists."""
     here = Path(__file__).resolve()  # this file names gone paths, as the examples below
     files = [p for p in REPO.rglob("*.py") if p.resolve() != here
-             and not {".git", ".venv", "build", "__pycache__"} & set(p.relative_to(REPO).parts)]
+             and not any(part.startswith(".") or part in ("build", "__pycache__")  # .git, .venv*
+                         for part in p.relative_to(REPO).parts)]
     gone = []
     for path in files:
         for name in named_paths(path.read_text(encoding="utf-8")):
