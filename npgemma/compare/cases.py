@@ -27,6 +27,9 @@ LARGE = 112  # 64 image tokens != head_dim, as 1024 at 448 px
 # A PaliGemma 2 whose window (64) is longer than its whole sequence (16 image tokens, the
 # prompt, the new tokens): beside pg2-kv1 (past the window) it sorts a crash by its cause.
 PG2_SHORT = dict(PG2, sliding_window=64)
+# The batch cases' rows: three RGB images, prompts of three lengths (so two rows are padded).
+BATCH_ROWS = (("rgb", "caption en"), ("other", "answer en what is in the image ?"),
+              ("third", "detect cat ; dog"))
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,7 @@ CASES = (
          layout="hub", what="two key/value heads beside pg1-hub-f32's one",
          sibling="pg1-hub-f32", trap="prefix-mask-one-kv-head"),
     Case("pg1-batch", dict(image_size=BASE, **PG1), "caption en", layout="hub",
-         batch=(("rgb", "caption en"), ("other", "answer en what is in the image ?"),
-                ("third", "detect cat ; dog")),
+         batch=BATCH_ROWS,
          what="PaliGemma 1, a left-padded batch of three RGB rows, prompts of three lengths: "
               "each row as it is alone (pads masked, positions from the row's first real token)",
          sibling="pg1-hub-f32", trap="no-left-padded-batch"),
@@ -103,8 +105,7 @@ CASES = (
          dtype="bfloat16", what="PaliGemma 2, a bfloat16 file; a segment prompt",
          sibling="pg2-hub-caption", trap="no-bf16-file"),
     Case("pg2-batch", dict(image_size=BASE, **PG2), "caption en", layout="hub",
-         batch=(("rgb", "caption en"), ("other", "answer en what is in the image ?"),
-                ("third", "detect cat ; dog")),
+         batch=BATCH_ROWS,
          what="a left-padded batch of three RGB (image, prompt) rows, prompts of three lengths: "
               "each row as it is alone (padding masked, positions from the row's first real "
               "token, each row its own image); a grey-image fault shows in pg1-gray-image only",
