@@ -865,6 +865,55 @@ def test_a_sliding_cache_that_rolls_one_step_early_is_named(pg2, image_path, tmp
     assert rc == 0 and "sliding-cache-rolls-early" in [x["name"] for x in got["diagnosis"].no_effect]
 
 
+def _hybrid_cache_sees(window: int, prompt: int, steps: int) -> list:
+    """What each decode query of transformers 4.50.3's sliding layer attends, simulated on slot
+    labels (None: an empty slot, a zero key): `generate`'s cache of prompt + steps + 1 - 1 slots
+    (the `steps` fed tokens and one last new token never fed), the sliding buffer min(window,
+    that) long, `_sliding_update`'s prefill and roll rules, the decoder layer's mask window and
+    offset (`last_cache_position` = the 2-D mask's length) and eager attention's first-C slice."""
+    size = prompt + steps  # max_length - 1 = prompt + (steps + 1) - 1
+    c = min(window, size)
+    buf = list(range(prompt))[-c:] if prompt > c else [None] * c
+    if prompt <= c:  # no overflow: roll if the last write reaches the last slot, then write
+        if prompt - 1 >= c - 1:
+            buf = buf[1:] + buf[:1]
+        buf[:prompt] = range(prompt)
+    seen = []
+    for p in range(prompt, prompt + steps):
+        at = min(p, c - 1)
+        if at >= c - 1:
+            buf = buf[1:] + buf[:1]
+        buf[at] = p
+        offset = max(0, p + 1 - window)
+        seen.append({buf[j] for j in range(c) if p - window < offset + j <= p})
+    return seen
+
+
+@pytest.mark.parametrize("window, prompt, steps", [
+    (40, 5, 5),    # a window longer than the cache: the last step
+    (6, 3, 9),     # a window shorter than the sequence, longer than the prompt
+    (6, 5, 8),     # the prompt one short of the window
+    (6, 6, 8),     # the prompt fills the window: rolls right
+    (4, 7, 5),     # the prompt outgrows the window (the prefill's own path): rolls right
+])
+def test_the_early_roll_trap_sees_what_a_simulated_hybrid_cache_holds(window, prompt, steps):
+    from npgemma.checkpoint.config_json import config_from_dict
+    from npgemma.compare.replacements import sliding_cache_rolled_early
+    from npgemma.generation.slots import Slots
+
+    cfg = config_from_dict(tiny_config(text="gemma2", sliding_window=window))
+    hook = sliding_cache_rolled_early(prompt, prompt + steps + 1)  # the forced run's slots
+    slots = Slots.prompt(np.ones((1, prompt), bool))
+    want = _hybrid_cache_sees(window, prompt, steps)
+    for k in range(steps):
+        slots = slots.append()
+        row = hook(slots, cfg, slots.length - 1)["sliding_attention"][0, -1]  # [S] or [S + 1]
+        got = set(np.flatnonzero(row[:slots.length]).tolist())
+        if len(row) > slots.length and row[-1]:
+            got.add(None)
+        assert got == want[k], (k, got, want[k])
+
+
 PADS_UNMASKED = '''
 import numpy as np
 import npgemma
