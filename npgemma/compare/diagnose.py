@@ -10,6 +10,9 @@ every pair of the deviations that change the input when that is cheap (a budget 
 `PAIR_SECONDS`, from the singles' own time), else the pairs of the closest `PAIR_TOP`. A pair is
 judged at the widest tolerance any member asks for (`judged_at`), and a candidate is never
 called the closest when it is farther from the other side than npgemma with no change.
+An answer of greedy tokens alone (no logits, no logprobs) is judged by the one measure it
+allows, the tokens each side picks at the run's dtype (`nearer`); a candidate is named only
+when no other picks them all too (tokens are weaker evidence than logits).
 """
 
 from __future__ import annotations
