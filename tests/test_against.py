@@ -188,7 +188,12 @@ def _null():
     return contextlib.nullcontext()
 
 
-@pytest.mark.parametrize("name", list(DEVIATIONS))
+# Each shown by its own test below: a cache trap needs a window longer than the sequence
+# (`sliding-cache-rolls-early`), the symmetric window authority npgemma run with big_vision's.
+OWN_TEST = ("sliding-cache-rolls-early", "transformers-window")
+
+
+@pytest.mark.parametrize("name", [n for n in DEVIATIONS if n not in OWN_TEST])
 def test_each_deviation_changes_the_output(name, pg2, image_path):
     """On a Gemma-2 checkpoint whose settings bite; the compute-dtype traps in bfloat16;
     -inf masking on a left-padded batch (where it turns the padded row NaN)."""
@@ -225,7 +230,8 @@ def test_against_torch_matches_stage_by_stage(pg2, image_path):
                                                "image-scale-4x", "embed-scale-unrounded",
                                                # ~3e-5 on this checkpoint: at float32's tolerance
                                                "siglip-eps-1e-5")
-                                  and not DEVIATIONS[n].decode_positions])  # hand-written below
+                                  and not DEVIATIONS[n].decode_positions  # hand-written below
+                                  and n not in OWN_TEST])
 def test_npgemma_with_a_deviation_is_diagnosed_by_name(name, pg2, image_path, tmp_path):
     spec = write_adapter(tmp_path, npgemma_adapter_source(name), f"dev_{name.replace('-', '_')}")
     got, rc = report.run(args_for(pg2, image_path, spec))
@@ -239,6 +245,89 @@ def test_npgemma_with_a_deviation_is_diagnosed_by_name(name, pg2, image_path, tm
     else:  # another authority's semantics: said so, and not called a fault
         assert diag.verdict.startswith(f"matches {authority}; differs from transformers 5.24")
         assert not diag.fault and diag.authorities["implementation"] == authority
+
+
+WINDOWED = '''
+import npgemma
+from npgemma.compare.reference import teacher_forced
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    """npgemma's own pipeline, run with one authority's window ({window!r})."""
+    pipe = npgemma.load(model_dir, window={window!r}, force=True)
+    x = pipe.processor(image, prompt)
+    tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
+    steps = teacher_forced(pipe.params, pipe.cfg, x.input_ids, x.pixel_values, tokens)
+    return {{"logits": pipe.logits(image, prompt, positions=slice(None)), "token_ids": tokens,
+            "step_logits": steps.step_logits[:len(tokens)]}}
+'''
+
+
+@pytest.mark.parametrize("ours", ["transformers", "big_vision"])
+@pytest.mark.parametrize("theirs", ["transformers", "big_vision"])
+def test_each_window_authority_is_named_whichever_npgemma_runs(ours, theirs, pg2, image_path,
+                                                                 tmp_path):
+    """--window big_vision against a peer that windows as transformers does is named too, as
+    the other way round: each side's authority, and neither called a fault."""
+    import dataclasses
+
+    spec = write_adapter(tmp_path, WINDOWED.format(window=theirs), f"peer_{theirs}")
+    request = dataclasses.replace(args_for(pg2, image_path, spec, max_new_tokens=6), window=ours)
+    got, rc = report.run(request)
+    d = got["diagnosis"]
+    if ours == theirs:
+        assert rc == 0 and d.explained and d.deviations == [], d.verdict
+        return
+    names = {"TRANSFORMERS": "transformers 5.24", "BIG_VISION": "big_vision (the training "
+             "code: no sliding window)"}
+    mine, other = (names["BIG_VISION"], names["TRANSFORMERS"]) if ours == "big_vision" else \
+        (names["TRANSFORMERS"], names["BIG_VISION"])
+    assert rc == 1 and d.explained and not d.fault, d.verdict
+    assert d.deviations == ["transformers-window" if theirs == "transformers" else
+                            "no-sliding-window"]
+    assert d.authorities == {"npgemma": mine, "implementation": other}
+    assert d.verdict.startswith(f"matches {other}; differs from {mine} (npgemma")
+
+
+def _tokens_only(source: str) -> str:
+    """The port `source`, answering its greedy tokens alone (a server without logprobs)."""
+    return source.replace("def run(", "def _run(") + '''
+def run(model_dir, image, prompt, max_new_tokens=8):
+    return {"token_ids": _run(model_dir, image, prompt, max_new_tokens)["token_ids"]}
+'''
+
+
+def test_a_tokens_only_answer_is_diagnosed_by_the_tokens_each_candidate_picks(pg1, pg2,
+                                                                              image_path, tmp_path):
+    """No logits, no logprobs: a candidate explains when it picks every one of the other
+    side's tokens and npgemma unchanged does not, and no other candidate picks them all."""
+    spec = write_adapter(tmp_path, _tokens_only(DECODE_MINUS_1), "tokens_minus_1")
+    got, rc = report.run(args_for(pg1, image_path, spec, max_new_tokens=8))
+    d = got["diagnosis"]
+    assert rc == 1 and d.explained and d.deviations == ["decode-positions-minus-1"], d.verdict
+    assert "on the greedy tokens alone (8 of 8 picked" in d.verdict
+    assert math.isnan(d.npgemma["distance"]) and d.npgemma["picks"] < 8
+    # The no-window peer's 4 tokens on PaliGemma 2 are picked by two candidates alike: named
+    # neither, and said why.
+    spec = write_adapter(tmp_path, _tokens_only(WINDOWED.format(window="big_vision")), "tokens_bv")
+    got, rc = report.run(args_for(pg2, image_path, spec, max_new_tokens=4))
+    d = got["diagnosis"]
+    every = [c["name"] for c in d.candidates if c["explains"]]
+    assert rc == 1 and not d.explained and d.deviations == [] and len(every) > 1, d.verdict
+    assert "no-sliding-window" in every and d.verdict.startswith("not diagnosed: ")
+    assert "tokens alone cannot tell them apart" in d.verdict
+
+
+def test_a_tokens_only_candidate_is_never_a_worse_fit_by_picks():
+    """The same measure for every side: tokens picked at the run's dtype. A candidate judged at
+    bfloat16 whose wider tolerance lets it 'pick' all 4 tokens, but which picks no more than
+    npgemma unchanged at float32, is no explanation."""
+    from npgemma.compare.diagnose import Fit, nearer
+
+    nan = float("nan")
+    base = Fit("npgemma", nan, False, 3, 4, picks=3)
+    assert not nearer(Fit("bf16-compute", nan, True, 4, 4, picks=3), base)
+    assert nearer(Fit("erf-gelu", nan, True, 4, 4, picks=4), base)
+    assert not nearer(Fit("erf-gelu", nan, False, 3, 4, picks=3), base)
 
 
 def test_a_hand_written_window_bug_is_named(pg2, image_path, tmp_path):
@@ -710,6 +799,119 @@ def test_a_decode_position_offset_is_named(pg2, image_path, tmp_path):
     assert rc == 1 and rows["logits"] and not rows["logits behind tokens 0..3"]
     d = got["diagnosis"]
     assert d.explained and d.deviations == ["decode-positions-minus-1"], d.verdict
+
+
+HYBRID_CACHE_ROLLS_EARLY = '''
+import numpy as np
+import npgemma
+from npgemma import paligemma
+
+def run(model_dir, image, prompt, max_new_tokens=8):
+    """A port with transformers 4.50's generate: a cache of prompt + max_new_tokens - 1 slots,
+    the sliding layers' min(window, that) of them a rolling buffer that rolls before a write
+    whose position has reached its last slot (`to_shift = pos >= size - 1`)."""
+    pipe = npgemma.load(model_dir)
+    cfg, p = pipe.cfg, pipe.params
+    x = pipe.processor(image, prompt)
+    ids = x.input_ids[None]
+    n = ids.shape[1]
+    size = n + max_new_tokens - 1
+    rolling = min(cfg.text_config.sliding_window, size)
+    sliding = [i for i, t in enumerate(cfg.text_config.layer_types) if t == "sliding_attention"]
+    ones = np.ones((1, n), bool)
+    cache = paligemma.init_cache(cfg, 1, size)
+    feats = paligemma.encode_image(p, x.pixel_values[None], cfg)
+    logits, cache = paligemma.forward(p, cfg, ids, np.arange(1, n + 1)[None],
+                                      paligemma.attention_masks(cfg, ones, ones, 0), feats,
+                                      cache=cache)
+    steps, tokens = [logits[0, -1]], []
+    while len(tokens) < max_new_tokens:
+        token = int(np.argmax(steps[-1]))
+        if token == cfg.eos_token_id:
+            break
+        tokens.append(token)
+        if len(tokens) == max_new_tokens:
+            break  # the last token is returned, never fed
+        s = n + len(tokens)  # slots once this token is written
+        if s - 1 >= rolling - 1:  # the bug: the buffer is full only after this write
+            for i in sliding:
+                for buf in (cache.keys[i], cache.values[i]):
+                    buf[:, :, :rolling] = np.roll(buf[:, :, :rolling], -1, axis=2)
+        valid, prefix = np.ones((1, s), bool), np.zeros((1, s), bool)
+        prefix[:, :n] = True
+        step, cache = paligemma.forward(p, cfg, np.array([[token]]), np.array([[s]]),
+                                        paligemma.attention_masks(cfg, valid, prefix, s - 1),
+                                        cache=cache, last_only=True)
+        steps.append(step[0, -1])
+    return {"logits": logits[0], "token_ids": tokens,
+            "step_logits": np.stack(steps[:len(tokens)]) if tokens else None}
+'''
+
+
+def test_a_sliding_cache_that_rolls_one_step_early_is_named(pg2, image_path, tmp_path):
+    """transformers 4.50.3 on a window longer than the sequence: the prompt logits and every
+    decode step but the last match; the last (its write at the cache's last slot) is off."""
+    folder = strong_checkpoint(tmp_path / "long_window", **dict(PG2, sliding_window=64))
+    spec = write_adapter(tmp_path, HYBRID_CACHE_ROLLS_EARLY, "rolls_early")
+    got, rc = report.run(args_for(folder, image_path, spec, max_new_tokens=4))
+    rows = {s["stage"].split(" (")[0]: s for s in got["stages"]}
+    assert rc == 1 and rows["logits"]["ok"] and not rows["logits behind tokens 0..3"]["ok"]
+    d = got["diagnosis"]
+    assert d.explained and d.deviations == ["sliding-cache-rolls-early"], d.verdict
+    assert d.distance < 1e-4 < d.npgemma["distance"]
+    # A window shorter than the prompt: the trap cannot show (a prefill fills such a cache
+    # whole), and the slots the same port rolls are behind every decode query's window.
+    got, rc = report.run(args_for(pg2, image_path, spec, max_new_tokens=4))
+    assert rc == 0 and "sliding-cache-rolls-early" in [x["name"] for x in got["diagnosis"].no_effect]
+
+
+def _hybrid_cache_sees(window: int, prompt: int, steps: int) -> list:
+    """What each decode query of transformers 4.50.3's sliding layer attends, simulated on slot
+    labels (None: an empty slot, a zero key): `generate`'s cache of prompt + steps + 1 - 1 slots
+    (the `steps` fed tokens and one last new token never fed), the sliding buffer min(window,
+    that) long, `_sliding_update`'s prefill and roll rules, the decoder layer's mask window and
+    offset (`last_cache_position` = the 2-D mask's length) and eager attention's first-C slice."""
+    size = prompt + steps  # max_length - 1 = prompt + (steps + 1) - 1
+    c = min(window, size)
+    buf = list(range(prompt))[-c:] if prompt > c else [None] * c
+    if prompt <= c:  # no overflow: roll if the last write reaches the last slot, then write
+        if prompt - 1 >= c - 1:
+            buf = buf[1:] + buf[:1]
+        buf[:prompt] = range(prompt)
+    seen = []
+    for p in range(prompt, prompt + steps):
+        at = min(p, c - 1)
+        if at >= c - 1:
+            buf = buf[1:] + buf[:1]
+        buf[at] = p
+        offset = max(0, p + 1 - window)
+        seen.append({buf[j] for j in range(c) if p - window < offset + j <= p})
+    return seen
+
+
+@pytest.mark.parametrize("window, prompt, steps", [
+    (40, 5, 5),    # a window longer than the cache: the last step
+    (6, 3, 9),     # a window shorter than the sequence, longer than the prompt
+    (6, 5, 8),     # the prompt one short of the window
+    (6, 6, 8),     # the prompt fills the window: rolls right
+    (4, 7, 5),     # the prompt outgrows the window (the prefill's own path): rolls right
+])
+def test_the_early_roll_trap_sees_what_a_simulated_hybrid_cache_holds(window, prompt, steps):
+    from npgemma.checkpoint.config_json import config_from_dict
+    from npgemma.compare.replacements import sliding_cache_rolled_early
+    from npgemma.generation.slots import Slots
+
+    cfg = config_from_dict(tiny_config(text="gemma2", sliding_window=window))
+    hook = sliding_cache_rolled_early(prompt, prompt + steps + 1)  # the forced run's slots
+    slots = Slots.prompt(np.ones((1, prompt), bool))
+    want = _hybrid_cache_sees(window, prompt, steps)
+    for k in range(steps):
+        slots = slots.append()
+        row = hook(slots, cfg, slots.length - 1)["sliding_attention"][0, -1]  # [S] or [S + 1]
+        got = set(np.flatnonzero(row[:slots.length]).tolist())
+        if len(row) > slots.length and row[-1]:
+            got.add(None)
+        assert got == want[k], (k, got, want[k])
 
 
 PADS_UNMASKED = '''

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "npgemma", "compare", "peers"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "npgemma", "compare", "adapters"))
 import transformers_legacy_adapter as adapter  # noqa: E402
 
 ROWS = (("image-rgb.png", "caption en"), ("image-other.png", "answer en what is in the image ?"),

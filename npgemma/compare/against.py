@@ -21,7 +21,6 @@ from ..checkpoint.weights import load_weights
 from ..generation.processing import Processor, open_image
 from . import adapters, contract
 from .catalogue import CATALOGUE
-from .deviations import BIG_VISION, TRANSFORMERS
 from .diagnose import diagnose, explain
 from .pixels import diagnose_pixels
 from .quantdiag import amend, effective_params
@@ -193,8 +192,7 @@ def _diagnosis(params, cfg, ids, pix, theirs, forced, ref, dtype, rows, image, p
             parts.append(("the model matches; " if not model_failed and not width else "")
                          + "the processor differs: " + "; ".join(processor))
         verdict = "; ".join(parts) if parts else d.verdict
-    ours = BIG_VISION if cfg.text_config.window == "big_vision" else TRANSFORMERS  # as it ran
-    authorities = {} if not d.authority else {"npgemma": ours, "implementation": d.authority}
+    authorities = {} if not d.authority else {"npgemma": d.ours, "implementation": d.authority}
     fault = not (d.authority and explained and not width and not processor)
     return Verdict(verdict, bool(explained), d.names + (["vocab-cut-at-image-token"] if cut else []),
                    d.distance, failed, fault, authorities, pixels, asdict(d.plain),

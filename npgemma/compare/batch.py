@@ -12,7 +12,7 @@ from ..checkpoint.weights import load_weights
 from ..paligemma import attention_masks
 from .replacements import LAYERS
 from .deviations import DEVIATIONS, deviated, deviated_config
-from .diagnose import fit
+from .diagnose import fit, nearer, tokens_only
 from .pixels import diagnose_pixels
 from .reference import forced_tokens, teacher_forced
 from .swap import Swap, swapped
@@ -152,11 +152,11 @@ def _pad_trap(params, cfg, ids, pixels, forced, pad, theirs, dtype, companions=(
             ref = teacher_forced(params, deviated_config(list(names[1:]), cfg), ids, pixels,
                                  forced, pad=pad, **hooks)
         f = fit(" + ".join(names), ref, theirs, forced, dtype)
-        return (names, f) if f.ok and f.distance < base.distance else None
+        return (names, f) if nearer(f, base) else None
 
     singles = [x for name, make in _PAD_SWAPS.items() if (x := tried((name,), *make(pad, cfg)))]
     if singles:
-        return min(singles, key=lambda x: x[1].distance)
+        return min(singles, key=_nearest)
     pairs = []
     for name, make in _PAD_SWAPS.items():
         hooks, swaps = make(pad, cfg)
@@ -167,7 +167,13 @@ def _pad_trap(params, cfg, ids, pixels, forced, pad, theirs, dtype, companions=(
             x = tried((name, d), dict(hooks, decode_positions=step) if step else hooks, swaps)
             if x is not None:
                 pairs.append(x)
-    return min(pairs, key=lambda x: x[1].distance, default=None)
+    return min(pairs, key=_nearest, default=None)
+
+
+def _nearest(found):
+    """The ranking of pad traps that explain a row: by distance, or by tokens picked."""
+    f = found[1]
+    return -f.picks if tokens_only(f) else f.distance
 
 
 _SLOTS = "generation/slots.py: a pad slot is no query's key, positions count real tokens only"
@@ -265,7 +271,9 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
             trap_names, f = found
             why = "; and ".join((BATCH_TRAPS.get(n) or DEVIATIONS[n]).explain for n in trap_names)
             parts.append(f"row {i} ({pad} pad tokens): matches npgemma with "
-                         f"{' + '.join(f'`{n}`' for n in trap_names)} to {f.distance:.2g} — {why}")
+                         f"{' + '.join(f'`{n}`' for n in trap_names)} "
+                         + (f"on its greedy tokens alone ({f.picks} of {f.tokens_total})"
+                            if tokens_only(f) else f"to {f.distance:.2g}") + f" — {why}")
             names += trap_names
             continue
         if pad and not d.explained:

@@ -26,14 +26,16 @@ def _how(d) -> str:
         how = "the reference runs with config.json read as the trap reads it"
     if d.decode_positions is not None:
         how = "the decode steps' positions (reference.teacher_forced decode_positions)"
+    if d.how:
+        how = d.how
     return how + (f"; judged by the {d.judged_at} tolerances" if d.judged_at else "")
 
 
 def _entries():
     for d in DEVIATIONS.values():
-        breaks = (f"docs/numerics.md note {d.note}" if d.note else
-                  "config.json text_config.model_type ('gemma2': Gemma-2 layers)"
-                  if d.family == "config" else "the compute dtype the run was asked for")
+        breaks = d.breaks or (f"docs/numerics.md note {d.note}" if d.note else
+                              "config.json text_config.model_type ('gemma2': Gemma-2 layers)"
+                              if d.family == "config" else "the compute dtype the run was asked for")
         yield Trap(d.name, d.family, breaks, d.explain, _how(d), d.needs, d.authority)
     for p in PIXEL_TRAPS.values():
         yield Trap(p.name, "processor", "generation/processing.py: SiglipImageProcessor's "

@@ -23,7 +23,9 @@ from .replacements import (GEMMA, LAYERS, PG, SIGLIP, apply_rope_interleaved, as
                            attention_without_cap, causal_prefix, compute_in, embed_scale_unrounded,
                            gelu_erf, image_scale_4x, layer_norm_eps, lm_head_uncapped, no_window,
                            positions_from_zero, rms_norm_w, rope_tables_bf16, round_to,
-                           scale_output, two_way_window, window_on_prefix)
+                           scale_output, sliding_cache_rolled_early, two_way_window,
+                           window_on_prefix, zero_key_attention)
+from ..config import with_window
 from .swap import Swap, swapped
 
 # ---- the catalogue ---------------------------------------------------------------------------
@@ -45,6 +47,11 @@ class Deviation:
     # A decode-time trap: (positions of one decode step int[B, 1], the step's slots, its query
     # slot) -> the positions the implementation feeds; None for the others.
     decode_positions: Callable | None = None
+    # A decode-time trap of the cache: (prompt slots, slots of the whole teacher-forced run) ->
+    # a `teacher_forced` masks hook; None for the others.
+    decode_masks: Callable | None = None
+    how: str = ""              # how it is swapped in, where the swaps alone do not say it
+    breaks: str = ""           # what it breaks, where that is not a numerics note
 
 
 _DECODER = (GEMMA,)
@@ -85,6 +92,20 @@ DEVIATIONS: dict[str, Deviation] = {d.name: d for d in (
               "logits match; every decode step is off)",
               lambda dt: [], family="decode-time", needs="a generated token",
               decode_positions=lambda pos, slots, q: pos + 1),
+    Deviation("sliding-cache-rolls-early", 8, "the other implementation's rolling sliding-"
+              "window cache (C = min(window, its length) slots) rolls one step early, when a "
+              "write reaches its last slot (transformers 4.50's HybridCache: to_shift = "
+              "cache_position >= max_cache_len - 1): from decode slot C - 1 on, for C - 1 steps, "
+              "the window's oldest key is dropped and an empty slot (a zero key and value) is "
+              "attended; with a window longer than the sequence that is the last decode step "
+              "of an answer that ran to max_new_tokens. Roll only once the cache is full",
+              lambda dt: [Swap(LAYERS, "attention_weights", zero_key_attention)],
+              family="decode-time", decode_masks=sliding_cache_rolled_early,
+              breaks="kv_cache.py: the cache holds the whole sequence; the window is a mask",
+              needs="a Gemma-2 prompt shorter than min(window, the cache) and a decode step at "
+              "its last slot", how="the reference's decode steps on the sliding layers as that "
+              "cache holds them: key q - C + 1 masked and a zero key added (a masks hook of "
+              "reference.teacher_forced; Swap npgemma.layers.attention_weights)"),
     Deviation("image-scale-4x", 4, "the other implementation divides the image features by sqrt(D) "
               "and multiplies the whole sequence by sqrt(D) rounded to its dtype "
               "(transformers 4.x); leave image features unscaled",
@@ -134,6 +155,13 @@ DEVIATIONS: dict[str, Deviation] = {d.name: d for d in (
               lambda dt: [Swap(PG, "prefix_lm_mask", no_window)],
               needs="a Gemma-2 sequence longer than the window",
               authority=BIG_VISION),
+    Deviation("transformers-window", 8, "the other implementation windows the generated tokens "
+              "(Gemma-2's sliding window as transformers 5.24 applies it), where npgemma here "
+              "runs big_vision's semantics (--window big_vision: no window)",
+              lambda dt: [], needs="npgemma run with --window big_vision, and a Gemma-2 "
+              "sequence longer than the window", config=lambda cfg: with_window(cfg, "transformers"),
+              family="config", authority=TRANSFORMERS,
+              how="npgemma runs with --window transformers"),
     Deviation("siglip-eps-1e-5", 9, "the other implementation's SigLIP LayerNorm uses eps 1e-5 "
               "(torch's default); SigLIP's is 1e-6",
               lambda dt: [Swap(LAYERS, "layer_norm", layer_norm_eps(1e-5), (SIGLIP,))],

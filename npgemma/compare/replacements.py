@@ -263,3 +263,41 @@ def compute_in(dtype: str) -> list[Swap]:
                 (GEMMA, "lm_head")]
     return ([Swap(LAYERS, "linear", _linear_in(dtype)), Swap(GEMMA, "embed", _embed_in(dtype))]
             + [Swap(m, n, _rounded_output(dtype)) for m, n in rounded])
+
+
+def sliding_cache_rolled_early(prompt: int, end: int):
+    """The masks hook of a sliding cache that rolls one step early (transformers 4.50's
+    `HybridCache._sliding_update`, cache_utils.py: `to_shift = cache_position >= max_cache_len
+    - 1`): its C = min(window, end - 1) slots roll when a write *reaches* slot C - 1, though
+    they are full only after that write. `generate` allocates prompt + max_new_tokens - 1
+    slots: `end - 1` for a run of `end` slots that stopped at max_new_tokens. From decode slot
+    q = C - 1 on, for C - 1 steps, the window's oldest key (slot q - C + 1) is gone and the
+    empty slot the roll moved in is attended instead: a zero key (score cap·tanh(0) = 0, weight
+    e^0) with a zero value. That key is the sliding mask's one extra column, True, which
+    `zero_key_attention` reads. A prompt of C slots or more fills the cache whole: it rolls
+    right, as every C-slot rolling cache does."""
+    def masks(slots, cfg, q):
+        out = slots.masks(cfg, q)
+        window = cfg.text_config.sliding_window
+        if not q or "sliding_attention" not in out or not window:
+            return out
+        c = min(window, end - 1)
+        if prompt >= c or not c - 1 <= q <= 2 * c - 3:
+            return out
+        sliding = out["sliding_attention"].copy()  # [B, 1, S]
+        sliding[:, :, q - c + 1] = False
+        extra = np.ones(sliding.shape[:2] + (1,), bool)  # [B, 1, 1]: the empty slot, visible
+        return out | {"sliding_attention": np.concatenate([sliding, extra], axis=-1)}
+    return masks
+
+
+def zero_key_attention(original):
+    """attention_weights with one more key, all zeros, where the mask has one more column than
+    the keys (`sliding_cache_rolled_early`); its value is zero too, so its weight is dropped."""
+    def attention_weights(qg, k, mask, scale, logit_cap):
+        if mask is None or mask.shape[-1] != k.shape[-2] + 1:
+            return original(qg, k, mask, scale, logit_cap)
+        zero = np.zeros(k.shape[:2] + (1, k.shape[-1]), k.dtype)  # [B, K, 1, H]
+        w = original(qg, np.concatenate([k, zero], axis=2), mask, scale, logit_cap)
+        return np.ascontiguousarray(w[..., :-1])  # [B, K, G*L, S + 1] -> [B, K, G*L, S]
+    return attention_weights
