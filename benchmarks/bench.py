@@ -303,7 +303,8 @@ def _read_through(path: str, n: int, how: str) -> float:
     """Seconds to read the first n bytes of `path` in order, 8 MiB a read, from the disk: its
     pages dropped from the page cache first (and after). how: "buffered" (dd's way, the
     kernel's own read-ahead), "direct" (O_DIRECT, dd iflag=direct) or "willneed" (the whole
-    range asked for first with posix_fadvise, as the streamer asks for a block)."""
+    range asked for first with posix_fadvise, in chunks the kernel reads whole, as the
+    streamer asks for a block: `prefetch.willneed`)."""
     import mmap
 
     fd = os.open(path, os.O_RDONLY)
@@ -313,8 +314,10 @@ def _read_through(path: str, n: int, how: str) -> float:
     buf = mmap.mmap(-1, 8 << 20)  # page-aligned, as O_DIRECT wants
     try:
         done, t = 0, time.perf_counter()
-        if how == "willneed":
-            os.posix_fadvise(fd, 0, n, os.POSIX_FADV_WILLNEED)
+        if how == "willneed":  # the streamer's own request: the whole range, in chunks
+            from npgemma.checkpoint.prefetch import willneed
+
+            willneed(fd, 0, n)
         while done < n:
             got = os.preadv(fd, [buf], done)
             if got <= 0:

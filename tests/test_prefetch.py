@@ -15,6 +15,7 @@ import mmap
 import os
 import re
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -338,3 +339,67 @@ def test_read_speed_is_measured_on_the_file(tmp_path):
     speed = prefetch.read_speed([path], nbytes=2 << 20)
     assert speed is not None and speed > 0
     assert prefetch.read_speed([tmp_path / "w.safetensors"], nbytes=0) is None
+
+
+def test_willneed_has_the_whole_range_read_not_only_the_kernels_first_window(tmp_path):
+    """Linux reads at most one read-ahead window of a single posix_fadvise(WILLNEED) call,
+    however long the range (the streamer's first version asked once per tensor and got only each
+    tensor's first window read ahead). `prefetch.willneed` over a range several windows long
+    leaves every page of it in the page cache (mincore), waiting at most a few seconds for the
+    disk; the single call, the control, leaves pages out."""
+    path = tmp_path / "w.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        chunk = prefetch.willneed_chunk(fd)
+        os.ftruncate(fd, 0)
+        block = os.urandom(1 << 20)
+        for _ in range(4 * chunk // len(block) + 1):  # four windows and a bit
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+    size = os.path.getsize(path)
+    evict(path)
+    if cached_pages(path).any():
+        pytest.skip("this file system keeps its pages in memory (tmpfs?): nothing to drop")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)  # the control: one call
+        time.sleep(0.5)
+        single = cached_pages(path)
+        evict(path)
+        prefetch.willneed(fd, 0, size)
+        for _ in range(50):
+            if cached_pages(path).all():
+                break
+            time.sleep(0.1)
+        chunked = cached_pages(path)
+    finally:
+        os.close(fd)
+    assert not single.all(), "one WILLNEED call had the whole range read: the control failed"
+    assert chunked.all(), f"{np.mean(chunked):.0%} of the range read ahead"
+
+
+def test_one_willneed_call_of_the_chunk_size_is_read_whole(tmp_path):
+    """The chunk is no more than the kernel reads of one call: a single WILLNEED of exactly
+    `willneed_chunk` bytes, at a page-aligned offset inside a larger file, has every page of it
+    read (mincore), and nothing past it."""
+    path = tmp_path / "x.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        chunk = prefetch.willneed_chunk(fd)
+        os.write(fd, os.urandom(3 * chunk))
+    finally:
+        os.close(fd)
+    evict(path)
+    if cached_pages(path).any():
+        pytest.skip("this file system keeps its pages in memory (tmpfs?): nothing to drop")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, chunk, chunk, os.POSIX_FADV_WILLNEED)
+        time.sleep(0.5)
+        cached = cached_pages(path)
+    finally:
+        os.close(fd)
+    pages = chunk // PAGE
+    assert cached[pages:2 * pages].all(), f"{np.mean(cached[pages:2 * pages]):.0%} of one chunk"
+    assert not cached[2 * pages + 64:].any()  # the kernel's own read-around stays small
