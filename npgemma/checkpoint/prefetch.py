@@ -94,16 +94,19 @@ class Streamer:
         # What to ask for on entering a block: the `ahead` blocks after it in the order a pass
         # reads them (after the last decoder layer: the output table, which the model enters no
         # scope for, so it rides with that layer, then layer 0 of the next decode step, and on);
-        # and what two blocks back to hand back.
+        # and what two blocks back to hand back. From the second pass on, the kept layers are
+        # cached: skipped, so that the disk reads the first streamed layers while the cores run
+        # the kept ones (`first`: the table of the first pass, which reads the kept layers too).
         cycle = decoder + ["lm_head"]
+        self.kept = set(decoder[:keep])  # never dropped: cached from the first pass on
         prefill = vision_names + cycle + decoder  # a pass, then the next one's start
         for i, name in enumerate(vision_names):
             self.next[name] = prefill[i + 1:i + 1 + ahead]
+        self.first = dict(self.next)
         for i, name in enumerate(decoder):
-            after = (cycle[i + 1:] + cycle)[:ahead + (i + 1 + ahead > len(decoder))]
-            self.next[name] = after
+            self.first[name] = _ahead(cycle[i + 1:] + cycle, ahead, set())
+            self.next[name] = _ahead(cycle[i + 1:] + cycle, ahead, self.kept)
         self.behind = {name: cycle[i - 2] for i, name in enumerate(cycle)}
-        self.kept = set(decoder[:keep])  # never dropped: cached from the first pass on
         # Finiteness, once per block: {block: {canonical key: array}} until first entered.
         self.unchecked = {f"vision.blocks.{i}": flatten(layer, f"vision_tower.encoder.layers.{i}.")
                           for i, layer in enumerate(vision)}
@@ -141,7 +144,7 @@ class Streamer:
         old = self.behind.get(name)
         if self.drop and old is not None and old != name and old not in self.kept:
             self._reader.submit(self._dontneed, old)  # unmapping 1 GB of pages takes a while
-        for nxt in self.next.get(name, ()):
+        for nxt in (self.first if self.unchecked else self.next).get(name, ()):
             self._reader.submit(self._willneed, nxt)
 
     def _fd(self, filename: str) -> int:
@@ -197,6 +200,15 @@ def willneed(fd: int, offset: int, nbytes: int, chunk: int | None = None) -> Non
     chunk = chunk or willneed_chunk(fd)
     for at in range(offset, offset + nbytes, chunk):
         os.posix_fadvise(fd, at, min(chunk, offset + nbytes - at), os.POSIX_FADV_WILLNEED)
+
+
+def _ahead(after: list[str], ahead: int, kept: set) -> list[str]:
+    """The blocks to ask for, from `after` (the blocks that follow, in a pass's order, wrapping):
+    the first `ahead` not kept. When the output table is among them one more rides with it (no
+    scope is entered for the table, so nothing else would ask for the block after it in time),
+    unless layers are kept: then entering layer 0, a kept layer, asks for it."""
+    after = [b for b in after if b not in kept]
+    return after[:ahead + ("lm_head" in after[:ahead] and not kept)]
 
 
 def _check_finite(tensors: dict, mapped: bool = True) -> None:
