@@ -4,12 +4,15 @@
         --record benchmarks/results/NAME.json
 
 A checkpoint larger than the memory it runs in (a memory group, say) is streamed from disk each
-decode step. The decode steps of one generation alternate, in the order A B B A A B ..., between
+decode step. The decode steps of one generation alternate, in the order A B B A A B ... (A B C C B A with three), between
 
 - "chunked": `prefetch.willneed` as the streamer calls it, the range asked for in chunks the
   kernel reads whole (the reader since run 22);
 - "one call": one posix_fadvise(WILLNEED) per tensor, the reader of runs 20 and 21 (Linux reads
   only the first max(read_ahead_kb, max_sectors_kb) of it; the rest comes in by page faults);
+- "sendfile" (with `--ways`): the reader thread reads each block ahead by sendfile(2) to
+  /dev/null, the kernel's own sequential read-ahead, nothing copied (measured in run 25, not
+  adopted: no faster than the chunked WILLNEED there);
 
 so both see the same disk, the same load and the same process. A step's reader is switched
 before the step starts; the blocks asked for from the last decoder layer on (the table, the
@@ -37,10 +40,25 @@ from bench import (PROMPT, _read_bytes, _test_image, disk_busy_ms, disk_pass_gbs
                    disk_read_gbs)
 
 
-def _order(steps: int) -> list[str]:
-    """A B B A A B B A ...: each way as often early as late."""
-    pair = ("one call", "chunked")
-    return [pair[(i + 1) // 2 % 2] for i in range(steps)]
+def _order(ways: list[str], steps: int) -> list[str]:
+    """A B B A A B ... (A B C C B A ... for three): each way as often early as late."""
+    cycle = ways + ways[::-1]
+    return [cycle[i % len(cycle)] for i in range(steps)]
+
+
+def _sendfile(fd: int, offset: int, nbytes: int, chunk: int | None = None) -> None:
+    """The range read into the page cache by sendfile(2) to /dev/null: the kernel's own
+    sequential read-ahead, nothing copied to this process; returns once it is read."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        end = offset + nbytes
+        while offset < end:
+            sent = os.sendfile(null, fd, offset, min(end - offset, 1 << 30))
+            if sent <= 0:
+                break
+            offset += sent
+    finally:
+        os.close(null)
 
 
 def main(argv=None) -> int:
@@ -49,6 +67,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="checkpoint folder (streamed: larger than RAM)")
     ap.add_argument("--steps", type=int, default=6, help="decode steps after the prefill")
     ap.add_argument("--disk-gib", type=float, default=1.0)
+    ap.add_argument("--ways", default="one call,chunked",
+                    help="comma list of: one call, chunked, sendfile (a reader that reads each "
+                         "block ahead by sendfile(2) to /dev/null)")
     ap.add_argument("--stream-anyway", action="store_true",
                     help="stream (drop used pages) even a checkpoint that fits: a smoke run")
     ap.add_argument("--record", metavar="FILE", help="benchmarks/record.py output")
@@ -63,6 +84,11 @@ def main(argv=None) -> int:
     def one_call(fd, offset, nbytes, chunk=None):  # the reader before run 22
         return chunked(fd, offset, nbytes, chunk=nbytes)
 
+    readers = {"one call": one_call, "chunked": chunked, "sendfile": _sendfile}
+    names = args.ways.split(",")
+    if not names or set(names) - set(readers):
+        ap.error(f"--ways: comma list of {', '.join(readers)}")
+
     load = [os.getloadavg()[0]]
     disk = [disk_read_gbs(args.model, args.disk_gib)]
     passes = [disk_pass_gbs(args.model)]
@@ -75,7 +101,7 @@ def main(argv=None) -> int:
                          "memory group smaller than the checkpoint")
     image = _test_image(pipe.cfg.vision_config.image_size)
     batch = pipe.processor.batch([image], [PROMPT])
-    order = _order(args.steps)
+    order = _order(names, args.steps)
     steps, t, r, b = [], time.perf_counter(), _read_bytes(), disk_busy_ms(args.model)
     tokens = generate_tokens(pipe.backend, pipe.params, pipe.cfg, batch.input_ids,
                              batch.pixel_values, GenerationConfig(max_new_tokens=args.steps + 1),
@@ -92,7 +118,7 @@ def main(argv=None) -> int:
         else:
             print(f"prefill: {now - t:.1f} s", file=sys.stderr, flush=True)
         if i < args.steps:
-            prefetch.willneed = chunked if order[i] == "chunked" else one_call
+            prefetch.willneed = readers[order[i]]
         t, r, b = time.perf_counter(), _read_bytes(), disk_busy_ms(args.model)
     prefetch.willneed = chunked
     pipe.backend.streamer.close()
@@ -101,7 +127,7 @@ def main(argv=None) -> int:
     load.append(os.getloadavg()[0])
     burst, sustained = max(d["best"] for d in disk if d), max(p for p in passes if p)
     ways = {}
-    for way in ("one call", "chunked"):
+    for way in names:
         mine = [s for s in steps if s["way"] == way]
         gbs = float(np.median([s["gb"] / s["s"] for s in mine]))
         busy = [s["disk_busy_pct"] for s in mine if s["disk_busy_pct"] is not None]
