@@ -18,7 +18,8 @@ at the disk's speed and leave other processes their memory:
   and the cores never wait for the unmapping. Only when streaming: a checkpoint that fits keeps
   its pages cached between passes, and so does a streamed run for its first `keep` decoder
   layers, as many as the memory check found room for (`memory.resident_layers`): each pass then
-  reads only the rest from disk.
+  reads only the rest from disk, and the reader asks past the kept layers for the first streamed
+  ones, so the disk works while the cores run the kept layers.
 
 Neither changes a number: both are hints about *when* bytes are read, the arrays are the same
 read-only maps. One check rides along (`finite.py`): each block's weights are checked for NaN
@@ -47,10 +48,11 @@ from .layout import flatten
 PAGE = mmap.PAGESIZE
 # Blocks asked for ahead of the one computing: blocks i+1 and i+2 while block i computes, so the
 # disk always has a block queued. One more block in flight (`estimate.resident_layers` counts
-# 2 + READ_AHEAD). Measured on paligemma2-10b streamed in an 8 GiB memory group, busy 2-core
-# machine, one run each (benchmarks/RESULTS.md runs 20, 21): one block ahead, 36.2 s a token,
-# 0.41 GB/s streamed, 42% of the disk's sequential rate in that run; two ahead, 28.7 s, 0.53 GB/s,
-# 67%. Not yet the 85% aimed at, and not measured side by side.
+# 2 + READ_AHEAD). Measured on paligemma2-10b streamed in an 8 GiB memory group (benchmarks/
+# RESULTS.md): runs 20, 21, one run each, busy machine, when only each tensor's first 8 MB was
+# read ahead (one WILLNEED call): one block ahead 0.41 GB/s, two 0.53 GB/s. Runs 22-25, whole
+# blocks read ahead (`willneed`): 1.6-2.1 GB/s, the disk busy 84-99% of a decode step (one call
+# a tensor, side by side: 1.7-1.8 GB/s, 67-77% busy).
 READ_AHEAD = 2
 
 
@@ -194,9 +196,9 @@ def _device_chunk(dev: int) -> int:
 def willneed(fd: int, offset: int, nbytes: int, chunk: int | None = None) -> None:
     """Ask the kernel to read bytes [offset, offset + nbytes) of the file into the page cache,
     asynchronously, all of them: one WILLNEED per `chunk` (default `willneed_chunk`), so the disk
-    gets the whole range queued as requests of its largest size. Measured on paligemma2-10b's
-    shards (virtio disk, read_ahead_kb 8192, benchmarks/read_probe.py): one call per 1.6 GB
-    file put 8 MB of it in the page cache; chunked, the whole file."""
+    gets the whole range queued as requests of its largest size. On the virtio disk of
+    benchmarks/RESULTS.md run 22 (read_ahead_kb 8192): one call over a GiB of a shard put 8 MB
+    of it in the page cache (fincore); chunked, all of it."""
     chunk = chunk or willneed_chunk(fd)
     for at in range(offset, offset + nbytes, chunk):
         os.posix_fadvise(fd, at, min(chunk, offset + nbytes - at), os.POSIX_FADV_WILLNEED)
