@@ -21,7 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name != "record.py")
-SMOKED = {"bench.py", "eval_demo.py", "inspect_demo.py", "kernels.py", "make_checkpoint.py"}
+SMOKED = {"bench.py", "eval_demo.py", "inspect_demo.py", "kernels.py", "make_checkpoint.py",
+          "stream_compare.py"}
 
 pytestmark = pytest.mark.scripts
 
@@ -68,8 +69,8 @@ def test_make_checkpoint_list(tmp_path):
 
 def test_bench(tiny, tmp_path):
     run("bench.py", "--model", str(tiny), "--engines", "npgemma-numpy:float32,npgemma-numpy:bfloat16",
-        "--new-tokens", "3", "--bandwidth-gib", "0.01", "--record", str(tmp_path / "r.json"),
-        cwd=tmp_path)
+        "--new-tokens", "3", "--bandwidth-gib", "0.01", "--disk-pass",
+        "--record", str(tmp_path / "r.json"), cwd=tmp_path)
     figures = recorded(tmp_path / "r.json", "bench.py")
     rows = figures["rows"]
     assert [r["engine"] for r in rows] == ["npgemma-numpy:float32", "npgemma-numpy:bfloat16"]
@@ -77,6 +78,7 @@ def test_bench(tiny, tmp_path):
     bound = figures["bounds"][tiny.name]
     assert bound["gemv_gbs"] > 0 and bound["gemm_gflops"] > 0 and bound["disk_gbs"] > 0
     assert len(figures["load_average"]) == 3
+    assert len(bound["disk_pass_gbs"]) == 2 and all(g > 0 for g in bound["disk_pass_gbs"])
     for r in rows:  # a percentage over 100 would have failed the run (see test_over_bounds)
         assert math.isfinite(r["ms_per_token"]) and 0 < r["pct_of_gemv_bound"] <= 100
         assert 0 < r["pct_of_gemm_bound"] <= 100
@@ -84,6 +86,23 @@ def test_bench(tiny, tmp_path):
     f32, bf16 = rows
     assert f32["bound_ms"] == pytest.approx(2 * bf16["bound_ms"])  # 4 bytes a weight against 2
     assert f32["prefill_bound_s"] == pytest.approx(bf16["prefill_bound_s"])  # the same products
+
+
+def test_stream_compare(tiny, tmp_path):
+    """The two readers alternate A B B A over the decode steps; a checkpoint that fits is
+    refused unless streamed anyway (the smoke run)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    refused = subprocess.run([sys.executable, str(BENCH / "stream_compare.py"), "--model",
+                              str(tiny), "--steps", "2"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "is not streamed here" in refused.stderr
+    run("stream_compare.py", "--model", str(tiny), "--steps", "4", "--stream-anyway",
+        "--disk-gib", "0.001", "--record", str(tmp_path / "r.json"), cwd=tmp_path)
+    figures = recorded(tmp_path / "r.json", "stream_compare.py")
+    assert [s["way"] for s in figures["steps"]] == ["one call", "chunked", "chunked", "one call"]
+    for way in figures["ways"].values():
+        assert way["steps"] == 2 and way["median_s"] > 0 and math.isfinite(way["median_gbs"])
+    assert len(figures["disk_pass_gbs"]) == 2 and all(g > 0 for g in figures["disk_pass_gbs"])
 
 
 def test_over_bounds_names_the_row():

@@ -15,6 +15,7 @@ import mmap
 import os
 import re
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -152,15 +153,24 @@ class Watcher(prefetch.Streamer):
     """The real streamer; on entering each decoder block, once its reader thread has done what
     it was told, the share of each block's whole pages that the page cache holds (mincore)."""
 
-    def __init__(self, params, drop, pages, keep=0):
+    def __init__(self, params, drop, pages, keep=0, settle=False):
         super().__init__(params, drop, keep)
-        self.pages, self.seen = pages, []
+        self.pages, self.seen, self.settle = pages, [], settle
 
     def __call__(self, name):
         super().__call__(name)
         self._reader.submit(lambda: None).result()  # one reader thread, in order: all done
         if name.startswith("decoder."):
-            cached = {f: cached_pages(f) for f in {f for b in self.pages.values() for f, _ in b}}
+            files = {f for b in self.pages.values() for f, _ in b}
+            cached = {f: cached_pages(f) for f in files}
+            # settle: the reads asked for ahead are asynchronous, and mincore counts a page once
+            # its read is done: wait until two looks 50 ms apart agree (3 s at most)
+            for _ in range(60 if self.settle else 0):
+                time.sleep(0.05)
+                again = {f: cached_pages(f) for f in files}
+                if all((again[f] == cached[f]).all() for f in files):
+                    break
+                cached = again
             self.seen.append((name, {block: float(np.mean(np.concatenate(
                 [cached[f][p] for f, p in files]))) for block, files in self.pages.items()}))
 
@@ -191,11 +201,11 @@ def test_prefetch_and_dropping_pages_never_change_the_results(folder, drop):
 CYCLE = [f"decoder.blocks.{i}" for i in range(LAYERS)] + ["lm_head"]  # a pass's order, wrapping
 
 
-def _watched(paged, drop, keep=0):
+def _watched(paged, drop, keep=0, settle=False):
     pipe = npgemma.load(paged, dtype="bfloat16")
     for path in paged.glob("*.safetensors"):
         evict(path)
-    watcher = pipe.backend.streamer = Watcher(pipe.params, drop, tensor_pages(paged), keep)
+    watcher = pipe.backend.streamer = Watcher(pipe.params, drop, tensor_pages(paged), keep, settle)
     _run(pipe)
     watcher.close()
     assert len(watcher.seen) >= 3 * LAYERS  # the prompt passes and the decode steps
@@ -239,6 +249,30 @@ def test_kept_layers_are_never_dropped_and_change_nothing(folder, paged):
             assert cached["decoder.blocks.0"] == 1, f"entering {name} (#{k}): layer 0 dropped"
         if CYCLE[i - 2] != "decoder.blocks.0":
             assert cached[CYCLE[i - 2]] == 0, f"entering {name} (#{k}): {CYCLE[i - 2]} cached"
+
+
+def test_with_layers_kept_the_first_streamed_layers_are_read_while_the_kept_ones_run(paged):
+    """Two layers kept, two blocks ahead: from the second pass on, entering the last decoder
+    layer has the first streamed layer (2) read ahead with the table, and entering layer 0 has
+    layers 2 and 3 in the page cache, not the kept layers 1 and 2 asked for (the disk would idle
+    while the cores run the kept layers). Never more than 2 + READ_AHEAD streamed blocks are
+    cached on entering a block (the budget of `estimate.resident_layers`). mincore, after the
+    reader thread has done what it was told and the reads it asked for have landed."""
+    kept = {"decoder.blocks.0", "decoder.blocks.1"}
+    seen = _watched(paged, drop=True, keep=2, settle=True)
+    checked = 0
+    for k, (name, cached) in enumerate(seen):
+        streamed = [b for b, share in cached.items() if share > 0 and b not in kept]
+        assert len(streamed) <= 2 + prefetch.READ_AHEAD, f"entering {name} (#{k}): {streamed}"
+        if k <= LAYERS:  # the first pass reads the kept layers too
+            continue
+        if name == f"decoder.blocks.{LAYERS - 1}":
+            assert cached["decoder.blocks.2"] == 1 and cached["lm_head"] == 1, (k, cached)
+            checked += 1
+        if name == "decoder.blocks.0":
+            assert cached["decoder.blocks.2"] == cached["decoder.blocks.3"] == 1, (k, cached)
+            checked += 1
+    assert checked >= 4  # two decode steps at least, each entering both
 
 
 def test_reading_two_blocks_ahead_asks_for_each_block_two_entries_early(folder):
@@ -338,3 +372,67 @@ def test_read_speed_is_measured_on_the_file(tmp_path):
     speed = prefetch.read_speed([path], nbytes=2 << 20)
     assert speed is not None and speed > 0
     assert prefetch.read_speed([tmp_path / "w.safetensors"], nbytes=0) is None
+
+
+def test_willneed_has_the_whole_range_read_not_only_the_kernels_first_window(tmp_path):
+    """Linux reads at most one read-ahead window of a single posix_fadvise(WILLNEED) call,
+    however long the range (the streamer's first version asked once per tensor and got only each
+    tensor's first window read ahead). `prefetch.willneed` over a range several windows long
+    leaves every page of it in the page cache (mincore), waiting at most a few seconds for the
+    disk; the single call, the control, leaves pages out."""
+    path = tmp_path / "w.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        chunk = prefetch.willneed_chunk(fd)
+        os.ftruncate(fd, 0)
+        block = os.urandom(1 << 20)
+        for _ in range(4 * chunk // len(block) + 1):  # four windows and a bit
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+    size = os.path.getsize(path)
+    evict(path)
+    if cached_pages(path).any():
+        pytest.skip("this file system keeps its pages in memory (tmpfs?): nothing to drop")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)  # the control: one call
+        time.sleep(0.5)
+        single = cached_pages(path)
+        evict(path)
+        prefetch.willneed(fd, 0, size)
+        for _ in range(50):
+            if cached_pages(path).all():
+                break
+            time.sleep(0.1)
+        chunked = cached_pages(path)
+    finally:
+        os.close(fd)
+    assert not single.all(), "one WILLNEED call had the whole range read: the control failed"
+    assert chunked.all(), f"{np.mean(chunked):.0%} of the range read ahead"
+
+
+def test_one_willneed_call_of_the_chunk_size_is_read_whole(tmp_path):
+    """The chunk is no more than the kernel reads of one call: a single WILLNEED of exactly
+    `willneed_chunk` bytes, at a page-aligned offset inside a larger file, has every page of it
+    read (mincore), and nothing past it."""
+    path = tmp_path / "x.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        chunk = prefetch.willneed_chunk(fd)
+        os.write(fd, os.urandom(3 * chunk))
+    finally:
+        os.close(fd)
+    evict(path)
+    if cached_pages(path).any():
+        pytest.skip("this file system keeps its pages in memory (tmpfs?): nothing to drop")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, chunk, chunk, os.POSIX_FADV_WILLNEED)
+        time.sleep(0.5)
+        cached = cached_pages(path)
+    finally:
+        os.close(fd)
+    pages = chunk // PAGE
+    assert cached[pages:2 * pages].all(), f"{np.mean(cached[pages:2 * pages]):.0%} of one chunk"
+    assert not cached[2 * pages + 64:].any()  # the kernel's own read-around stays small

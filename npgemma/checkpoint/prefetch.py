@@ -9,14 +9,17 @@ at the disk's speed and leave other processes their memory:
 
 - prefetch: when the model enters block i (`hooks.scope`), a reader thread asks the kernel for
   the bytes of the READ_AHEAD blocks after it (`posix_fadvise(WILLNEED)`: asynchronous
-  read-ahead), so the disk reads while the cores multiply;
+  read-ahead), so the disk reads while the cores multiply. Asked in chunks (`willneed`): Linux
+  reads at most max(read_ahead_kb, max_sectors_kb) of one WILLNEED call (8 MiB on the disk
+  measured), so one call per 100 MB tensor had left the rest to the compute's page faults;
 - drop: block i-2's pages are unmapped from this process (`madvise(DONTNEED)`: a later touch
   reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`), by the same
   thread just before it asks for block i+1, so the file's pages never crowd out anyone's memory
   and the cores never wait for the unmapping. Only when streaming: a checkpoint that fits keeps
   its pages cached between passes, and so does a streamed run for its first `keep` decoder
   layers, as many as the memory check found room for (`memory.resident_layers`): each pass then
-  reads only the rest from disk.
+  reads only the rest from disk, and the reader asks past the kept layers for the first streamed
+  ones, so the disk works while the cores run the kept layers.
 
 Neither changes a number: both are hints about *when* bytes are read, the arrays are the same
 read-only maps. One check rides along (`finite.py`): each block's weights are checked for NaN
@@ -28,6 +31,7 @@ KV-cache and the widening buffers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import time
@@ -44,10 +48,11 @@ from .layout import flatten
 PAGE = mmap.PAGESIZE
 # Blocks asked for ahead of the one computing: blocks i+1 and i+2 while block i computes, so the
 # disk always has a block queued. One more block in flight (`estimate.resident_layers` counts
-# 2 + READ_AHEAD). Measured on paligemma2-10b streamed in an 8 GiB memory group, busy 2-core
-# machine, one run each (benchmarks/RESULTS.md runs 20, 21): one block ahead, 36.2 s a token,
-# 0.41 GB/s streamed, 42% of the disk's sequential rate in that run; two ahead, 28.7 s, 0.53 GB/s,
-# 67%. Not yet the 85% aimed at, and not measured side by side.
+# 2 + READ_AHEAD). Measured on paligemma2-10b streamed in an 8 GiB memory group (benchmarks/
+# RESULTS.md): runs 20, 21, one run each, busy machine, when only each tensor's first 8 MB was
+# read ahead (one WILLNEED call): one block ahead 0.41 GB/s, two 0.53 GB/s. Runs 22-25, whole
+# blocks read ahead (`willneed`): 1.6-2.1 GB/s, the disk busy 84-99% of a decode step (one call
+# a tensor, side by side: 1.7-1.8 GB/s, 67-77% busy).
 READ_AHEAD = 2
 
 
@@ -91,16 +96,19 @@ class Streamer:
         # What to ask for on entering a block: the `ahead` blocks after it in the order a pass
         # reads them (after the last decoder layer: the output table, which the model enters no
         # scope for, so it rides with that layer, then layer 0 of the next decode step, and on);
-        # and what two blocks back to hand back.
+        # and what two blocks back to hand back. From the second pass on, the kept layers are
+        # cached: skipped, so that the disk reads the first streamed layers while the cores run
+        # the kept ones (`first`: the table of the first pass, which reads the kept layers too).
         cycle = decoder + ["lm_head"]
+        self.kept = set(decoder[:keep])  # never dropped: cached from the first pass on
         prefill = vision_names + cycle + decoder  # a pass, then the next one's start
         for i, name in enumerate(vision_names):
             self.next[name] = prefill[i + 1:i + 1 + ahead]
+        self.first = dict(self.next)
         for i, name in enumerate(decoder):
-            after = (cycle[i + 1:] + cycle)[:ahead + (i + 1 + ahead > len(decoder))]
-            self.next[name] = after
+            self.first[name] = _ahead(cycle[i + 1:] + cycle, ahead, set())
+            self.next[name] = _ahead(cycle[i + 1:] + cycle, ahead, self.kept)
         self.behind = {name: cycle[i - 2] for i, name in enumerate(cycle)}
-        self.kept = set(decoder[:keep])  # never dropped: cached from the first pass on
         # Finiteness, once per block: {block: {canonical key: array}} until first entered.
         self.unchecked = {f"vision.blocks.{i}": flatten(layer, f"vision_tower.encoder.layers.{i}.")
                           for i, layer in enumerate(vision)}
@@ -138,7 +146,7 @@ class Streamer:
         old = self.behind.get(name)
         if self.drop and old is not None and old != name and old not in self.kept:
             self._reader.submit(self._dontneed, old)  # unmapping 1 GB of pages takes a while
-        for nxt in self.next.get(name, ()):
+        for nxt in (self.first if self.unchecked else self.next).get(name, ()):
             self._reader.submit(self._willneed, nxt)
 
     def _fd(self, filename: str) -> int:
@@ -149,7 +157,7 @@ class Streamer:
 
     def _willneed(self, name: str) -> None:
         for owner, offset, nbytes in self.blocks[name]:
-            os.posix_fadvise(self._fd(owner.filename), offset, nbytes, os.POSIX_FADV_WILLNEED)
+            willneed(self._fd(owner.filename), offset, nbytes)
             self.bytes_prefetched += nbytes
 
     def _dontneed(self, name: str) -> None:
@@ -160,6 +168,49 @@ class Streamer:
     def close(self) -> None:
         self._reader.shutdown(wait=True)
         self._finalizer()
+
+
+def willneed_chunk(fd: int) -> int:
+    """The most bytes one posix_fadvise(WILLNEED) call has the kernel read for the file: Linux
+    (force_page_cache_ra, since 4.10) cuts the request to max(read-ahead window, the device's
+    largest request), whatever length is asked for. Read from the file's block device in
+    /sys (read_ahead_kb, max_sectors_kb; a partition's are its disk's); 128 KiB, the kernel's
+    default window, where there is none to read (tmpfs, a network file system)."""
+    return _device_chunk(os.fstat(fd).st_dev)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_chunk(dev: int) -> int:
+    kib = 128
+    base = f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"
+    for queue in (f"{base}/queue", f"{base}/../queue"):
+        try:
+            kib = max([kib] + [int(Path(queue, f).read_text()) for f in
+                               ("read_ahead_kb", "max_sectors_kb")])
+            break
+        except (OSError, ValueError):
+            continue
+    return kib << 10
+
+
+def willneed(fd: int, offset: int, nbytes: int, chunk: int | None = None) -> None:
+    """Ask the kernel to read bytes [offset, offset + nbytes) of the file into the page cache,
+    asynchronously, all of them: one WILLNEED per `chunk` (default `willneed_chunk`), so the disk
+    gets the whole range queued as requests of its largest size. On the virtio disk of
+    benchmarks/RESULTS.md run 22 (read_ahead_kb 8192): one call over a GiB of a shard put 8 MB
+    of it in the page cache (fincore); chunked, all of it."""
+    chunk = chunk or willneed_chunk(fd)
+    for at in range(offset, offset + nbytes, chunk):
+        os.posix_fadvise(fd, at, min(chunk, offset + nbytes - at), os.POSIX_FADV_WILLNEED)
+
+
+def _ahead(after: list[str], ahead: int, kept: set) -> list[str]:
+    """The blocks to ask for, from `after` (the blocks that follow, in a pass's order, wrapping):
+    the first `ahead` not kept. When the output table is among them one more rides with it (no
+    scope is entered for the table, so nothing else would ask for the block after it in time),
+    unless layers are kept: then entering layer 0, a kept layer, asks for it."""
+    after = [b for b in after if b not in kept]
+    return after[:ahead + ("lm_head" in after[:ahead] and not kept)]
 
 
 def _check_finite(tensors: dict, mapped: bool = True) -> None:
@@ -220,7 +271,7 @@ def read_speed(files: list[Path], nbytes: int = 1 << 30) -> float | None:
         os.posix_fadvise(fd, start, n, os.POSIX_FADV_DONTNEED)
         buf = bytearray(8 << 20)
         done, t0 = 0, time.perf_counter()
-        os.posix_fadvise(fd, start, n, os.POSIX_FADV_WILLNEED)
+        willneed(fd, start, n)
         while done < n:
             got = os.preadv(fd, [memoryview(buf)[:min(len(buf), n - done)]], start + done)
             if got <= 0:
