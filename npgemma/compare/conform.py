@@ -64,7 +64,40 @@ class Result:
 
 def run_case(case: Case, root: Path, base: Request) -> Result:
     """One case through `against.run` (`base` with this case's model, image, prompt or batch);
-    an implementation that cannot load it, or gives no answer within the timeout, is a row too."""
+    an implementation that cannot load it, or gives no answer within the timeout, is a row too.
+    A bfloat16 file judged at float32 that no trap explains is judged again at bfloat16
+    (`rejudged_in_bf16`)."""
+    return rejudged_in_bf16(case, root, base, _run_case(case, root, base))
+
+
+def rejudged_in_bf16(case: Case, root: Path, base: Request, r: Result) -> Result:
+    """An implementation that computes a bfloat16 file in bfloat16 (mlx-vlm keeps a bf16
+    checkpoint's weights as stored) differs from npgemma's float32 reference by bfloat16
+    rounding, which the catalogue's `bf16-compute` (npgemma's own bfloat16 run) need not come
+    nearer to than no change. The case is run again as `--dtype bfloat16` asks (the adapter
+    told to compute in bfloat16, the tolerances bfloat16's); when it passes there, or is
+    explained there, that is the explanation: `bf16-compute`, and whatever else explains it."""
+    if r.ok or r.explained or r.error is not None or r.unsupported is not None \
+            or case.dtype != "bfloat16" or base.dtype != "float32":
+        return r
+    again = _run_case(case, root, dataclasses.replace(base, dtype="bfloat16"))
+    if not (again.ok or again.explained) or again.error is not None:
+        return r
+    there = "passes" if again.ok else f"is explained ({again.verdict})"
+    r.verdict = (f"{r.verdict}; run again at --dtype bfloat16 (the adapter computing in "
+                 f"bfloat16, bfloat16's tolerances) the case {there}: the implementation "
+                 "computes this bfloat16 file in bfloat16 (`bf16-compute`)")
+    r.explained = True
+    r.deviations = ["bf16-compute"] + [d for d in again.deviations if d != "bf16-compute"]
+    r.fault = again.fault if not again.ok else True
+    if r.report is not None:
+        r.report["bf16_rejudged"] = {"ok": again.ok, "verdict": again.verdict,
+                                     "deviations": again.deviations, "seconds": again.seconds}
+    r.seconds += again.seconds
+    return r
+
+
+def _run_case(case: Case, root: Path, base: Request) -> Result:
     t0 = time.perf_counter()
     folder, image = write_case(case, root)
     request = dataclasses.replace(base, model=str(folder), image=str(image), prompt=case.prompt,
