@@ -27,6 +27,7 @@ from .cases import (BASE, CASES, LARGE, PG1, PG2, Case, model_case,  # noqa: F40
 from .catalogue import CATALOGUE
 from .contract import TimedOut
 from .crashes import same_crash, sort_crash
+from .quantdiag import library_crash
 from .request import Request
 
 COLUMNS = ("load", "ids", "pixels", "hidden", "logits", "tokens")
@@ -172,6 +173,12 @@ def explain_crashes(cases: list[Case], results: list[Result], root: Path, base: 
                     for n in dict.fromkeys(asked) if n in by_name or n in extra]
         r.verdict = (f"{CATALOGUE[cause].explain} ({r.error}) [{', '.join(evidence)}]")
         r.explained, r.deviations = True, [cause]
+    for r in list(unsorted):  # a quantization library's own crash, by its message
+        name = library_crash(base.against, r.error)
+        if name is not None:
+            r.verdict = f"{CATALOGUE[name].explain} ({r.error})"
+            r.explained, r.deviations = True, [name]
+            unsorted.remove(r)
     sorted_ = [r for r in results if r.error is not None and r.explained and r.deviations]
     for r in unsorted:  # the very crash of a sorted case (file and line aside): the same cause
         twin = next((t for t in sorted_ if same_crash(r.error, t.error)), None)

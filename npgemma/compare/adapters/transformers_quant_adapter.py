@@ -55,9 +55,22 @@ def _np(t) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
-def run(model_dir, image, prompt, max_new_tokens=8, kind="torchao-int8"):
+def _unpacked(model) -> None:
+    """bitsandbytes' generic CPU path for every 4-bit linear: on a CPU with AVX512-BF16,
+    bitsandbytes 0.50 first repacks each weight for its bf16 kernel (Linear4bit.forward ->
+    _convert_weight_packed_for_cpu), which reshapes the absmax to [out, in // blocksize] and
+    fails for a linear whose input width is not a multiple of the block (64): every one of
+    conform's tiny cases, and SigLIP's fc2 (4304 wide) in the released checkpoints. This is
+    the path bitsandbytes takes on a CPU without AVX512-BF16."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def run(model_dir, image, prompt, max_new_tokens=8, kind="torchao-int8", unpacked=False):
     """One input, or a batch (lists: left-padded, as generate needs; each row returned as it
-    would be alone: its own positions, its tokens up to the first EOS)."""
+    would be alone: its own positions, its tokens up to the first EOS). `unpacked`: without
+    bitsandbytes' AVX512-BF16 repacking (`_unpacked`)."""
     import torch
     import transformers
     from transformers import (AutoImageProcessor, AutoTokenizer,
@@ -71,6 +84,8 @@ def run(model_dir, image, prompt, max_new_tokens=8, kind="torchao-int8"):
     model = PaliGemmaForConditionalGeneration.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation="eager",
         quantization_config=_config(kind)).eval()
+    if unpacked:
+        _unpacked(model)
     if batch:
         processor.tokenizer.padding_side = "left"
         inputs = processor(images=list(image), text=list(prompt), return_tensors="pt",
@@ -118,3 +133,11 @@ def run_bnb_nf4(model_dir, image, prompt, max_new_tokens=8):
 
 def run_bnb_fp4(model_dir, image, prompt, max_new_tokens=8):
     return run(model_dir, image, prompt, max_new_tokens, "bnb-fp4")
+
+
+def run_bnb_nf4_unpacked(model_dir, image, prompt, max_new_tokens=8):
+    return run(model_dir, image, prompt, max_new_tokens, "bnb-nf4", unpacked=True)
+
+
+def run_bnb_fp4_unpacked(model_dir, image, prompt, max_new_tokens=8):
+    return run(model_dir, image, prompt, max_new_tokens, "bnb-fp4", unpacked=True)
