@@ -56,3 +56,16 @@ def test_only_a_bf16_file_judged_at_float32_is_run_again(case, dtype, tmp_path, 
     r = _unexplained(case)
     assert conform.rejudged_in_bf16(CASES[case], tmp_path, Request(PORT, dtype=dtype), r) is r
     assert not r.explained and r.deviations == []
+
+
+def test_a_bf16_model_folder_counts_as_a_bf16_file(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+    from ml_dtypes import bfloat16
+
+    save_file({"a": np.zeros(2, bfloat16), "ids": np.zeros(2, np.int64)},
+              str(tmp_path / "model.safetensors"))
+    assert conform._bf16_file(conform.model_case(str(tmp_path)))
+    save_file({"a": np.zeros(2, np.float32)}, str(tmp_path / "model.safetensors"))
+    assert not conform._bf16_file(conform.model_case(str(tmp_path)))
+    assert conform._bf16_file(CASES["pg1-bf16"]) and not conform._bf16_file(CASES["pg1-hub-f32"])

@@ -79,7 +79,7 @@ def rejudged_in_bf16(case: Case, root: Path, base: Request, r: Result) -> Result
     told to compute in bfloat16, the tolerances bfloat16's); when it passes there, or is
     explained there, that is the explanation: `bf16-compute`, and whatever else explains it."""
     if r.ok or r.explained or r.error is not None or r.unsupported is not None \
-            or case.dtype != "bfloat16" or base.dtype != "float32":
+            or base.dtype != "float32" or not _bf16_file(case):
         return r
     again = _run_case(case, root, dataclasses.replace(base, dtype="bfloat16"))
     if not (again.ok or again.explained) or again.error is not None:
@@ -96,6 +96,23 @@ def rejudged_in_bf16(case: Case, root: Path, base: Request, r: Result) -> Result
                                      "deviations": again.deviations, "seconds": again.seconds}
     r.seconds += again.seconds
     return r
+
+
+def _bf16_file(case: Case) -> bool:
+    """A case written in bfloat16, or a --model checkpoint whose float tensors are all BF16
+    (read from the safetensors headers)."""
+    if case.folder is None:
+        return case.dtype == "bfloat16"
+    import json
+    import struct
+
+    dtypes = set()
+    for path in Path(case.folder).glob("*.safetensors"):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    floats = dtypes & {"F64", "F32", "F16", "BF16"}
+    return floats == {"BF16"}
 
 
 def _run_case(case: Case, root: Path, base: Request) -> Result:

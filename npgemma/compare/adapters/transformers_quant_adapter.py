@@ -86,6 +86,14 @@ def run(model_dir, image, prompt, max_new_tokens=8, kind="torchao-int8", unpacke
         quantization_config=_config(kind)).eval()
     if unpacked:
         _unpacked(model)
+    # Dequantized before the first forward: bitsandbytes' AVX512-BF16 path repacks the weight
+    # in place there (another layout, its absmax transposed to bf16), which dequantize_4bit
+    # does not read.
+    weights = {}
+    for name, module in model.named_modules():
+        w = _dequantized(module)
+        if w is not None:
+            weights[f"{name}.weight"] = _np(w)
     if batch:
         processor.tokenizer.padding_side = "left"
         inputs = processor(images=list(image), text=list(prompt), return_tensors="pt",
@@ -98,11 +106,6 @@ def run(model_dir, image, prompt, max_new_tokens=8, kind="torchao-int8", unpacke
         gen = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                              eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
                              return_dict_in_generate=True, output_logits=True)
-    weights = {}
-    for name, module in model.named_modules():
-        w = _dequantized(module)
-        if w is not None:
-            weights[f"{name}.weight"] = _np(w)
     length = inputs["input_ids"].shape[1]
 
     def row(b: int) -> dict:
