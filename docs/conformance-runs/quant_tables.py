@@ -49,6 +49,12 @@ def _weights(q: dict | None) -> tuple[str, str]:
     title = q.get("title") or "-"
     if q.get("source", "").startswith("the catalogue search"):
         title += f" (catalogue search, to {q['distance']:.2g})"
+    elif q.get("partial_scheme"):  # some of its weights are the scheme's, the others not
+        widths = sorted({x["shape"][-1] for x in q["differing"]})
+        worst = max(x["distance"] for x in q["differing"])
+        title += (f" on {q['matching']} of {q['quantized']} tensors; the other "
+                  f"{len(q['differing'])} (input widths {', '.join(map(str, widths))}) "
+                  f"dequantized otherwise, up to {worst:.3g} off")
     elif not q.get("scheme"):  # its own weights, made by no scheme of the catalogue
         title = (f"no catalogue scheme ({q.get('quantized', '?')} tensors changed; closest "
                  f"{title}, {q.get('closest_distance', float('nan')):.2g} off)")
