@@ -26,8 +26,7 @@ from .cases import (BASE, CASES, LARGE, PG1, PG2, Case, model_case,  # noqa: F40
                     row_images, select, write_case)
 from .catalogue import CATALOGUE
 from .contract import TimedOut
-from .crashes import same_crash, sort_crash
-from .quantdiag import library_crash
+from .crashes import library_crash, same_crash, sort_crash
 from .request import Request
 
 COLUMNS = ("load", "ids", "pixels", "hidden", "logits", "tokens")

@@ -52,38 +52,6 @@ QUANT_TRAPS = {f"quantized-{s.name}": Trap(
         "dequantized with a larger G (quantization.mlx_dequant_group)")}
 
 
-# A quantization library's own crash, told by its message (the error line conform keeps: the
-# exception, its message, "at FILE:LINE" of the innermost frame). bitsandbytes 0.50.2 on a CPU
-# with AVX512-BF16 repacks each 4-bit weight for its bf16 kernel on the first forward
-# (nn/modules.py Linear4bit.forward -> functional.py _convert_weight_packed_for_cpu):
-# `absmax.reshape(out, in // blocksize)` has no room for a linear narrower than one block of
-# 64 and does not fit one whose width is no multiple of 64 (SigLIP's fc2, 4304 wide, in the
-# released checkpoints): "shape '[32, 0]' is invalid for input of size 16 at functional.py:1720".
-LIBRARY_CRASHES = (
-    (r"RuntimeError: shape '\[\d+, \d+\]' is invalid for input of size \d+ at "
-     r"functional\.py:\d+", "bnb", "bnb-cpu-repack-block-width"),
-)
-QUANT_TRAPS["bnb-cpu-repack-block-width"] = Trap(
-    "bnb-cpu-repack-block-width", "crash", "bitsandbytes functional.py "
-    "_convert_weight_packed_for_cpu: absmax reshaped to [out, in // blocksize]",
-    "bitsandbytes' AVX512-BF16 CPU path repacks each 4-bit weight on the first forward and "
-    "cannot for a linear whose input width is not a multiple of its block of 64 (this CPU has "
-    "AVX512-BF16); without the repacking (its path on other CPUs) the same weights run",
-    "the crash's own message (a reshape of the absmax in bitsandbytes' functional.py), from an "
-    "implementation whose spec names bitsandbytes", needs="a bitsandbytes 4-bit model on a CPU "
-    "with AVX512-BF16")
-
-
-def library_crash(spec: str, error: str | None) -> str | None:
-    """The catalogue's name of a quantization library's own crash, from its message."""
-    import re
-
-    for pattern, library, name in LIBRARY_CRASHES:
-        if error and library in spec and re.search(pattern, error):
-            return name
-    return None
-
-
 def effective_params(params, weights: dict, spec: str) -> tuple[dict, list[str]]:
     """The float params with the adapter's "weights" in place: keys are canonical names or any
     known layout's on-disk names; a key or shape that does not fit is one clear error."""
