@@ -27,3 +27,13 @@ for shape in ((32, 32), (64, 32), (32, 64), (16, 96), (64, 4304)):
     generic = _dequantize_4bit_compute(q.view(torch.uint8).reshape(-1), state.absmax,
                                        _get_4bit_code("nf4", q.device), 64, shape, torch.float32)
     print(f"{tuple(shape)}: max |native - generic| = {float((native - generic).abs().max()):.3g}")
+
+# Which absmax the native kernel applies to a 32-wide weight: each row's largest |value|
+# against the first block's absmax (rows 2r and 2r+1 share block r in the format).
+w = torch.from_numpy(rng.standard_normal((32, 32)).astype(np.float32))
+q, state = bf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+native = bf.dequantize_4bit(q, state)
+row_max = native.abs().amax(dim=1)
+first = float(state.absmax[0])
+print(f"(32, 32): rows whose largest |value| is block 0's absmax {first:.4f}: "
+      f"{int((row_max == first).sum())} of 32 (the format: at most 2)")
