@@ -222,3 +222,31 @@ def test_the_bitsandbytes_schemes_are_bitsandbytes_bit_for_bit():
                          check=True).stdout
     got = json.loads(out.strip().splitlines()[-1])
     assert len(got) == 4 and all(v == 0 for v in got.values()), got
+
+
+def test_weights_partly_of_a_scheme_name_the_ones_dequantized_otherwise():
+    """A port whose 64-wide weights are MLX 4-bit g64 and whose 128-wide one it dequantizes
+    reading groups of 128 (its own code, tests/peers/quantized.py): the scheme is named for the
+    right ones, the other is listed with its width, and no scheme is claimed for the whole."""
+    import sys
+
+    from npgemma.checkpoint.layout import unflatten
+    from npgemma.compare.quantdiag import identify, made_by
+
+    sys.path.insert(0, str(Path(__file__).parent / "peers"))
+    import quantized as port
+
+    rng = np.random.default_rng(3)
+    flat = {"language_model.layers.0.mlp.up_proj.weight": rng.standard_normal((8, 64)),
+            "language_model.layers.0.self_attn.q_proj.weight": rng.standard_normal((8, 64)),
+            "language_model.layers.0.mlp.down_proj.weight": rng.standard_normal((8, 128))}
+    flat = {k: v.astype(np.float32) for k, v in flat.items()}
+    own = {k: port._dequantize(w, "wrong-group" if w.shape[1] == 128 else "right")
+           for k, w in flat.items()}
+    who = identify(unflatten(flat), own)
+    assert who["scheme"] is None and who["partial_scheme"] == "mlx-4bit-g64"
+    assert who["matching"] == 2 and [x["key"] for x in who["differing"]] == [
+        "language_model.layers.0.mlp.down_proj.weight"]
+    assert "input widths 128" in made_by(who)
+    right = {k: port._dequantize(w, "right") for k, w in flat.items()}
+    assert identify(unflatten(flat), right)["scheme"] == "mlx-4bit-g64"

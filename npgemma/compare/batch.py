@@ -14,6 +14,7 @@ from .replacements import LAYERS
 from .deviations import DEVIATIONS, deviated, deviated_config
 from .diagnose import fit, nearer, tokens_only
 from .pixels import diagnose_pixels
+from .quantdiag import effective_params
 from .reference import forced_tokens, teacher_forced
 from .swap import Swap, swapped
 from .tolerances import compare
@@ -82,6 +83,16 @@ def _pads_at_one(original):
     return rope_positions
 
 
+def _padded_positions(original):
+    """rope_positions as an implementation that numbers the padded row's slots from its start
+    (mlx-vlm: RoPE with no offset in the prompt pass): the pads take the positions before the
+    first real token's, which keeps its own (RoPE sees only differences)."""
+    def rope_positions(valid):
+        pads = (~valid).sum(axis=1, keepdims=True)  # [B, 1] left pads
+        return np.arange(1, valid.shape[1] + 1, dtype=np.int64)[None] - pads  # [B, S]
+    return rope_positions
+
+
 def _rolling_window_masks(slots, cfg, q):
     """Decode steps of the sliding layers as a rolling cache of the last W keys with the
     padding mask read from its first W columns: key S - W + i takes slot i's validity."""
@@ -127,6 +138,10 @@ _PAD_SWAPS = {
         Swap(LAYERS, "attention", _added_attention(pad), only=("npgemma.gemma",)),
         Swap("npgemma.gemma", "embed", _zero_pad_embeddings(pad)),
         Swap("npgemma.paligemma", "rope_positions", _pads_at_one)]),
+    "mask-added-padded-positions": lambda pad, cfg: (dict(masks=_added_masks), [
+        Swap(LAYERS, "attention", _added_attention(pad), only=("npgemma.gemma",)),
+        Swap("npgemma.gemma", "embed", _zero_pad_embeddings(pad)),
+        Swap("npgemma.paligemma", "rope_positions", _padded_positions)]),
     "rolling-window-pad-mask": lambda pad, cfg: (dict(masks=_rolling_window_masks), [
         Swap(LAYERS, "attention_weights", _blind_rows_spread(cfg.text_config.sliding_window))]
         if cfg.text_config.sliding_window else []),
@@ -135,20 +150,21 @@ _PAD_SWAPS = {
 }
 
 
-def _pad_trap(params, cfg, ids, pixels, forced, pad, theirs, dtype, companions=()):
+def _pad_trap(params, cfg, ids, pixels, forced, pad, theirs, dtype, companions=(), also=()):
     """The pad trap (npgemma's reference run as the padded row, the trap swapped in) that
     explains the row: within tolerance and nearer than the row alone; None if none does.
     Returns (names, fit). Alone first; then, only when no single one explains the row, each
     pad trap with each deviation in `companions` (a release can have both: 4.41's padded rows
     add the 0/1 mask *and* feed the decode steps one position less; 4.47's misalign the pad
-    mask with the rolling window *and* window the prefix, as its unpadded rows show)."""
+    mask with the rolling window *and* window the prefix, as its unpadded rows show). `also`:
+    swaps every try makes besides (the image features shifted by the padding)."""
     base = fit("npgemma", teacher_forced(params, cfg, ids, pixels, forced), theirs, forced, dtype)
 
     def tried(names, hooks, swaps):
         with contextlib.ExitStack() as stack:
             for n in names[1:]:
                 stack.enter_context(deviated(n, dtype))
-            stack.enter_context(swapped(swaps))
+            stack.enter_context(swapped(list(also) + list(swaps)))
             ref = teacher_forced(params, deviated_config(list(names[1:]), cfg), ids, pixels,
                                  forced, pad=pad, **hooks)
         f = fit(" + ".join(names), ref, theirs, forced, dtype)
@@ -197,6 +213,14 @@ BATCH_TRAPS: dict[str, Trap] = {t.name: t for t in (
          "unconverted: pads are not masked (a real key gets +1, a pad +0)",
          "the reference run as the padded row, pads visible and their scores 1 below (Swap "
          "npgemma.layers.attention_weights)", needs="a left-padded row"),
+    Trap("mask-added-padded-positions", "batch", _SLOTS + " (a 0/1 mask becomes 0 / large "
+         "negative before it is added)", "the implementation adds its 0/1 attention mask to the "
+         "scores unconverted (mlx's fast scaled_dot_product_attention adds a mask that is not "
+         "boolean): pads are not masked (a real key gets +1, a pad +0), the pads' embeddings "
+         "zeroed, positions counted from the padded row's first slot",
+         "the reference run as the padded row, pads visible and their scores 1 below, pad "
+         "embeddings zero, RoPE positions 1.. over every slot (Swap npgemma.layers.attention)",
+         needs="a left-padded row"),
     Trap("rolling-window-pad-mask", "batch", _SLOTS + "; on a sliding layer the window's keys "
          "keep their own slots' validity", "the implementation's rolling sliding-window cache "
          "and its padding mask are misaligned during decode (the cache holds the last W keys, "
@@ -219,7 +243,7 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
     npgemma's on that image with the row's own prompt); its left padding shifted the image
     features (`shifted_features`); or it is a left-padded row that matches no row's image (the
     padding, its mask or positions, changed it; npgemma has no finer trap for that)."""
-    params = load_weights(model_dir, cfg, dtype=np.float32)
+    float_params = load_weights(model_dir, cfg, dtype=np.float32)
     own = [proc.preprocess_image(image) for image in images]
     ids = [proc(image, prompt).input_ids for image, prompt in zip(images, prompts)]
     longest = max(len(x) for x in ids)
@@ -232,6 +256,9 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
     for i, r in failing:
         d = r["diagnosis"] or Verdict("failed", False)
         theirs, pad = rows[i], longest - len(ids[i])
+        # a quantized implementation's own weights (checked by the row's report already)
+        params = effective_params(float_params, theirs.weights, "batch")[0] \
+            if theirs.weights else float_params
         others = [j for j in range(len(images)) if j != i]
         forced = forced_tokens(cfg, theirs.token_ids or [])
 
@@ -276,6 +303,17 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
                             if tokens_only(f) else f"to {f.distance:.2g}") + f" — {why}")
             names += trap_names
             continue
+        both = _shifted_pad_trap(params, cfg, ids[i], own, [i] + others, forced, pad, theirs,
+                                 dtype, decode) if pad and not d.explained else None
+        if both is not None:
+            j, trap_names, f = both
+            why = "; and ".join((BATCH_TRAPS.get(n) or DEVIATIONS[n]).explain for n in trap_names)
+            parts.append(f"row {i} ({pad} pad tokens): matches npgemma with its image features "
+                         f"shifted by the padding" + (f" (row {j}'s image)" if j != i else "")
+                         + f" and {' + '.join(f'`{n}`' for n in trap_names)} to "
+                         f"{f.distance:.2g} — {BATCH_TRAPS[SHIFTED].explain}; and {why}")
+            names += [SHIFTED, *trap_names]
+            continue
         if pad and not d.explained:
             parts.append(f"row {i}: a left-padded row ({pad} pad tokens) that matches npgemma on "
                          "no row's image: the padding (its mask or the positions) changes the "
@@ -286,6 +324,21 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
         explained = explained and bool(d.explained)
         names += d.deviations
     return Verdict("; ".join(parts), explained, names, rows=[i for i, _ in failing])
+
+
+SHIFTED = "batch-image-features-shifted-by-padding"
+
+
+def _shifted_pad_trap(params, cfg, ids, own, images, forced, pad, theirs, dtype, decode):
+    """A padded row with two batch faults at once (mlx-vlm's PaliGemma 1): its image features
+    shifted by the padding (of row j's image, j in `images`, its own first) and a pad trap.
+    Returns (j, trap names, fit) or None."""
+    for j in images:
+        found = _pad_trap(params, cfg, ids, own[j], forced, pad, theirs, dtype, decode,
+                          also=[shifted_features(pad)])
+        if found is not None:
+            return (j, *found)
+    return None
 
 
 def shifted_features(pad: int):

@@ -26,7 +26,7 @@ from .cases import (BASE, CASES, LARGE, PG1, PG2, Case, model_case,  # noqa: F40
                     row_images, select, write_case)
 from .catalogue import CATALOGUE
 from .contract import TimedOut
-from .crashes import same_crash, sort_crash
+from .crashes import library_crash, same_crash, sort_crash
 from .request import Request
 
 COLUMNS = ("load", "ids", "pixels", "hidden", "logits", "tokens")
@@ -64,7 +64,57 @@ class Result:
 
 def run_case(case: Case, root: Path, base: Request) -> Result:
     """One case through `against.run` (`base` with this case's model, image, prompt or batch);
-    an implementation that cannot load it, or gives no answer within the timeout, is a row too."""
+    an implementation that cannot load it, or gives no answer within the timeout, is a row too.
+    A bfloat16 file judged at float32 that no trap explains is judged again at bfloat16
+    (`rejudged_in_bf16`)."""
+    return rejudged_in_bf16(case, root, base, _run_case(case, root, base))
+
+
+def rejudged_in_bf16(case: Case, root: Path, base: Request, r: Result) -> Result:
+    """An implementation that computes a bfloat16 file in bfloat16 (mlx-vlm keeps a bf16
+    checkpoint's weights as stored) differs from npgemma's float32 reference by bfloat16
+    rounding, which the catalogue's `bf16-compute` (npgemma's own bfloat16 run) need not come
+    nearer to than no change. The case is run again as `--dtype bfloat16` asks (the adapter
+    told to compute in bfloat16, the tolerances bfloat16's); when it passes there, or is
+    explained there, that is the explanation: `bf16-compute`, and whatever else explains it."""
+    if r.ok or r.explained or r.error is not None or r.unsupported is not None \
+            or base.dtype != "float32" or not _bf16_file(case):
+        return r
+    again = _run_case(case, root, dataclasses.replace(base, dtype="bfloat16"))
+    if not (again.ok or again.explained) or again.error is not None:
+        return r
+    there = "passes" if again.ok else f"is explained ({again.verdict})"
+    r.verdict = (f"{r.verdict}; run again at --dtype bfloat16 (the adapter computing in "
+                 f"bfloat16, bfloat16's tolerances) the case {there}: the implementation "
+                 "computes this bfloat16 file in bfloat16 (`bf16-compute`)")
+    r.explained = True
+    r.deviations = ["bf16-compute"] + [d for d in again.deviations if d != "bf16-compute"]
+    r.fault = again.fault if not again.ok else True
+    if r.report is not None:
+        r.report["bf16_rejudged"] = {"ok": again.ok, "verdict": again.verdict,
+                                     "deviations": again.deviations, "seconds": again.seconds}
+    r.seconds += again.seconds
+    return r
+
+
+def _bf16_file(case: Case) -> bool:
+    """A case written in bfloat16, or a --model checkpoint whose float tensors are all BF16
+    (read from the safetensors headers)."""
+    if case.folder is None:
+        return case.dtype == "bfloat16"
+    import json
+    import struct
+
+    dtypes = set()
+    for path in Path(case.folder).glob("*.safetensors"):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        dtypes |= {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    floats = dtypes & {"F64", "F32", "F16", "BF16"}
+    return floats == {"BF16"}
+
+
+def _run_case(case: Case, root: Path, base: Request) -> Result:
     t0 = time.perf_counter()
     folder, image = write_case(case, root)
     request = dataclasses.replace(base, model=str(folder), image=str(image), prompt=case.prompt,
@@ -139,6 +189,12 @@ def explain_crashes(cases: list[Case], results: list[Result], root: Path, base: 
                     for n in dict.fromkeys(asked) if n in by_name or n in extra]
         r.verdict = (f"{CATALOGUE[cause].explain} ({r.error}) [{', '.join(evidence)}]")
         r.explained, r.deviations = True, [cause]
+    for r in list(unsorted):  # a quantization library's own crash, by its message
+        name = library_crash(base.against, r.error)
+        if name is not None:
+            r.verdict = f"{CATALOGUE[name].explain} ({r.error})"
+            r.explained, r.deviations = True, [name]
+            unsorted.remove(r)
     sorted_ = [r for r in results if r.error is not None and r.explained and r.deviations]
     for r in unsorted:  # the very crash of a sorted case (file and line aside): the same cause
         twin = next((t for t in sorted_ if same_crash(r.error, t.error)), None)

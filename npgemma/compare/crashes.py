@@ -4,7 +4,8 @@ and `sort_crash`, which runs sibling cases on demand to tell them apart.
 A crash is a symptom with a cause, and the case set isolates it: a case that differs from its
 `sibling` in one property (a key layout, a bfloat16 file, a grey image) names that property
 when the sibling runs; the crash traps compare PaliGemma 1 with 2, one key/value head with two,
-and a PaliGemma 2 sequence shorter than its window with one longer.
+and a PaliGemma 2 sequence shorter than its window with one longer. A quantization library's own
+crash (`LIBRARY_CRASHES`) is told by its message.
 """
 
 from __future__ import annotations
@@ -148,3 +149,36 @@ def sort_crash(case, outcome: Callable[[str], str | None],
             for n in (PG2_SHORT, PG2_KV1)):
         return "no-gemma2"  # a message it does not know, the same on every PaliGemma 2 case
     return None
+
+
+# A quantization library's own crash, told by its message (the error line conform keeps: the
+# exception, its message, "at FILE:LINE" of the innermost frame). bitsandbytes 0.50.2 on a CPU
+# with AVX512-BF16 repacks each 4-bit weight for its bf16 kernel on the first forward
+# (nn/modules.py Linear4bit.forward -> functional.py _convert_weight_packed_for_cpu):
+# `absmax.reshape(out, in // blocksize)` has no room for a linear narrower than one block of
+# 64 and does not fit one whose width is no multiple of 64 (SigLIP's fc2, 4304 wide, in the
+# released checkpoints): "shape '[32, 0]' is invalid for input of size 16 at functional.py:1720".
+LIBRARY_CRASHES = (
+    (r"RuntimeError: shape '\[\d+, \d+\]' is invalid for input of size \d+ at "
+     r"functional\.py:\d+", "bnb", "bnb-cpu-repack-block-width"),
+)
+LIBRARY_TRAPS = {"bnb-cpu-repack-block-width": Trap(
+    "bnb-cpu-repack-block-width", "crash", "bitsandbytes functional.py "
+    "_convert_weight_packed_for_cpu: absmax reshaped to [out, in // blocksize]",
+    "bitsandbytes' AVX512-BF16 CPU path repacks each 4-bit weight on the first forward and "
+    "cannot for a linear whose input width is not a multiple of its block of 64 (this CPU has "
+    "AVX512-BF16); without the repacking (its path on other CPUs) the same weights run",
+    "the crash's own message (a reshape of the absmax in bitsandbytes' functional.py), from an "
+    "implementation whose spec names bitsandbytes", needs="a bitsandbytes 4-bit model on a CPU "
+    "with AVX512-BF16")}
+
+
+def library_crash(spec: str, error: str | None) -> str | None:
+    """The catalogue's name of a quantization library's own crash, from its message."""
+    for pattern, library, name in LIBRARY_CRASHES:
+        if error and library in spec and re.search(pattern, error):
+            return name
+    return None
+
+
+CASE_TRAPS |= LIBRARY_TRAPS  # one catalogue: these are crash traps too

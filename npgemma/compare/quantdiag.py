@@ -82,34 +82,59 @@ def effective_params(params, weights: dict, spec: str) -> tuple[dict, list[str]]
 
 
 def identify(params, replaced: dict) -> dict:
-    """Which catalogue scheme turns the float weights into the adapter's: the one with the
-    smallest largest difference over the replaced keys that differ from float."""
+    """Which catalogue scheme turns the float weights into the adapter's: the one that makes the
+    most of the replaced tensors that differ from float (within 1e-6 of the weights' scale),
+    then the smallest largest difference. When it makes some but not all of them, the others
+    are listed ("differing"): the implementation dequantizes those otherwise (a port fault)."""
     flat = flatten(params)
     changed = [k for k in replaced if not np.array_equal(replaced[k], flat[k])]
     if not changed:
         return {"scheme": None, "title": "float (no weight differs)", "quantized": 0}
-    best = None
     bf16 = all(np.array_equal(flat[k], flat[k].astype(bfloat16).astype(np.float32))
                for k in changed)
+    scale = max(float(np.abs(flat[k]).max()) for k in changed)
+    tol = 1e-6 * max(scale, 1.0)
+    best = None
     for s in SCHEMES.values():
         # MLX stores scales and biases in the weight's dtype: a bfloat16 checkpoint's in bfloat16
         fn = (lambda w, s=s: mlx_affine(w, int(s.name.split("-")[1][:-3]), s.group, bfloat16)) \
             if bf16 and s.name.startswith("mlx-") else s.fn
-        try:
-            d = max(float(np.abs(fn(flat[k]) - replaced[k]).max()) for k in changed)
-        except ValueError:  # a group the weight's width does not divide
-            continue
-        if best is None or d < best[1]:
-            best = (s, d)
-    scale = max(float(np.abs(flat[k]).max()) for k in changed)
-    s, d = best
+        ds = {}
+        for k in changed:
+            try:
+                ds[k] = float(np.abs(fn(flat[k]) - replaced[k]).max())
+            except ValueError:  # a group the weight's width does not divide
+                ds[k] = np.inf
+        rank = (-sum(d <= tol for d in ds.values()), max(ds.values()))
+        if best is None or rank < best[1]:
+            best = (s, rank, ds)
+    s, (minus_made, d), ds = best
+    made = -minus_made
     policy = next((p for p in POLICIES if sorted(quantized_params(
         {k: v for k, v in flat.items() if v.ndim == 2}, s, p)[1]) == sorted(changed)), None)
-    return {"scheme": s.name if d <= 1e-6 * max(scale, 1.0) else None,
-            "title": s.title, "closest_distance": d, "quantized": len(changed),
-            "policy": policy, "layers": POLICIES[policy][0] if policy else "other layers",
-            "vision_tower_quantized": any(k.startswith("vision_tower.") for k in changed),
-            "embedding_quantized": "language_model.embed_tokens.weight" in changed}
+    out = {"scheme": s.name if made == len(changed) else None,
+           "title": s.title, "closest_distance": d, "quantized": len(changed),
+           "policy": policy, "layers": POLICIES[policy][0] if policy else "other layers",
+           "vision_tower_quantized": any(k.startswith("vision_tower.") for k in changed),
+           "embedding_quantized": "language_model.embed_tokens.weight" in changed}
+    if 0 < made < len(changed):
+        out |= {"partial_scheme": s.name, "matching": made,
+                "differing": [{"key": k, "shape": list(flat[k].shape), "distance": ds[k]}
+                              for k in changed if ds[k] > tol]}
+    return out
+
+
+def made_by(who: dict) -> str:
+    """How the implementation's own weights were made, in words (for a verdict or a table)."""
+    if who["scheme"]:
+        return f"quantized: {who['title']}, {who['layers']}"
+    if who.get("partial_scheme"):
+        widths = sorted({x["shape"][-1] for x in who["differing"]})
+        worst = max(x["distance"] for x in who["differing"])
+        return (f"{who['matching']} are {who['title']}; the other "
+                f"{len(who['differing'])} (input widths {', '.join(map(str, widths))}) are not, "
+                f"up to {worst:.3g} off: the implementation dequantizes those otherwise")
+    return "changed, by no catalogue scheme"
 
 
 def candidates(flat: dict, schemes, policies=tuple(POLICIES)):
@@ -219,8 +244,7 @@ def amend(report: dict, request, cfg, ids, pix, theirs, forced, params, float_pa
                                   "replaced": len(replaced), **who, "cost": cost}
         if d is not None:
             d.verdict += (f"; on the implementation's own weights ({who['quantized']} tensors "
-                          + (f"quantized: {who['title']}, {who['layers']}" if who['scheme'] else
-                             "changed, by no catalogue scheme")
+                          + made_by(who)
                           + f"); cost vs float weights: {describe(cost)}")
         return
     if d is None or d.explained:

@@ -7,6 +7,9 @@ NPGEMMA_QUANT picks the port: "right" (MLX 4-bit, groups of 64, the decoder's li
 token embedding whose width 64 divides, as mlx-vlm's convert), "wrong-group" (dequantizes reading the per-group scales and
 biases as if the groups were 128 wide), "no-bias" (dequantizes as scale * q, forgetting the
 bias). NPGEMMA_QUANT_WEIGHTS=1 also returns its effective weights ("weights" in the contract).
+NPGEMMA_QUANT_LOGITS="bf16" returns its logits rounded to bfloat16 (to nearest even, by its own
+bit arithmetic), as a port that computes in bfloat16 would; "noise" adds a disturbance far
+past any tolerance (a port no dtype explains).
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ def _quantizes(name: str, w) -> bool:
     return name.endswith("_proj.weight") or name == "language_model.embed_tokens.weight"
 
 
+def _round_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> the nearest bfloat16 (ties to even), back as float32: keep the top 16 bits."""
+    bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+    return bits.astype(np.uint32).view(np.float32)
+
+
 def run(model_dir, image, prompt, max_new_tokens=8):
     mode = os.environ.get("NPGEMMA_QUANT", "right")
     pipe = npgemma.load(model_dir)
@@ -80,6 +90,12 @@ def run(model_dir, image, prompt, max_new_tokens=8):
     tokens = pipe.generate(image, prompt, max_new_tokens=max_new_tokens).token_ids
     out = {"logits": pipe.logits(image, prompt, positions=slice(None)),
            "input_ids": x.input_ids, "pixel_values": x.pixel_values, "token_ids": tokens}
+    logits = os.environ.get("NPGEMMA_QUANT_LOGITS")
+    if logits == "bf16":
+        out["logits"] = _round_bf16(out["logits"])
+    elif logits == "noise":
+        out["logits"] = out["logits"] + np.float32(3) * np.sin(np.arange(out["logits"].size,
+                                                    dtype=np.float32)).reshape(out["logits"].shape)
     if os.environ.get("NPGEMMA_QUANT_WEIGHTS"):
         out["weights"] = weights
     return out

@@ -62,9 +62,10 @@ def run(model_dir, image, prompt, max_new_tokens=8, dtype="float32", bits=4):
 
     qdir = _converted(model_dir, bits)
     out = _plain_adapter().run(qdir, image, prompt, max_new_tokens=max_new_tokens, dtype=dtype)
-    if not isinstance(prompt, list):
-        model, _ = load(qdir)
-        out["weights"] = effective_weights(model)
+    model, _ = load(qdir)
+    weights = effective_weights(model)
+    for row in out if isinstance(out, list) else [out]:  # a batch: every row ran on them
+        row["weights"] = weights
     return out
 
 
@@ -78,7 +79,12 @@ def run8(model_dir, image, prompt, max_new_tokens=8, dtype="float32"):
 
 def run4_outputs_only(model_dir, image, prompt, max_new_tokens=8, dtype="float32"):
     """The 4-bit conversion's outputs without its weights: npgemma then has to find the scheme
-    itself (the catalogue search), as for an implementation that cannot give its weights."""
+    itself (the catalogue search), as for an implementation that cannot give its weights.
+    One input at a time: a batch's diagnosis runs on the weights an adapter returns (the
+    catalogue search is per input)."""
+    if isinstance(prompt, list):
+        raise NotImplementedError("without its weights, one input at a time (the catalogue "
+                                  "search does not cover a batch)")
     out = run(model_dir, image, prompt, max_new_tokens, dtype, bits=4)
     out.pop("weights", None)
     return out
