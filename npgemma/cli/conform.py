@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -12,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..compare import conform
+from ..compare.provenance import provenance
 from ..compare.catalogue import listing
 from ..errors import InputError
 from .args import check_output, request_of
@@ -75,8 +77,9 @@ def _run(args, cases, root: Path) -> int:
                                            + conform.table(results, markdown=True) + "\n")
         except OSError as e:
             raise InputError(f"--markdown {args.markdown}: cannot write it ({e.strerror})") from None
-    if args.json:
-        print(json.dumps(_plain_json({"against": args.against, "ok": ok,
+    if args.json:  # the figures with where they came from (a committed run is cited as evidence)
+        where = provenance(shlex.join(["npgemma", *args.argv]), args.python)
+        print(json.dumps(_plain_json({"against": args.against, "ok": ok, "provenance": where,
                                       "seconds": round(seconds, 1),
                                       "summary": conform.summary(results),
                                       "cases": [asdict(r) for r in results],

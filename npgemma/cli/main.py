@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for provenance
         if args.command is None:  # a bare `npgemma`: what it can do
             print(parser.format_help(), end="", file=sys.stderr)
             return 2

@@ -14,6 +14,7 @@ from .replacements import LAYERS
 from .deviations import DEVIATIONS, deviated, deviated_config
 from .diagnose import fit, nearer, tokens_only
 from .pixels import diagnose_pixels
+from .quantdiag import effective_params
 from .reference import forced_tokens, teacher_forced
 from .swap import Swap, swapped
 from .tolerances import compare
@@ -219,7 +220,7 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
     npgemma's on that image with the row's own prompt); its left padding shifted the image
     features (`shifted_features`); or it is a left-padded row that matches no row's image (the
     padding, its mask or positions, changed it; npgemma has no finer trap for that)."""
-    params = load_weights(model_dir, cfg, dtype=np.float32)
+    float_params = load_weights(model_dir, cfg, dtype=np.float32)
     own = [proc.preprocess_image(image) for image in images]
     ids = [proc(image, prompt).input_ids for image, prompt in zip(images, prompts)]
     longest = max(len(x) for x in ids)
@@ -232,6 +233,9 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
     for i, r in failing:
         d = r["diagnosis"] or Verdict("failed", False)
         theirs, pad = rows[i], longest - len(ids[i])
+        # a quantized implementation's own weights (checked by the row's report already)
+        params = effective_params(float_params, theirs.weights, "batch")[0] \
+            if theirs.weights else float_params
         others = [j for j in range(len(images)) if j != i]
         forced = forced_tokens(cfg, theirs.token_ids or [])
 

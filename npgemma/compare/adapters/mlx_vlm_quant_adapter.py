@@ -62,9 +62,10 @@ def run(model_dir, image, prompt, max_new_tokens=8, dtype="float32", bits=4):
 
     qdir = _converted(model_dir, bits)
     out = _plain_adapter().run(qdir, image, prompt, max_new_tokens=max_new_tokens, dtype=dtype)
-    if not isinstance(prompt, list):
-        model, _ = load(qdir)
-        out["weights"] = effective_weights(model)
+    model, _ = load(qdir)
+    weights = effective_weights(model)
+    for row in out if isinstance(out, list) else [out]:  # a batch: every row ran on them
+        row["weights"] = weights
     return out
 
 

@@ -12,7 +12,11 @@ case "$kind" in
   *) echo "unknown kind $kind (torchao, quanto, bnb)" >&2; exit 2 ;;
 esac
 python3 -m venv "$venv"
-"$venv/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+# torch's CPU build from its own index; no retries, so that a machine which cannot reach that
+# index (one with the CPU wheel in its pip find-links) goes on at once instead of retrying
+# every package for minutes
+"$venv/bin/pip" install -q --retries 0 --timeout 15 \
+    --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 # shellcheck disable=SC2086
 "$venv/bin/pip" install -q "transformers==5.24.0" pillow $lib
 echo "ready: npgemma conform --against $spec --python $venv/bin/python"

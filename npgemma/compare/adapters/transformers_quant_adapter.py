@@ -56,37 +56,52 @@ def _np(t) -> np.ndarray:
 
 
 def run(model_dir, image, prompt, max_new_tokens=8, kind="torchao-int8"):
+    """One input, or a batch (lists: left-padded, as generate needs; each row returned as it
+    would be alone: its own positions, its tokens up to the first EOS)."""
     import torch
     import transformers
     from transformers import (AutoImageProcessor, AutoTokenizer,
                               PaliGemmaForConditionalGeneration, PaliGemmaProcessor)
 
-    if isinstance(prompt, list):
-        raise NotImplementedError("this adapter takes one input at a time")
     transformers.logging.set_verbosity_error()
+    batch = isinstance(prompt, (list, tuple))
     processor = PaliGemmaProcessor(
         image_processor=AutoImageProcessor.from_pretrained(model_dir, backend="pil"),
         tokenizer=AutoTokenizer.from_pretrained(model_dir))
     model = PaliGemmaForConditionalGeneration.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation="eager",
         quantization_config=_config(kind)).eval()
-    inputs = processor(images=image, text=prompt, return_tensors="pt", do_convert_rgb=True)
+    if batch:
+        processor.tokenizer.padding_side = "left"
+        inputs = processor(images=list(image), text=list(prompt), return_tensors="pt",
+                           do_convert_rgb=True, padding="longest")
+    else:
+        inputs = processor(images=image, text=prompt, return_tensors="pt", do_convert_rgb=True)
     cfg = model.config
     with torch.no_grad():
         out = model(**inputs)
         gen = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                              eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id,
                              return_dict_in_generate=True, output_logits=True)
-    new = gen.sequences[0, inputs["input_ids"].shape[1]:].tolist()
     weights = {}
     for name, module in model.named_modules():
         w = _dequantized(module)
         if w is not None:
             weights[f"{name}.weight"] = _np(w)
-    return {"logits": _np(out.logits[0]), "input_ids": inputs["input_ids"][0].numpy(),
-            "pixel_values": inputs["pixel_values"][0].numpy(), "token_ids": new,
-            "step_logits": np.stack([_np(x[0]) for x in gen.logits][:len(new)]),
-            "weights": weights}
+    length = inputs["input_ids"].shape[1]
+
+    def row(b: int) -> dict:
+        keep = inputs["attention_mask"][b].bool() if batch else slice(None)
+        new = gen.sequences[b, length:].tolist()
+        if batch and cfg.eos_token_id in new:  # a finished row is padded after its EOS
+            new = new[:new.index(cfg.eos_token_id) + 1]
+        steps = [_np(x[b]) for x in gen.logits][:len(new)]
+        return {"logits": _np(out.logits[b][keep]),
+                "input_ids": inputs["input_ids"][b][keep].numpy(),
+                "pixel_values": inputs["pixel_values"][b].numpy(), "token_ids": new,
+                "step_logits": np.stack(steps) if steps else None, "weights": weights}
+
+    return [row(b) for b in range(len(prompt))] if batch else row(0)
 
 
 def run_torchao_int8(model_dir, image, prompt, max_new_tokens=8):
