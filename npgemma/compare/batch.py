@@ -1,6 +1,7 @@
 """A batch's diagnosis: each failing row's own, after the batch traps (`BATCH_TRAPS`): another
-row's image, image features shifted by the padding, and the pad-mask and decode-position
-faults of a left-padded row, each tried on npgemma's reference run as that padded row."""
+row's image, image features shifted by the padding, the pad-mask and decode-position
+faults of a left-padded row, each tried on npgemma's reference run as that padded row, and a
+decode loop that starts at the shortest row's end (`shortest_row`: keras-hub's)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .diagnose import fit, nearer, tokens_only
 from .pixels import diagnose_pixels
 from .quantdiag import effective_params
 from .reference import forced_tokens, teacher_forced
+from .shortest_row import TRAP as TAIL_TRAP, judge_row
 from .swap import Swap, swapped
 from .tolerances import compare
 from .trap import Trap
@@ -234,6 +236,7 @@ BATCH_TRAPS: dict[str, Trap] = {t.name: t for t in (
          "fed positions n ahead of its prompt's numbering at every decode step",
          "the reference run as the padded row, decode positions = the slot count",
          needs="a left-padded row and a generated token"),
+    TAIL_TRAP,
 )}
 
 
@@ -247,6 +250,7 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
     own = [proc.preprocess_image(image) for image in images]
     ids = [proc(image, prompt).input_ids for image, prompt in zip(images, prompts)]
     longest = max(len(x) for x in ids)
+    start = min(len(x) for x in ids) - 1  # a loop from the shortest row's end recomputes this slot on
     parts, explained, names = [], True, []
     # What to pair a pad trap with: the deviations that explain this batch's other rows (the
     # release's own faults), and every decode-time trap.
@@ -313,6 +317,15 @@ def batch_diagnosis(model_dir, cfg, failing, rows, images, prompts, proc, dtype)
                          + f" and {' + '.join(f'`{n}`' for n in trap_names)} to "
                          f"{f.distance:.2g} — {BATCH_TRAPS[SHIFTED].explain}; and {why}")
             names += [SHIFTED, *trap_names]
+            continue
+        # the row's own ids and pixels, as its own diagnosis ran (a pixel trap is the processor's)
+        pix_i = pix if pix is not None and pix.shape == own[i].shape else own[i]
+        tail = None if d.explained else judge_row(i, r, d, theirs, params, cfg, ids[i], pix_i,
+                                                  forced, start, dtype)
+        if tail is not None:
+            part, ok, trap_names = tail
+            parts.append(part)
+            explained, names = explained and ok, names + trap_names
             continue
         if pad and not d.explained:
             parts.append(f"row {i}: a left-padded row ({pad} pad tokens) that matches npgemma on "

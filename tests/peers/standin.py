@@ -27,7 +27,7 @@ MODEL_FAULTS = {"no-sliding-window", "two-way-window", "head-dim-query-scale", "
 PIXEL_FAULTS = {"bilinear-no-antialias", "imagenet-normalize"}
 # Faults of the interface (what the port refuses, returns or batches):
 OTHER_FAULTS = {"vocab-cut", "head-dim-from-image-tokens", "no-convert-rgb", "declines-gemma2",
-                "no-batch", "batch-first-image", "batch-shifted-features"}
+                "no-batch", "batch-first-image", "batch-shifted-features", "batch-tail-causal"}
 
 
 def _faults() -> set[str]:
@@ -52,6 +52,9 @@ def run(model_dir, image, prompt, max_new_tokens=8):
         lengths = [len(pipe.processor(im, p).input_ids) for im, p in zip(image, prompt)]
         pads = ([max(lengths) - n for n in lengths] if "batch-shifted-features" in faults
                 else [0] * len(lengths))
+        if "batch-tail-causal" in faults:
+            start = min(lengths) - 1
+            return [_tail_causal(pipe, im, p, max_new_tokens, start) for im, p in zip(image, prompt)]
         return [_one(pipe, faults, im, p, max_new_tokens, shift=pad)
                 for im, p, pad in zip(images, prompt, pads)]
     return _one(npgemma.load(model_dir), faults, image, prompt, max_new_tokens)
@@ -155,3 +158,42 @@ def _forward(params, cfg, seq, prefix: int, features, faults) -> np.ndarray:
     positions = np.arange(1, n + 1)[None]  # PaliGemma counts from 1
     logits, _ = paligemma.forward(params, cfg, seq[None], positions, masks, image_features=features)
     return logits[0]
+
+
+def _tail_causal(pipe, image, prompt, max_new_tokens, start) -> dict:
+    """keras-hub's generate_step, written out: seed a cache with one pass over the whole prompt
+    (every prompt token sees every other), then a loop from the shortest row's end (`start` + 1,
+    keras' `index = min(row_lengths)`) that feeds the token at index - 1 as one causal query
+    (a decode step: the last `window` keys on a sliding layer), its keys written over the
+    seeded ones; a prompt token stays as it is, past the prompt the greedy pick is taken."""
+    cfg, params = pipe.cfg, pipe.params
+    seq = list(pipe.processor(image, prompt).input_ids)
+    n = len(seq)
+    pixels = _pixels(image, cfg.vision_config.image_size, set())
+    features = paligemma.encode_image(params, pixels[None], cfg)
+    cache = paligemma.init_cache(cfg, 1, n + max_new_tokens)
+    seed = {"full_attention": np.ones((1, n, n), bool)}
+    if cfg.text_config.sliding_window is not None:  # the prefix is never windowed (transformers)
+        seed["sliding_attention"] = seed["full_attention"]
+    logits, cache = paligemma.forward(params, cfg, np.asarray(seq, np.int64)[None],
+                                      np.arange(1, n + 1)[None], seed, image_features=features,
+                                      cache=cache)
+    cache.length = start  # the loop writes slot `start` on
+    tokens: list[int] = []
+    for slot in range(start, n + max_new_tokens - 1):
+        keys = np.arange(slot + 1)
+        step_masks = {"full_attention": np.ones((1, 1, slot + 1), bool)}
+        if cfg.text_config.sliding_window is not None:
+            step_masks["sliding_attention"] = (slot - keys < cfg.text_config.sliding_window)[None, None]
+        step, cache = paligemma.forward(params, cfg, np.array([[seq[slot]]], np.int64),
+                                        np.array([[slot + 1]]), step_masks, cache=cache,
+                                        last_only=True)
+        if slot + 1 < n:
+            continue  # a prompt token: kept, not sampled
+        nxt = int(np.argmax(step[0, -1]))
+        tokens.append(nxt)
+        if nxt == cfg.eos_token_id or len(tokens) == max_new_tokens:
+            break
+        seq.append(nxt)
+    return {"logits": logits[0], "input_ids": np.asarray(pipe.processor(image, prompt).input_ids),
+            "pixel_values": pixels, "token_ids": tokens}

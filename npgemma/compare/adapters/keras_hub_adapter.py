@@ -21,6 +21,19 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 
 def run(model_dir, image, prompt, max_new_tokens=8, dtype="float32"):
+    return _answer(_load(model_dir, dtype), image, prompt, max_new_tokens)
+
+
+def run_gemma2(model_dir, image, prompt, max_new_tokens=8, dtype="float32"):
+    """keras-hub's PaliGemma 2 as its own presets build it, not as its Hugging Face loader does
+    (which builds Gemma 1 layers from any folder): Gemma-2's four norms, soft caps and sliding
+    window (`use_sliding_window_attention`: every even layer, a two-way band) on the same
+    weights. For a PaliGemma 2 case folder in the Hub's key layout; a probe of keras-hub's own
+    window semantics (docs/conformance.md), not what `--against keras-hub` runs."""
+    return _answer(_as_gemma2(_load(model_dir, dtype), model_dir), image, prompt, max_new_tokens)
+
+
+def _load(model_dir, dtype):
     import keras_hub
 
     dtype = "bfloat16" if dtype == "bfloat16" else "float32"
@@ -31,6 +44,51 @@ def run(model_dir, image, prompt, max_new_tokens=8, dtype="float32"):
         size = backbone.image_size
         pre.image_converter = keras_hub.layers.PaliGemmaImageConverter(
             image_size=(size, size), scale=1.0 / 127.5, offset=-1)
+    return lm
+
+
+def _as_gemma2(lm, model_dir):
+    """The loaded (Gemma-1) model rebuilt with keras-hub's Gemma-2 options from config.json,
+    every weight carried over by its path, the four norms read from the checkpoint (the loader
+    puts post_attention_layernorm where Gemma 1 has its pre-MLP norm). keras-hub scales queries
+    by head_dim^-0.5 or (hidden / heads)^-0.5 only: query_pre_attn_scalar picks the first it
+    equals, head_dim when it equals neither (keras-hub's 3B and 10B presets: head_dim)."""
+    import json
+    from pathlib import Path
+
+    import keras_hub
+    from safetensors.numpy import load_file
+
+    text = json.loads((Path(model_dir) / "config.json").read_text())["text_config"]
+    if text.get("model_type") != "gemma2":
+        raise NotImplementedError("run_gemma2 takes a PaliGemma 2 checkpoint")
+    old = lm.backbone
+    heads = text["num_attention_heads"]
+    scalar = text.get("query_pre_attn_scalar", text["head_dim"])
+    config = old.get_config() | dict(
+        use_post_ffw_norm=True, use_post_attention_norm=True,
+        attention_logit_soft_cap=text.get("attn_logit_softcapping"),
+        final_logit_soft_cap=text.get("final_logit_softcapping"),
+        use_sliding_window_attention=True, sliding_window_size=text["sliding_window"],
+        query_head_dim_normalize=scalar == text["head_dim"] or scalar != text["hidden_size"] // heads)
+    new = keras_hub.models.PaliGemmaBackbone.from_config(config)
+    by_path = {v.path: v for v in new.weights}
+    for v in old.weights:
+        by_path[v.path].assign(v.value)
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if len(files) != 1:
+        raise NotImplementedError("run_gemma2 reads one model.safetensors")
+    weights = load_file(str(files[0]))
+    for i, layer in enumerate(new.transformer_layers):
+        hf = f"language_model.model.layers.{i}."
+        layer.pre_ffw_norm.scale.assign(weights[hf + "pre_feedforward_layernorm.weight"])
+        layer.post_attention_norm.scale.assign(weights[hf + "post_attention_layernorm.weight"])
+        layer.post_ffw_norm.scale.assign(weights[hf + "post_feedforward_layernorm.weight"])
+    return keras_hub.models.PaliGemmaCausalLM(backbone=new, preprocessor=lm.preprocessor)
+
+
+def _answer(lm, image, prompt, max_new_tokens):
+    pre, backbone = lm.preprocessor, lm.backbone
     if isinstance(prompt, list):
         return _batch(lm, image, prompt, max_new_tokens)
     text = prompt + "\n"
