@@ -130,6 +130,11 @@ def _npgemma_runs(model, backend, dtype, device, batches, new_tokens):
 
 
 def _transformers_runs(model, dtype, device, attn, batches, new_tokens, offload_gib=None):
+    # benchmarks/ is on sys.path (for record.py): its kernels.py would stand in for the `kernels`
+    # package that transformers probes for on import (hub kernels), and fail where ml_dtypes is
+    # not installed (the transformers engine failed so in a venv of its own: run 27's first try)
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     import torch
     from transformers import LogitsProcessor, PaliGemmaForConditionalGeneration
 
