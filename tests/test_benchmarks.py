@@ -88,6 +88,8 @@ def test_bench(tiny, tmp_path):
     assert len(bound["disk_pass_gbs"]) == 2 and all(g > 0 for g in bound["disk_pass_gbs"])
     for r in rows:  # a percentage over 100 would have failed the run (see test_over_bounds)
         assert math.isfinite(r["ms_per_token"]) and 0 < r["pct_of_gemm_bound"] <= 100
+        assert r["pct_of_gemm_bound"] <= r["pct_of_prefill_bound"] <= 100  # max(GEMM, disk)
+        assert r["prefill_disk_gb"] >= 0
         # the tiny checkpoint's step reads at most 18.5 MB of weights: from the cache, so no
         # memory bound is claimed for it (a real one's GBs are: test_gemv_bound_applies)
         assert "pct_of_gemv_bound" not in r and "last-level cache" in r["gemv_bound_not_applied"]
@@ -151,6 +153,18 @@ def test_over_bounds_names_the_row():
     assert bench._float32_products("transformers:float32")
     assert not bench._float32_products("transformers:bfloat16")
     assert not bench._float32_products("npgemma-torch:bfloat16:cuda")
+
+
+def test_prefill_disk_bound():
+    """The prefill's disk bound is its bytes read at the fastest rate the run measured (the
+    lower bound of the readings), and a prefill faster than it is a bound that does not bound."""
+    bench = _bench_module()
+    bound = {"disk_gbs": 1.5, "disk_pass_gbs": [2.0, None]}
+    assert bench.prefill_disk_bound_s(55.3, bound) == pytest.approx(27.65)  # 55.3 GB at 2 GB/s
+    assert bench.prefill_disk_bound_s(3.0, {"disk_gbs": 1.5, "disk_pass_gbs": []}) == 2.0
+    row = {"checkpoint": "pg", "engine": "transformers:bfloat16", "batch": 1}
+    (line,) = bench.over_bounds([row | {"pct_of_prefill_bound": 130.0}])
+    assert "prefill at 130%" in line and "pct_of_prefill_bound" in line
 
 
 @pytest.mark.parametrize("args", [["--out", "64", "--in", "32", "--shrink", "2"],
