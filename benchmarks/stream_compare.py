@@ -16,7 +16,9 @@ decode step. The decode steps of one generation alternate, in the order A B B A 
 - "touch" (with `--ways`): the reader thread maps each tensor of the block ahead read-only,
   `madvise(MADV_SEQUENTIAL)`, and reads one byte a page in order: the pages come in by page
   faults, the kernel's sequential read-ahead for a mapping, the way transformers' offloaded
-  layers came in at 2.21 GB/s against 1.74 in run 27 (measured in run 28);
+  layers came in at 2.21 GB/s against 1.74 in run 27 (measured in run 28, not adopted: half
+  the chunked reader's rate, the disk idle half of each step: one fault at a time has only the
+  kernel's read-ahead window in flight, where the chunked WILLNEED queues two blocks at once);
 
 so both see the same disk, the same load and the same process. A step's reader is switched
 before the step starts; the blocks asked for from the last decoder layer on (the table, the
