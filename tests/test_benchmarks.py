@@ -114,6 +114,11 @@ def test_stream_compare(tiny, tmp_path):
     for way in figures["ways"].values():
         assert way["steps"] == 2 and way["median_s"] > 0 and math.isfinite(way["median_gbs"])
     assert len(figures["disk_pass_gbs"]) == 2 and all(g > 0 for g in figures["disk_pass_gbs"])
+    run("stream_compare.py", "--model", str(tiny), "--steps", "2", "--stream-anyway",
+        "--disk-gib", "0.001", "--ways", "chunked,touch", "--record", str(tmp_path / "t.json"),
+        cwd=tmp_path)
+    assert [s["way"] for s in recorded(tmp_path / "t.json", "stream_compare.py")["steps"]] == [
+        "chunked", "touch"]
 
 
 def _bench_module():
