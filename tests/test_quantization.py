@@ -192,35 +192,32 @@ def test_the_ports_own_weights_judge_it_exactly(capsys, monkeypatch, wide):
     assert case["ok"] and case["report"]["quantization"]["scheme"] is None
 
 
-def test_the_mlx_scheme_is_mlx_bit_for_bit():
-    """Against MLX itself, when an interpreter with it is named (NPGEMMA_MLX_PYTHON, e.g. the
-    venv of setup_mlx_vlm.sh): every setting's largest difference is 0."""
+def _peer_check(env: str, library: str, script: str) -> dict:
+    """The largest differences a check script in tests/peers/ prints (its last line, JSON), run
+    in the interpreter `env` names; skipped when it names none."""
     import os
     import subprocess
 
-    python = os.environ.get("NPGEMMA_MLX_PYTHON")
+    python = os.environ.get(env)
     if not python:
-        pytest.skip("NPGEMMA_MLX_PYTHON names no interpreter with mlx")
-    script = Path(__file__).parent / "peers" / "mlx_quantize_check.py"
+        pytest.skip(f"{env} names no interpreter with {library}")
+    script = Path(__file__).parent / "peers" / script
     out = subprocess.run([python, str(script)], capture_output=True, text=True, timeout=120,
                          check=True).stdout
-    got = json.loads(out)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_the_mlx_scheme_is_mlx_bit_for_bit():
+    """Against MLX itself, when an interpreter with it is named (NPGEMMA_MLX_PYTHON, e.g. the
+    venv of setup_mlx_vlm.sh): every setting's largest difference is 0."""
+    got = _peer_check("NPGEMMA_MLX_PYTHON", "mlx", "mlx_quantize_check.py")
     assert len(got) >= 6 and all(v == 0 for v in got.values()), got
 
 
 def test_the_bitsandbytes_schemes_are_bitsandbytes_bit_for_bit():
     """Against bitsandbytes itself, when an interpreter with it is named (NPGEMMA_BNB_PYTHON,
     e.g. the venv of setup_transformers_quant.sh bnb): every largest difference is 0."""
-    import os
-    import subprocess
-
-    python = os.environ.get("NPGEMMA_BNB_PYTHON")
-    if not python:
-        pytest.skip("NPGEMMA_BNB_PYTHON names no interpreter with bitsandbytes")
-    script = Path(__file__).parent / "peers" / "bnb_quantize_check.py"
-    out = subprocess.run([python, str(script)], capture_output=True, text=True, timeout=120,
-                         check=True).stdout
-    got = json.loads(out.strip().splitlines()[-1])
+    got = _peer_check("NPGEMMA_BNB_PYTHON", "bitsandbytes", "bnb_quantize_check.py")
     assert len(got) == 4 and all(v == 0 for v in got.values()), got
 
 
