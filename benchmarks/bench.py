@@ -606,18 +606,19 @@ def main(argv=None) -> int:
     for name, model in models if args.disk_pass else ():  # the sustained rate, after as before
         bound[name]["disk_pass_gbs"].append(disk_pass_gbs(model))
     failed = len(runs) - len({(r["checkpoint"], r["engine"]) for r in report["rows"]})
+    llc = last_level_cache_bytes()
     for name, model in models:  # the bounds as numbers, beside each row
         b = bound[name]
         for r in (r for r in report["rows"] if r["checkpoint"] == name):
             if _itemsize(r["engine"]):  # none for the beside-runs (another BLAS kernel)
                 weights = decode_weight_bytes(model, _itemsize(r["engine"]))
                 r["bound_ms"] = 1000 * weights / (b["gemv_gbs"] * 1e9)
-                if weights > CACHE_MARGIN * last_level_cache_bytes():
+                if weights > CACHE_MARGIN * llc:
                     r["pct_of_gemv_bound"] = 100 * r["bound_ms"] / r["ms_per_token"]
                 else:
                     r["gemv_bound_not_applied"] = (
                         f"{weights / 1e6:.1f} MB of weights a step, under {CACHE_MARGIN}x the "
-                        f"last-level cache ({last_level_cache_bytes() / 2**20:.0f} MiB): read "
+                        f"last-level cache ({llc / 2**20:.0f} MiB): read "
                         "from the cache, not bound by memory")
             if _itemsize(r["engine"]) and _float32_products(r["engine"]):  # bf16 products
                 # (torch's, transformers') may beat the float32 GEMM rate: no bound for them
