@@ -1,24 +1,26 @@
-"""The streamer's two ways of asking for the blocks ahead, side by side in one process (issue 30).
+"""The streamer's ways of reading the blocks ahead, side by side in one process (issue 30).
 
     python benchmarks/stream_compare.py --model /work/ckpt/pg2-10b --steps 6 \\
         --record benchmarks/results/NAME.json
 
 A checkpoint larger than the memory it runs in (a memory group, say) is streamed from disk each
-decode step. The decode steps of one generation alternate, in the order A B B A A B ... (A B C C B A with three), between
+decode step. The decode steps of one generation alternate, in the order A B B A A B ... (A B C C
+B A with three), between
 
-- "chunked": `prefetch.willneed` as the streamer calls it, the range asked for in chunks the
-  kernel reads whole (the reader since run 22);
-- "one call": one posix_fadvise(WILLNEED) per tensor, the reader of runs 20 and 21 (Linux reads
-  only the first max(read_ahead_kb, max_sectors_kb) of it; the rest comes in by page faults);
-- "sendfile" (with `--ways`): the reader thread reads each block ahead by sendfile(2) to
-  /dev/null, the kernel's own sequential read-ahead, nothing copied (measured in run 25, not
-  adopted: no faster than the chunked WILLNEED there);
-- "touch" (with `--ways`): the reader thread maps each tensor of the block ahead read-only,
-  `madvise(MADV_SEQUENTIAL)`, and reads one byte a page in order: the pages come in by page
-  faults, the kernel's sequential read-ahead for a mapping, the way transformers' offloaded
-  layers came in at 2.21 GB/s against 1.74 in run 27 (measured in run 28, not adopted: half
-  the chunked reader's rate, the disk idle half of each step: one fault at a time has only the
-  kernel's read-ahead window in flight, where the chunked WILLNEED queues two blocks at once);
+- "sendfile": `prefetch.read_ahead`, the streamer's reader since run 31: each block's range read
+  by sendfile(2) to /dev/null (the kernel's own sequential read-ahead, nothing copied), its last
+  two read-ahead windows asked for with WILLNEED (nothing read past the range). Runs 29 and 30
+  measured plain sendfile, before the WILLNEED tail;
+- "chunked": `prefetch.willneed`, the range asked for with posix_fadvise(WILLNEED) in chunks the
+  kernel reads whole (the reader of runs 22-30);
+- "one call": one WILLNEED per range, the reader of runs 20 and 21 (Linux reads only the first
+  max(read_ahead_kb, max_sectors_kb) of it; the rest comes in by page faults). Then a range
+  was a tensor; since run 31 the streamer joins a block's touching tensors into one range;
+- "touch": the reader thread maps each range read-only, `madvise(MADV_SEQUENTIAL)`, and reads
+  one byte a page in order: the pages come in by page faults, the kernel's sequential
+  read-ahead for a mapping, the way transformers' offloaded layers came in at 2.21 GB/s against
+  1.74 in run 27 (measured in run 28, not adopted: half the chunked reader's rate, the disk idle
+  half of each step: one fault at a time has only the kernel's read-ahead window in flight);
 
 so both see the same disk, the same load and the same process. A step's reader is switched
 before the step starts; the blocks asked for from the last decoder layer on (the table, the
@@ -53,22 +55,7 @@ def _order(ways: list[str], steps: int) -> list[str]:
     return [cycle[i % len(cycle)] for i in range(steps)]
 
 
-def _sendfile(fd: int, offset: int, nbytes: int, chunk: int | None = None) -> None:
-    """The range read into the page cache by sendfile(2) to /dev/null: the kernel's own
-    sequential read-ahead, nothing copied to this process; returns once it is read."""
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        end = offset + nbytes
-        while offset < end:
-            sent = os.sendfile(null, fd, offset, min(end - offset, 1 << 30))
-            if sent <= 0:
-                break
-            offset += sent
-    finally:
-        os.close(null)
-
-
-def _touch(fd: int, offset: int, nbytes: int, chunk: int | None = None) -> None:
+def _touch(fd: int, offset: int, nbytes: int) -> None:
     """The range read into the page cache by page faults: a fresh read-only map of it, marked
     sequential (the kernel then reads a whole read-ahead window at a fault and the next one
     asynchronously, as for a file read in order), one byte a page read in order, 8 MiB of pages
@@ -91,10 +78,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", required=True, help="checkpoint folder (streamed: larger than RAM)")
     ap.add_argument("--steps", type=int, default=6, help="decode steps after the prefill")
     ap.add_argument("--disk-gib", type=float, default=1.0)
-    ap.add_argument("--ways", default="one call,chunked",
-                    help="comma list of: one call, chunked, sendfile (a reader that reads each "
-                         "block ahead by sendfile(2) to /dev/null), touch (by page faults on a "
-                         "sequential map, one byte a page)")
+    ap.add_argument("--ways", default="sendfile,chunked",
+                    help="comma list of: sendfile (the streamer's reader), chunked (WILLNEED "
+                         "in chunks), one call (one WILLNEED a range), touch (by page faults on "
+                         "a sequential map, one byte a page)")
     ap.add_argument("--stream-anyway", action="store_true",
                     help="stream (drop used pages) even a checkpoint that fits: a smoke run")
     ap.add_argument("--record", metavar="FILE", help="benchmarks/record.py output")
@@ -104,12 +91,13 @@ def main(argv=None) -> int:
     from npgemma.checkpoint import prefetch
     from npgemma.generation.generate import GenerationConfig, generate_tokens
 
-    chunked = prefetch.willneed
+    streamer_reads = prefetch.read_ahead  # what the streamer calls, looked up at each call
 
-    def one_call(fd, offset, nbytes, chunk=None):  # the reader before run 22
-        return chunked(fd, offset, nbytes, chunk=nbytes)
+    def one_call(fd, offset, nbytes):  # the reader before run 22
+        return prefetch.willneed(fd, offset, nbytes, chunk=nbytes)
 
-    readers = {"one call": one_call, "chunked": chunked, "sendfile": _sendfile, "touch": _touch}
+    readers = {"one call": one_call, "chunked": prefetch.willneed, "sendfile": streamer_reads,
+               "touch": _touch}
     names = args.ways.split(",")
     if not names or set(names) - set(readers):
         ap.error(f"--ways: comma list of {', '.join(readers)}")
@@ -131,7 +119,7 @@ def main(argv=None) -> int:
     tokens = generate_tokens(pipe.backend, pipe.params, pipe.cfg, batch.input_ids,
                              batch.pixel_values, GenerationConfig(max_new_tokens=args.steps + 1),
                              attention_mask=batch.attention_mask)
-    for i, _ in enumerate(tokens):  # token 0 ends the prefill (chunked)
+    for i, _ in enumerate(tokens):  # token 0 ends the prefill (the streamer's reader)
         now, read, busy = time.perf_counter(), _read_bytes(), disk_busy_ms(args.model)
         if i:
             share = None if b is None else 100 * (busy - b) / 1000 / (now - t)
@@ -143,9 +131,9 @@ def main(argv=None) -> int:
         else:
             print(f"prefill: {now - t:.1f} s", file=sys.stderr, flush=True)
         if i < args.steps:
-            prefetch.willneed = readers[order[i]]
+            prefetch.read_ahead = readers[order[i]]
         t, r, b = time.perf_counter(), _read_bytes(), disk_busy_ms(args.model)
-    prefetch.willneed = chunked
+    prefetch.read_ahead = streamer_reads
     pipe.backend.streamer.close()
     disk.append(disk_read_gbs(args.model, args.disk_gib))
     passes.append(disk_pass_gbs(args.model))

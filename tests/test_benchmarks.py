@@ -100,7 +100,7 @@ def test_bench(tiny, tmp_path):
 
 
 def test_stream_compare(tiny, tmp_path):
-    """The two readers alternate A B B A over the decode steps; a checkpoint that fits is
+    """The readers alternate A B B A over the decode steps; a checkpoint that fits is
     refused unless streamed anyway (the smoke run)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     refused = subprocess.run([sys.executable, str(BENCH / "stream_compare.py"), "--model",
@@ -110,7 +110,7 @@ def test_stream_compare(tiny, tmp_path):
     run("stream_compare.py", "--model", str(tiny), "--steps", "4", "--stream-anyway",
         "--disk-gib", "0.001", "--record", str(tmp_path / "r.json"), cwd=tmp_path)
     figures = recorded(tmp_path / "r.json", "stream_compare.py")
-    assert [s["way"] for s in figures["steps"]] == ["one call", "chunked", "chunked", "one call"]
+    assert [s["way"] for s in figures["steps"]] == ["sendfile", "chunked", "chunked", "sendfile"]
     for way in figures["ways"].values():
         assert way["steps"] == 2 and way["median_s"] > 0 and math.isfinite(way["median_gbs"])
     assert len(figures["disk_pass_gbs"]) == 2 and all(g > 0 for g in figures["disk_pass_gbs"])

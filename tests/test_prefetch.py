@@ -16,6 +16,7 @@ import os
 import re
 import struct
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -92,6 +93,31 @@ def tensor_pages(folder) -> dict[str, list[tuple[str, np.ndarray]]]:
             for name, files in blocks.items()}
 
 
+FOLIO = 2 << 20  # the largest page-cache folio (x86-64's PMD size; ext4 has used them since 6.x)
+
+
+def interior(pages: dict[str, list[tuple[str, np.ndarray]]]) -> dict:
+    """`tensor_pages` without the pages a folio shared with a neighbour could hold: for each run
+    of consecutive pages (a block's tensors lie one after another in a file), those in the
+    naturally aligned FOLIO around its first and its last page. The kernel keeps a folio lying
+    partly outside the range handed back, and cannot hand back part of one, so those pages
+    may stay cached when the neighbour does; every other page of a dropped block must go."""
+    per = FOLIO // PAGE
+    out = {}
+    for block, files in pages.items():
+        kept = []
+        for f, p in files:
+            starts = p[np.r_[True, np.diff(p) > 1]]
+            ends = p[np.r_[np.diff(p) > 1, True]]
+            edge = np.zeros(len(p), bool)
+            for a, b in zip(starts, ends):
+                edge |= (p // per == a // per) | (p // per == b // per)
+            if (~edge).any():
+                kept.append((f, p[~edge]))
+        out[block] = kept
+    return out
+
+
 def evict(path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -108,18 +134,28 @@ def folder(tmp_path_factory):
                             num_shards=2, seed=5)
 
 
-@pytest.fixture(scope="module")
-def paged(tmp_path_factory):
+@pytest.fixture(scope="module", params=["narrow", "wide"])
+def paged(request, tmp_path_factory):
     """A checkpoint whose every decoder tensor spans whole pages (the tiny one's 4 KiB tensors
-    straddle page boundaries), four decoder layers, in two shards; its page cache emptied."""
-    root = tmp_path_factory.mktemp("paged")
+    straddle page boundaries), six decoder layers, in two shards; its page cache emptied.
+    "narrow": each decoder layer 3 FOLIOs long (6 MiB), read ahead by WILLNEED alone when it
+    is shorter than the two read-ahead windows `prefetch.read_ahead` leaves to WILLNEED;
+    "wide": each layer three windows long (24 MiB where read_ahead_kb is 8192), most of it read
+    by sendfile, whose kernel read-ahead would run past a range into the next block."""
+    root = tmp_path_factory.mktemp(f"paged-{request.param}")
     probe = root / "probe.bin"
     probe.write_bytes(os.urandom(16 * PAGE))
     evict(probe)
     if cached_pages(probe).any():
         pytest.skip("this file system keeps its pages in memory (tmpfs?): nothing to drop")
+    hidden, length = 128, 3 * FOLIO  # the layer's length: its MLP's three matrices, bf16
+    if request.param == "wide":
+        fd = os.open(probe, os.O_RDONLY)
+        length = 3 * prefetch.willneed_chunk(fd)
+        os.close(fd)
+    width = -(-length // (3 * hidden * 2) // 64) * 64
     return write_checkpoint(root / "pg2", tiny_config(
-        text="gemma2", sliding_window=4, hidden_size=128, intermediate_size=256, head_dim=32,
+        text="gemma2", sliding_window=4, hidden_size=hidden, intermediate_size=width, head_dim=32,
         num_hidden_layers=LAYERS), dtype="bfloat16", num_shards=2, seed=7)
 
 
@@ -140,9 +176,9 @@ class Spy(prefetch.Streamer):
         self.entered.append(name)
         super().__call__(name)
 
-    def _willneed(self, name):
+    def _read_ahead(self, name):
         self.fetched.append(name)
-        super()._willneed(name)
+        super()._read_ahead(name)
 
     def _dontneed(self, name):
         self.dropped.append(name)
@@ -155,7 +191,7 @@ class Watcher(prefetch.Streamer):
 
     def __init__(self, params, drop, pages, keep=0, settle=False):
         super().__init__(params, drop, keep)
-        self.pages, self.seen, self.settle = pages, [], settle
+        self.pages, self.inner, self.seen, self.settle = pages, interior(pages), [], settle
 
     def __call__(self, name):
         super().__call__(name)
@@ -171,8 +207,11 @@ class Watcher(prefetch.Streamer):
                 if all((again[f] == cached[f]).all() for f in files):
                     break
                 cached = again
-            self.seen.append((name, {block: float(np.mean(np.concatenate(
-                [cached[f][p] for f, p in files]))) for block, files in self.pages.items()}))
+            def share(pages):  # of each block's pages, the share cached (0 where it has none)
+                return {block: float(np.mean(np.concatenate([cached[f][p] for f, p in files])))
+                        if files else 0.0 for block, files in pages.items()}
+
+            self.seen.append((name, share(self.pages), share(self.inner)))
 
 
 @pytest.mark.parametrize("drop", [False, True])
@@ -206,19 +245,22 @@ def _watched(paged, drop, keep=0, settle=False):
     for path in paged.glob("*.safetensors"):
         evict(path)
     watcher = pipe.backend.streamer = Watcher(pipe.params, drop, tensor_pages(paged), keep, settle)
-    _run(pipe)
+    with mock.patch.object(prefetch, "_sendfile", wraps=prefetch._sendfile) as sent:
+        _run(pipe)
     watcher.close()
     assert len(watcher.seen) >= 3 * LAYERS  # the prompt passes and the decode steps
+    wide = "paged-wide" in str(paged)  # the fixture's folder: paged-{narrow,wide}N/pg2
+    assert any(c.args[2] > 0 for c in sent.call_args_list) == wide, "sendfile read no layer"
     return watcher.seen
 
 
 def test_streaming_drops_the_block_two_behind_and_keeps_the_one_behind(paged):
     """On entering block i (the table counts as the block after the last decoder layer), the
-    page cache holds none of block i - 2 and all of block i - 1: at most i - 1, i and i + 1
-    are cached. Measured with mincore on the file."""
-    for k, (name, cached) in enumerate(_watched(paged, drop=True)):
+    page cache holds none of block i - 2 (but the folios it shares with a neighbour: `interior`)
+    and all of block i - 1: at most i - 1, i and i + 1 are cached. Measured with mincore."""
+    for k, (name, cached, inner) in enumerate(_watched(paged, drop=True)):
         i = CYCLE.index(name)
-        assert cached[CYCLE[i - 2]] == 0, f"entering {name} (#{k}): {CYCLE[i - 2]} still cached"
+        assert inner[CYCLE[i - 2]] == 0, f"entering {name} (#{k}): {CYCLE[i - 2]} still cached"
         if k:  # the first entry of all: only the prompt's rows of the table were read so far
             assert cached[CYCLE[i - 1]] == 1, f"entering {name} (#{k}): {CYCLE[i - 1]} dropped"
 
@@ -227,7 +269,7 @@ def test_without_dropping_every_block_read_stays_cached(paged):
     """The control: the same run, not streaming, leaves every block it has read in the page
     cache (so it is the dropping that empties block i - 2 above, not the kernel)."""
     seen = _watched(paged, drop=False)
-    for k, (name, cached) in enumerate(seen[LAYERS + 1:], LAYERS + 1):  # after one full pass
+    for k, (name, cached, _) in enumerate(seen[LAYERS + 1:], LAYERS + 1):  # after a pass
         assert all(v == 1 for v in cached.values()), f"entering {name} (#{k}): {cached}"
 
 
@@ -243,12 +285,12 @@ def test_kept_layers_are_never_dropped_and_change_nothing(folder, paged):
     pipe.backend.streamer.close()
     np.testing.assert_array_equal(logits, want_logits)
     assert tokens == want_tokens
-    for k, (name, cached) in enumerate(_watched(paged, drop=True, keep=1)):
+    for k, (name, cached, inner) in enumerate(_watched(paged, drop=True, keep=1)):
         i = CYCLE.index(name)
         if k:  # decoder layer 0 was read by the first pass, and stays
             assert cached["decoder.blocks.0"] == 1, f"entering {name} (#{k}): layer 0 dropped"
         if CYCLE[i - 2] != "decoder.blocks.0":
-            assert cached[CYCLE[i - 2]] == 0, f"entering {name} (#{k}): {CYCLE[i - 2]} cached"
+            assert inner[CYCLE[i - 2]] == 0, f"entering {name} (#{k}): {CYCLE[i - 2]} cached"
 
 
 def test_with_layers_kept_the_first_streamed_layers_are_read_while_the_kept_ones_run(paged):
@@ -256,13 +298,14 @@ def test_with_layers_kept_the_first_streamed_layers_are_read_while_the_kept_ones
     layer has the first streamed layer (2) read ahead with the table, and entering layer 0 has
     layers 2 and 3 in the page cache, not the kept layers 1 and 2 asked for (the disk would idle
     while the cores run the kept layers). Never more than 2 + READ_AHEAD streamed blocks are
-    cached on entering a block (the budget of `estimate.resident_layers`). mincore, after the
-    reader thread has done what it was told and the reads it asked for have landed."""
+    cached on entering a block (the budget of `estimate.resident_layers`; a block counts when
+    any of its `interior` is). mincore, after the reader thread has done what it was told and
+    the reads it asked for have landed."""
     kept = {"decoder.blocks.0", "decoder.blocks.1"}
     seen = _watched(paged, drop=True, keep=2, settle=True)
     checked = 0
-    for k, (name, cached) in enumerate(seen):
-        streamed = [b for b, share in cached.items() if share > 0 and b not in kept]
+    for k, (name, cached, inner) in enumerate(seen):
+        streamed = [b for b, share in inner.items() if share > 0 and b not in kept]
         assert len(streamed) <= 2 + prefetch.READ_AHEAD, f"entering {name} (#{k}): {streamed}"
         if k <= LAYERS:  # the first pass reads the kept layers too
             continue
@@ -442,3 +485,94 @@ def test_one_willneed_call_of_the_chunk_size_is_read_whole(tmp_path):
         os.close(fd)
     assert cached[pages:2 * pages].all(), f"{np.mean(cached[pages:2 * pages]):.0%} of one chunk"
     assert not cached[2 * pages + 64:].any()  # the kernel's own read-around stays small
+
+
+def _file_of_chunks(tmp_path, chunks: int):
+    """A file `chunks` WILLNEED chunks long, written and evicted; (path, chunk)."""
+    path = tmp_path / "r.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        chunk = prefetch.willneed_chunk(fd)
+        block = os.urandom(1 << 20)
+        for _ in range(chunks * chunk // len(block)):
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+    evict(path)
+    if cached_pages(path).any():
+        pytest.skip("this file system keeps its pages in memory (tmpfs?): nothing to drop")
+    return path, chunk
+
+
+def _read_into_cache(path, reader, lo: int, hi: int) -> np.ndarray:
+    """`reader(fd, lo, hi - lo)`, then mincore once every page of the range is cached (20 s at
+    most: a busy disk is slow) and the kernel's read-ahead has had time to land (0.5 s more)."""
+    evict(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader(fd, lo, hi - lo)
+    finally:
+        os.close(fd)
+    for _ in range(200):
+        if cached_pages(path)[lo // PAGE:hi // PAGE].all():
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return cached_pages(path)
+
+
+def test_read_ahead_reads_the_range_by_sendfile_and_nothing_past_it(tmp_path):
+    """`prefetch.read_ahead` over four windows in the middle of a file has every page of them
+    cached and none before or after (mincore), most of it read by sendfile. The control: plain
+    sendfile over the same range, whose kernel read-ahead runs past its end — why the last two
+    windows are left to WILLNEED."""
+    path, chunk = _file_of_chunks(tmp_path, 9)
+    lo, hi = 2 * chunk, 6 * chunk
+    control = _read_into_cache(path, prefetch._sendfile, lo, hi)
+    assert control[hi // PAGE:].any(), "sendfile read nothing past the range: the control failed"
+    with mock.patch.object(prefetch, "_sendfile", wraps=prefetch._sendfile) as sent:
+        cached = _read_into_cache(path, prefetch.read_ahead, lo, hi)
+    assert [c.args[1:] for c in sent.call_args_list] == [(lo, hi - lo - 2 * chunk)]
+    assert cached[lo // PAGE:hi // PAGE].all(), f"{np.mean(cached[lo // PAGE:hi // PAGE]):.0%}"
+    assert not cached[:lo // PAGE].any() and not cached[hi // PAGE:].any(), (
+        f"{cached[:lo // PAGE].sum()} pages before, {cached[hi // PAGE:].sum()} after the range")
+
+
+def test_read_ahead_falls_back_to_willneed_where_sendfile_fails(tmp_path, monkeypatch):
+    """A file system that cannot splice (sendfile raises): the whole range is still read into
+    the page cache, by WILLNEED, and nothing past it."""
+    path, chunk = _file_of_chunks(tmp_path, 7)
+
+    def refused(*args):
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", refused)
+    lo, hi = chunk, 5 * chunk
+    cached = _read_into_cache(path, prefetch.read_ahead, lo, hi)
+    assert cached[lo // PAGE:hi // PAGE].all(), f"{np.mean(cached[lo // PAGE:hi // PAGE]):.0%}"
+    assert not cached[:lo // PAGE].any() and not cached[hi // PAGE:].any()
+
+
+def test_a_block_is_read_and_dropped_as_one_range_per_file(folder):
+    """The streamer joins a block's tensors into the runs they form in each file (read from the
+    safetensors headers here): each decoder layer is one range in each shard holding part of
+    it, covering exactly the bytes from its first tensor to its last."""
+    pipe = npgemma.load(folder, dtype="bfloat16")
+    streamer = pipe.backend.streamer
+    want: dict[str, dict[str, list]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        for key, info in header.items():
+            m = re.search(r"language_model\.model\.layers\.(\d+)\.", key)
+            if m:
+                begin, end = (8 + n + o for o in info["data_offsets"])
+                want.setdefault(f"decoder.blocks.{m.group(1)}", {}).setdefault(
+                    str(path), []).append((begin, end))
+    for name, files in want.items():
+        got = sorted((str(owner.filename), at, at + nbytes)
+                     for owner, at, nbytes in streamer.spans[name])
+        runs = sorted((f, min(b for b, _ in r), max(e for _, e in r)) for f, r in files.items())
+        assert got == runs, name
+    pipe.backend.streamer.close()

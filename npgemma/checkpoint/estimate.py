@@ -155,7 +155,10 @@ def _largest_tensor(cfg: PaliGemmaConfig) -> int:
                t.intermediate_size * dt)
 
 
-# Streamed, the kernel is left this much page cache beside the blocks in flight.
+# Streamed, the kernel is left this much page cache beside the blocks in flight. It also holds
+# what dropping cannot take out: a page-cache folio (up to 2 MiB) straddling the end of a dropped
+# block's range and a neighbour, at most two a range (a 28B pass: ~80 ranges, < 0.4 GiB; clean
+# pages, the first the kernel reclaims). Nothing is read past a range (`prefetch.read_ahead`).
 _CACHE_SLACK = 2**30
 
 

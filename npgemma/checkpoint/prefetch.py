@@ -7,11 +7,13 @@ memory the machine has, every pass (a prefill, each decode step) reads the weigh
 again: the page cache, scanned cyclically, keeps nothing useful. Two things make that pass run
 at the disk's speed and leave other processes their memory:
 
-- prefetch: when the model enters block i (`hooks.scope`), a reader thread asks the kernel for
-  the bytes of the READ_AHEAD blocks after it (`posix_fadvise(WILLNEED)`: asynchronous
-  read-ahead), so the disk reads while the cores multiply. Asked in chunks (`willneed`): Linux
-  reads at most max(read_ahead_kb, max_sectors_kb) of one WILLNEED call (8 MiB on the disk
-  measured), so one call per 100 MB tensor had left the rest to the compute's page faults;
+- prefetch: when the model enters block i (`hooks.scope`), a reader thread has the kernel read
+  the bytes of the READ_AHEAD blocks after it into the page cache (`read_ahead`: sendfile(2) to
+  /dev/null, the kernel's own sequential read-ahead, nothing copied), so the disk reads while
+  the cores multiply. The last two read-ahead windows of each range are asked for with
+  `posix_fadvise(WILLNEED)` instead (`willneed`), which reads exactly what it is asked: the
+  kernel's read-ahead runs past the end of what sendfile reads, into a neighbour in the file
+  (perhaps a block just dropped);
 - drop: block i-2's pages are unmapped from this process (`madvise(DONTNEED)`: a later touch
   reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`), by the same
   thread just before it asks for block i+1, so the file's pages never crowd out anyone's memory
@@ -52,7 +54,8 @@ PAGE = mmap.PAGESIZE
 # RESULTS.md): runs 20, 21, one run each, busy machine, when only each tensor's first 8 MB was
 # read ahead (one WILLNEED call): one block ahead 0.41 GB/s, two 0.53 GB/s. Runs 22-25, whole
 # blocks read ahead (`willneed`): 1.6-2.1 GB/s, the disk busy 84-99% of a decode step (one call
-# a tensor, side by side: 1.7-1.8 GB/s, 67-77% busy).
+# a tensor, side by side: 1.7-1.8 GB/s, 67-77% busy). Runs 29, 30: read by sendfile instead,
+# side by side with the chunked WILLNEED: 2.25 against 2.11 GB/s (10B), 2.51 against 1.99 (28B).
 READ_AHEAD = 2
 
 
@@ -91,6 +94,9 @@ class Streamer:
         decoder = [f"decoder.blocks.{i}" for i in range(len(text["layers"]))]
         self.blocks |= {name: self._ranges(layer) for name, layer in zip(decoder, text["layers"])}
         self.blocks["lm_head"] = self._ranges(table)
+        # What the reader reads of a block: its tensors' ranges joined where they touch (a
+        # layer's tensors lie one after another in its file), so that each is one long read.
+        self.spans = {name: _joined(ranges) for name, ranges in self.blocks.items()}
         self.next: dict[str, list[str]] = {}
         vision_names = [f"vision.blocks.{i}" for i in range(len(vision))]
         # What to ask for on entering a block: the `ahead` blocks after it in the order a pass
@@ -147,7 +153,7 @@ class Streamer:
         if self.drop and old is not None and old != name and old not in self.kept:
             self._reader.submit(self._dontneed, old)  # unmapping 1 GB of pages takes a while
         for nxt in (self.first if self.unchecked else self.next).get(name, ()):
-            self._reader.submit(self._willneed, nxt)
+            self._reader.submit(self._read_ahead, nxt)
 
     def _fd(self, filename: str) -> int:
         fd = self._fds.get(filename)
@@ -155,19 +161,60 @@ class Streamer:
             fd = self._fds[filename] = os.open(filename, os.O_RDONLY)
         return fd
 
-    def _willneed(self, name: str) -> None:
-        for owner, offset, nbytes in self.blocks[name]:
-            willneed(self._fd(owner.filename), offset, nbytes)
+    def _read_ahead(self, name: str) -> None:
+        for owner, offset, nbytes in self.spans[name]:
+            read_ahead(self._fd(owner.filename), offset, nbytes)
             self.bytes_prefetched += nbytes
 
     def _dontneed(self, name: str) -> None:
-        for owner, offset, nbytes in self.blocks[name]:
+        # Over the joined ranges, not tensor by tensor: a page two tensors share would stay
+        # mapped, and the kernel keeps a folio (a page-cache unit, up to 2 MiB on ext4 since
+        # Linux 6.x) that is mapped or lies partly outside the range asked for.
+        for owner, offset, nbytes in self.spans[name]:
             _unmap(owner, offset, nbytes)
             os.posix_fadvise(self._fd(owner.filename), offset, nbytes, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
         self._reader.shutdown(wait=True)
         self._finalizer()
+
+
+def read_ahead(fd: int, offset: int, nbytes: int) -> None:
+    """Have the kernel read bytes [offset, offset + nbytes) of the file into the page cache, and
+    nothing past them; returns once all but the last two windows are read (those are in flight).
+
+    The bulk by sendfile(2) to /dev/null: the file read in order by the kernel's sequential
+    read-ahead, no byte copied to this process (benchmarks/RESULTS.md runs 29, 30: 2.25 and 2.51
+    GB/s a streamed step against 2.11 and 1.99 for the chunked WILLNEED, side by side). That
+    read-ahead runs ahead of the reader by up to two windows (the window being read and the next
+    one, asked for when the reader reaches the first), so it would go past the range by up to
+    that much, into bytes of another block, perhaps one just dropped (8 MiB past a range on the
+    machine of run 30, mincore). So the last 2 * `willneed_chunk` bytes (a window is no larger)
+    are asked for by `willneed`, which reads exactly the range. Where sendfile fails (a file
+    system that cannot splice), `willneed` asks for all of it."""
+    tail = min(nbytes, 2 * willneed_chunk(fd))
+    done = 0
+    with contextlib.suppress(OSError):
+        done = _sendfile(fd, offset, nbytes - tail)
+    willneed(fd, offset + done, nbytes - done)
+
+
+def _sendfile(fd: int, offset: int, nbytes: int) -> int:
+    """Bytes [offset, offset + nbytes) sent to /dev/null (read into the page cache on the way):
+    how many were."""
+    if nbytes <= 0:
+        return 0
+    null = os.open(os.devnull, os.O_WRONLY)
+    done = 0
+    try:
+        while done < nbytes:
+            sent = os.sendfile(null, fd, offset + done, nbytes - done)
+            if sent <= 0:  # the end of the file
+                break
+            done += sent
+    finally:
+        os.close(null)
+    return done
 
 
 def willneed_chunk(fd: int) -> int:
@@ -202,6 +249,18 @@ def willneed(fd: int, offset: int, nbytes: int, chunk: int | None = None) -> Non
     chunk = chunk or willneed_chunk(fd)
     for at in range(offset, offset + nbytes, chunk):
         os.posix_fadvise(fd, at, min(chunk, offset + nbytes - at), os.POSIX_FADV_WILLNEED)
+
+
+def _joined(ranges: list) -> list[tuple[np.memmap, int, int]]:
+    """The (memmap, offset, bytes) ranges in file order, neighbours in one map joined where less
+    than a page lies between them (a tensor's alignment)."""
+    out: list[list] = []
+    for owner, offset, nbytes in sorted(ranges, key=lambda r: (r[0].filename, r[1])):
+        if out and out[-1][0] is owner and offset - (out[-1][1] + out[-1][2]) < PAGE:
+            out[-1][2] = max(out[-1][2], offset + nbytes - out[-1][1])
+        else:
+            out.append([owner, offset, nbytes])
+    return [tuple(span) for span in out]
 
 
 def _ahead(after: list[str], ahead: int, kept: set) -> list[str]:
