@@ -103,5 +103,6 @@ def lm_head(hidden: np.ndarray, weight: np.ndarray, cfg: TextConfig) -> np.ndarr
     """Logits float32[B, L, V] from the output table `weight` [V, D] (the embedding table when
     tied), then Gemma-2's final soft cap. The cap is monotone, so greedy tokens do not depend on
     it — sampling does."""
-    logits = linear(hidden, weight)  # [B, L, D] -> [B, L, V]
+    with scope("lm_head"):  # named for the streaming reader; no hook inside
+        logits = linear(hidden, weight)  # [B, L, D] -> [B, L, V]
     return hook("unembed.hook_logits", softcap(logits, cfg.final_logit_softcapping))

@@ -100,21 +100,25 @@ class Streamer:
         self.next: dict[str, list[str]] = {}
         vision_names = [f"vision.blocks.{i}" for i in range(len(vision))]
         # What to ask for on entering a block: the `ahead` blocks after it in the order a pass
-        # reads them (after the last decoder layer: the output table, which the model enters no
-        # scope for, so it rides with that layer, then layer 0 of the next decode step, and on);
-        # and what two blocks back to hand back. From the second pass on, the kept layers are
-        # cached: skipped, so that the disk reads the first streamed layers while the cores run
-        # the kept ones (`first`: the table of the first pass, which reads the kept layers too).
+        # reads them (the decoder layers, the output table, layer 0 of the next decode step,
+        # and on); and what two blocks back to hand back. From the second pass on, the kept
+        # layers are cached: skipped, so that the disk reads the first streamed layers while
+        # the cores run the kept ones, and a kept layer among the two cached behind (i-1, i)
+        # lets one more streamed block be asked for in their place: the streamed blocks in the
+        # page cache stay 2 + ahead (`first`: the table of the first pass, which reads the kept
+        # layers too).
         cycle = decoder + ["lm_head"]
         self.kept = set(decoder[:keep])  # never dropped: cached from the first pass on
         prefill = vision_names + cycle + decoder  # a pass, then the next one's start
         for i, name in enumerate(vision_names):
             self.next[name] = prefill[i + 1:i + 1 + ahead]
         self.first = dict(self.next)
-        for i, name in enumerate(decoder):
-            self.first[name] = _ahead(cycle[i + 1:] + cycle, ahead, set())
-            self.next[name] = _ahead(cycle[i + 1:] + cycle, ahead, self.kept)
+        for i, name in enumerate(cycle):
+            held = len({cycle[i - 1], name} & self.kept)
+            self.first[name] = _ahead(name, cycle[i + 1:] + cycle, ahead, set())
+            self.next[name] = _ahead(name, cycle[i + 1:] + cycle, ahead + held, self.kept)
         self.behind = {name: cycle[i - 2] for i, name in enumerate(cycle)}
+        self._asked: set[str] = set()  # asked for and not handed back since: not asked again
         # Finiteness, once per block: {block: {canonical key: array}} until first entered.
         self.unchecked = {f"vision.blocks.{i}": flatten(layer, f"vision_tower.encoder.layers.{i}.")
                           for i, layer in enumerate(vision)}
@@ -122,7 +126,6 @@ class Streamer:
                            for i, (name, layer) in enumerate(zip(decoder, text["layers"]))}
         self.unchecked["lm_head"] = {"lm_head.weight" if "lm_head" in params else
                                      "language_model.embed_tokens.weight": table}
-        self.last_decoder = decoder[-1]
         blocks = {id(a) for tree in self.unchecked.values() for a in tree.values()}
         _check_finite({k: a for k, a in flatten(params).items() if id(a) not in blocks},
                       mapped=False)
@@ -143,17 +146,20 @@ class Streamer:
         return out
 
     def __call__(self, name: str) -> None:
-        if self.unchecked:  # first pass: this block (and after the last layer, the table)
-            for block in (name, "lm_head") if name == self.last_decoder else (name,):
-                _check_finite(self.unchecked.pop(block, {}))
+        if self.unchecked:  # first pass: this block
+            _check_finite(self.unchecked.pop(name, {}))
         # On the reader thread, in this order: block i-2 handed back first, so that no more than
-        # 2 + READ_AHEAD blocks (i-1, i, i+1, ...) are ever in the page cache at once; then the
-        # blocks ahead asked for.
+        # 2 + READ_AHEAD streamed blocks (i-1, i, i+1, ...) are ever in the page cache at once;
+        # then the blocks ahead asked for, each once until it is handed back (a second ask would
+        # have sendfile walk a GB of cached pages again).
         old = self.behind.get(name)
         if self.drop and old is not None and old != name and old not in self.kept:
             self._reader.submit(self._dontneed, old)  # unmapping 1 GB of pages takes a while
+            self._asked.discard(old)
         for nxt in (self.first if self.unchecked else self.next).get(name, ()):
-            self._reader.submit(self._read_ahead, nxt)
+            if nxt not in self._asked:
+                self._asked.add(nxt)
+                self._reader.submit(self._read_ahead, nxt)
 
     def _fd(self, filename: str) -> int:
         fd = self._fds.get(filename)
@@ -263,13 +269,16 @@ def _joined(ranges: list) -> list[tuple[np.memmap, int, int]]:
     return [tuple(span) for span in out]
 
 
-def _ahead(after: list[str], ahead: int, kept: set) -> list[str]:
-    """The blocks to ask for, from `after` (the blocks that follow, in a pass's order, wrapping):
-    the first `ahead` not kept. When the output table is among them one more rides with it (no
-    scope is entered for the table, so nothing else would ask for the block after it in time),
-    unless layers are kept: then entering layer 0, a kept layer, asks for it."""
-    after = [b for b in after if b not in kept]
-    return after[:ahead + ("lm_head" in after[:ahead] and not kept)]
+def _ahead(name: str, after: list[str], ahead: int, kept: set) -> list[str]:
+    """The blocks to ask for on entering `name`, from `after` (the blocks that follow, in a
+    pass's order, wrapping): the first `ahead` not kept, each once, never `name` itself."""
+    out: list[str] = []
+    for b in after:
+        if len(out) == ahead:
+            break
+        if b != name and b not in kept and b not in out:
+            out.append(b)
+    return out
 
 
 def _check_finite(tensors: dict, mapped: bool = True) -> None:

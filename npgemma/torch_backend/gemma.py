@@ -94,4 +94,6 @@ def decoder(params, embeds, positions, masks: dict, cfg: TextConfig, cache=None,
 
 def lm_head(hidden: torch.Tensor, weight: torch.Tensor, cfg: TextConfig) -> torch.Tensor:
     """Logits [B, L, V] (tied table unless untied), then Gemma-2's final soft cap."""
-    return hook("unembed.hook_logits", softcap(linear(hidden, weight), cfg.final_logit_softcapping))
+    with scope("lm_head"):  # named for the streaming reader; no hook inside
+        logits = linear(hidden, weight)
+    return hook("unembed.hook_logits", softcap(logits, cfg.final_logit_softcapping))
