@@ -45,7 +45,8 @@ def _pushed(cap, name: str):
 
 
 def scope(name: str):
-    """A context naming the enclosing component ("vision.blocks.0", "decoder.blocks.3", "lm_head")."""
+    """A context naming the enclosing component ("vision.blocks.0", "decoder.blocks.3",
+    "lm_head")."""
     listener = _LISTENER.get()
     if listener is not None:
         listener(name)

@@ -300,8 +300,8 @@ def test_with_layers_kept_the_first_streamed_layers_are_read_while_the_kept_ones
     layer has the table cached, entering layer 0 has layers 2 and 3 in the page cache, not the
     kept layers 1 and 2 asked for (the disk would idle while the cores run the kept layers), and
     entering layer 1 has four streamed layers cached (2 to 5): with nothing streamed behind, the
-    reader asks for two more in place of the kept ones. Never more than 2 + READ_AHEAD streamed blocks are
-    cached on entering a block (the budget of `estimate.resident_layers`; a block counts when
+    reader asks for two more in place of the kept ones. Never more than 2 + READ_AHEAD streamed
+    blocks are cached on entering a block (the budget of `estimate.resident_layers`; a block counts when
     any of its `interior` is). mincore, after the reader thread has done what it was told and
     the reads it asked for have landed."""
     kept = {"decoder.blocks.0", "decoder.blocks.1"}

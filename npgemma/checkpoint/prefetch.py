@@ -21,13 +21,18 @@ at the disk's speed and leave other processes their memory:
   its pages cached between passes, and so does a streamed run for its first `keep` decoder
   layers, as many as the memory check found room for (`memory.resident_layers`): each pass then
   reads only the rest from disk, and the reader asks past the kept layers for the first streamed
-  ones, so the disk works while the cores run the kept layers.
+  ones, two more of them while the kept layers run (they take no room of the 2 + READ_AHEAD
+  streamed blocks cached), so the disk works while the cores run the kept layers.
+
+A block is a vision layer, a decoder layer or the output table (the scope `lm_head`), each read
+and dropped as one range per file, each asked for once until it is dropped.
 
 Neither changes a number: both are hints about *when* bytes are read, the arrays are the same
 read-only maps. One check rides along (`finite.py`): each block's weights are checked for NaN
 and Inf the first time the model enters it (the tensors outside the blocks, small, when the
-streamer is made), so a mapped checkpoint is never scanned twice: once per block per run. Anonymous memory (what the kernel cannot reclaim) stays the activations, the
-KV-cache and the widening buffers.
+streamer is made), so a mapped checkpoint is never scanned twice: once per block per run.
+Anonymous memory (what the kernel cannot reclaim) stays the activations, the KV-cache and the
+widening buffers.
 """
 
 from __future__ import annotations
