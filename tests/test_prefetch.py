@@ -178,7 +178,7 @@ class Spy(prefetch.Streamer):
 
     def _read_ahead(self, name):
         self.fetched.append(name)
-        self.log.append(("read", name))  # one reader thread: the log is in the reader's order
+        self.log.append(("read", name))  # a read of a block waits for its hand-back
         super()._read_ahead(name)
 
     def _dontneed(self, name):
@@ -197,7 +197,8 @@ class Watcher(prefetch.Streamer):
 
     def __call__(self, name):
         super().__call__(name)
-        self._reader.submit(lambda: None).result()  # one reader thread, in order: all done
+        self._dropper.submit(lambda: None).result()  # each thread in order: all it was told
+        self._reader.submit(lambda: None).result()
         if name.startswith("decoder."):
             files = {f for b in self.pages.values() for f, _ in b}
             cached = {f: cached_pages(f) for f in files}
@@ -589,3 +590,26 @@ def test_a_block_is_read_and_dropped_as_one_range_per_file(folder):
         runs = sorted((f, min(b for b, _ in r), max(e for _, e in r)) for f, r in files.items())
         assert got == runs, name
     pipe.backend.streamer.close()
+
+
+def test_a_block_is_handed_back_at_once_and_a_read_of_it_still_queued_is_called_off(paged):
+    """The reader busy (a read of a GB, here a gate): entering a block hands back the one two
+    behind without waiting for the reader, and a read of that block still queued never runs
+    (it would put back the pages just handed back). Six decoder layers, entered in order."""
+    import threading
+
+    pipe = npgemma.load(paged, dtype="bfloat16")
+    pipe.backend.streamer.close()
+    spy = Spy(pipe.params, drop=True)
+    gate = threading.Event()
+    spy._reader.submit(gate.wait, 30)
+    try:
+        for i in range(4):  # 0 asks for 1 and 2; ...; 3 hands back 1, still queued
+            spy(f"decoder.blocks.{i}")
+        spy._dropping["decoder.blocks.1"].result(timeout=10)  # while the reader still waits
+        assert spy.dropped[-2:] == ["decoder.blocks.0", "decoder.blocks.1"]  # (5, table first)
+        assert spy.fetched == []
+    finally:
+        gate.set()
+        spy.close()
+    assert spy.fetched == [f"decoder.blocks.{i}" for i in (2, 3, 4, 5)]

@@ -15,9 +15,11 @@ at the disk's speed and leave other processes their memory:
   kernel's read-ahead runs past the end of what sendfile reads, into a neighbour in the file
   (perhaps a block just dropped);
 - drop: block i-2's pages are unmapped from this process (`madvise(DONTNEED)`: a later touch
-  reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`), by the same
-  thread just before it asks for block i+1, so the file's pages never crowd out anyone's memory
-  and the cores never wait for the unmapping. Only when streaming: a checkpoint that fits keeps
+  reads them again) and dropped from the page cache (`posix_fadvise(DONTNEED)`) as the model
+  enters block i, by a second thread, so that the file's pages never crowd out anyone's memory
+  and neither the cores nor the reader wait for the unmapping. (Done by the reader, behind its
+  reads, the pages of two blocks stayed until the output table was read, the largest block: in
+  a memory group the kernel then had to reclaim while reading, benchmarks/RESULTS.md run 34.) Only when streaming: a checkpoint that fits keeps
   its pages cached between passes, and so does a streamed run for its first `keep` decoder
   layers, as many as the memory check found room for (`memory.resident_layers`): each pass then
   reads only the rest from disk, and the reader asks past the kept layers for the first streamed
@@ -43,7 +45,7 @@ import mmap
 import os
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +125,8 @@ class Streamer:
             self.first[name] = _ahead(name, cycle[i + 1:] + cycle, ahead, set())
             self.next[name] = _ahead(name, cycle[i + 1:] + cycle, ahead + held, self.kept)
         self.behind = {name: cycle[i - 2] for i, name in enumerate(cycle)}
-        self._asked: set[str] = set()  # asked for and not handed back since: not asked again
+        # Asked for and not handed back since (not asked again): the reader's task for it.
+        self._asked: dict[str, Future] = {}
         # Finiteness, once per block: {block: {canonical key: array}} until first entered.
         self.unchecked = {f"vision.blocks.{i}": flatten(layer, f"vision_tower.encoder.layers.{i}.")
                           for i, layer in enumerate(vision)}
@@ -137,9 +140,14 @@ class Streamer:
         self.drop = drop
         self.bytes_prefetched = 0
         self._fds: dict[str, int] = {}
+        # Two threads: one reads ahead, in order; one hands back, at once (behind a read of a
+        # GB, a hand-back would leave that GB's worth of pages over the budget meanwhile).
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="npgemma-prefetch")
-        # A pipeline never says it is done: its reader thread and descriptors go with it.
-        self._finalizer = weakref.finalize(self, _release, self._reader, self._fds)
+        self._dropper = ThreadPoolExecutor(1, thread_name_prefix="npgemma-drop")
+        self._dropping: dict[str, Future] = {}
+        # A pipeline never says it is done: its threads and descriptors go with it.
+        self._finalizer = weakref.finalize(self, _release, (self._reader, self._dropper),
+                                           self._fds)
 
     @staticmethod
     def _ranges(tree) -> list:
@@ -153,24 +161,37 @@ class Streamer:
     def __call__(self, name: str) -> None:
         if self.unchecked:  # first pass: this block
             _check_finite(self.unchecked.pop(name, {}))
-        # On the reader thread, in this order: block i-2 handed back first, so that no more than
-        # 2 + READ_AHEAD streamed blocks (i-1, i, i+1, ...) are ever in the page cache at once;
-        # then the blocks ahead asked for, each once until it is handed back (a second ask would
-        # have sendfile walk a GB of cached pages again).
+        # Block i-2 handed back at once, so that no more than 2 + READ_AHEAD streamed blocks
+        # (i-1, i, i+1, ...) are in the page cache when the next one is read (a read of it still
+        # queued is called off; one under way is let finish first); then the blocks ahead asked
+        # for, each once until it is handed back (a second ask would have sendfile walk a GB of
+        # cached pages again), and not read before its hand-back is done.
         old = self.behind.get(name)
         if self.drop and old is not None and old != name and old not in self.kept:
-            self._reader.submit(self._dontneed, old)  # unmapping 1 GB of pages takes a while
-            self._asked.discard(old)
+            reading = self._asked.pop(old, None)
+            if reading is not None and reading.cancel():
+                reading = None
+            self._dropping[old] = self._dropper.submit(self._drop_after, old, reading)
         for nxt in (self.first if self.unchecked else self.next).get(name, ()):
             if nxt not in self._asked:
-                self._asked.add(nxt)
-                self._reader.submit(self._read_ahead, nxt)
+                self._asked[nxt] = self._reader.submit(self._read_after, nxt,
+                                                       self._dropping.pop(nxt, None))
 
     def _fd(self, filename: str) -> int:
         fd = self._fds.get(filename)
         if fd is None:
             fd = self._fds[filename] = os.open(filename, os.O_RDONLY)
         return fd
+
+    def _read_after(self, name: str, dropping: Future | None) -> None:
+        if dropping is not None:
+            dropping.result()
+        self._read_ahead(name)
+
+    def _drop_after(self, name: str, reading: Future | None) -> None:
+        if reading is not None:
+            reading.result()
+        self._dontneed(name)
 
     def _read_ahead(self, name: str) -> None:
         for owner, offset, nbytes in self.spans[name]:
@@ -187,6 +208,7 @@ class Streamer:
 
     def close(self) -> None:
         self._reader.shutdown(wait=True)
+        self._dropper.shutdown(wait=True)
         self._finalizer()
 
 
@@ -300,8 +322,9 @@ def _check_finite(tensors: dict, mapped: bool = True) -> None:
         finite.check(arr, key, m[0].filename if m else "weights")
 
 
-def _release(reader: ThreadPoolExecutor, fds: dict) -> None:
-    reader.shutdown(wait=False)
+def _release(threads: tuple, fds: dict) -> None:
+    for pool in threads:
+        pool.shutdown(wait=False)
     for fd in fds.values():
         os.close(fd)
     fds.clear()
