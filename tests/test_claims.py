@@ -179,6 +179,6 @@ def test_the_check_finds_figures_and_refuses_unknown_ones(known):
     assert not _matches(437.0, "ms", 0, {(438.2, "ms")})
     assert _matches(438.0, "ms", 0, {(438.2, "ms")})
     assert not _matches(438.0, "s", 0, {(438.0, "ms")})  # the unit must agree
-    assert not _matches(101.0, "%", 0, known)  # the old README claim: no run reached 101%
+    assert not _matches(250.0, "%", 0, known)  # no run reached 250% of anything
     assert not _matches(1234.5, "ms", 1, known)
     assert len(figures_in_text("`438 ms`")) == 1 and figures_in_text(prose("`438 ms` ```\n9 s\n```")) == []
