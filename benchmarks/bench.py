@@ -26,8 +26,8 @@ percentage over 100 is a bug in the bound: the script says which row and exits 2
 (A step whose weights are under CACHE_MARGIN times the last-level cache reads them from the
 cache: it gets no GEMV percentage, and says why.)
 And the disk (`disk_read_gbs`): the largest shard read sequentially after its pages are dropped
-from the page cache, dd-style (buffered, and O_DIRECT) and as the streamer asks (WILLNEED first),
-the fastest of the three; a row that reads its weights from disk each step (streamed) is given
+from the page cache, dd-style (buffered, and O_DIRECT) and as the streamers ask (WILLNEED or sendfile
+first), the fastest of the four; a row that reads its weights from disk each step (streamed) is given
 the bytes it read per second of decode as a percentage of that rate. A prefill that reads from
 disk has a disk bound too (the bytes it read at the fastest rate measured): it is also given as
 a percentage of the larger of its GEMM and disk bounds.
@@ -319,9 +319,10 @@ def prefill_flops(model: str, prompt_tokens: int, batch: int) -> float:
 def _read_through(path: str, n: int, how: str) -> float:
     """Seconds to read the first n bytes of `path` in order, 8 MiB a read, from the disk: its
     pages dropped from the page cache first (and after). how: "buffered" (dd's way, the
-    kernel's own read-ahead), "direct" (O_DIRECT, dd iflag=direct) or "willneed" (the whole
-    range asked for first with posix_fadvise, in chunks the kernel reads whole, as the
-    streamer asks for a block: `prefetch.willneed`)."""
+    kernel's own read-ahead), "direct" (O_DIRECT, dd iflag=direct), "willneed" (the whole
+    range asked for first with posix_fadvise, in chunks the kernel reads whole: the streamer's
+    reader of runs 22-30, `prefetch.willneed`) or "sendfile" (the range read first as the
+    streamer reads a block since run 31, `prefetch.read_ahead`)."""
     import mmap
 
     fd = os.open(path, os.O_RDONLY)
@@ -331,10 +332,10 @@ def _read_through(path: str, n: int, how: str) -> float:
     buf = mmap.mmap(-1, 8 << 20)  # page-aligned, as O_DIRECT wants
     try:
         done, t = 0, time.perf_counter()
-        if how == "willneed":  # the streamer's own request: the whole range, in chunks
-            from npgemma.checkpoint.prefetch import willneed
+        if how in ("willneed", "sendfile"):  # a streamer's request for the whole range first
+            from npgemma.checkpoint import prefetch
 
-            willneed(fd, 0, n)
+            (prefetch.willneed if how == "willneed" else prefetch.read_ahead)(fd, 0, n)
         while done < n:
             got = os.preadv(fd, [buf], done)
             if got <= 0:
@@ -360,7 +361,7 @@ def disk_read_gbs(model: str, gib: float = 1.0) -> dict | None:
     path = max(files, key=os.path.getsize)
     n = min(os.path.getsize(path), int(gib * 2**30)) // (8 << 20) * (8 << 20) or os.path.getsize(path)
     out = {}
-    for how in ("buffered", "direct", "willneed"):
+    for how in ("buffered", "direct", "willneed", "sendfile"):
         try:
             out[how] = n / _read_through(path, n, how) / 1e9
         except OSError:  # O_DIRECT refused (tmpfs) or a size it will not read

@@ -27,7 +27,7 @@ before the step starts; the blocks asked for from the last decoder layer on (the
 next step's first layers) are asked for the previous step's way. Per step: seconds, bytes read
 from disk (/proc/self/io), GB/s and the share of the step the disk had requests in flight
 (io_ticks). Before and after the steps, the disk's rate is measured as bench.py measures it: a
-GiB of the largest shard, the fastest of three reads (`disk_read_gbs`), and every shard read in
+GiB of the largest shard, the fastest of four reads (`disk_read_gbs`), and every shard read in
 order (`disk_pass_gbs`); each way's median GB/s is given as a percentage of the faster of each.
 """
 
