@@ -43,9 +43,10 @@ import contextlib
 import functools
 import mmap
 import os
+import threading
 import time
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,7 @@ class Streamer:
         self.drop = drop
         self.bytes_prefetched = 0
         self._fds: dict[str, int] = {}
+        self._fds_lock = threading.Lock()  # both threads open descriptors
         # Two threads: one reads ahead, in order; one hands back, at once (behind a read of a
         # GB, a hand-back would leave that GB's worth of pages over the budget meanwhile).
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="npgemma-prefetch")
@@ -178,19 +180,20 @@ class Streamer:
                                                        self._dropping.pop(nxt, None))
 
     def _fd(self, filename: str) -> int:
-        fd = self._fds.get(filename)
-        if fd is None:
-            fd = self._fds[filename] = os.open(filename, os.O_RDONLY)
-        return fd
+        with self._fds_lock:
+            fd = self._fds.get(filename)
+            if fd is None:
+                fd = self._fds[filename] = os.open(filename, os.O_RDONLY)
+            return fd
 
     def _read_after(self, name: str, dropping: Future | None) -> None:
         if dropping is not None:
-            dropping.result()
+            wait([dropping])  # done, or failed: either way no longer in the way
         self._read_ahead(name)
 
     def _drop_after(self, name: str, reading: Future | None) -> None:
         if reading is not None:
-            reading.result()
+            wait([reading])
         self._dontneed(name)
 
     def _read_ahead(self, name: str) -> None:
