@@ -29,7 +29,7 @@ from npgemma.synthetic.random_model import example_image
 PROMPT = "caption en"
 PAGE = mmap.PAGESIZE
 LAYERS = 6  # a cycle of 7 blocks (6 decoder layers and the table): block i - 2 is never among
-            # the blocks read ahead (i + 1, i + 2 and, from the last layer, the table too)
+            # the blocks read ahead (i + 1, i + 2, up to i + 4 while kept layers run)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -260,7 +260,7 @@ def _watched(paged, drop, keep=0, settle=False):
 def test_streaming_drops_the_block_two_behind_and_keeps_the_one_behind(paged):
     """On entering block i (the table counts as the block after the last decoder layer), the
     page cache holds none of block i - 2 (but the folios it shares with a neighbour: `interior`)
-    and all of block i - 1: at most i - 1, i and i + 1 are cached. Measured with mincore."""
+    and all of block i - 1. Measured with mincore."""
     for k, (name, cached, inner) in enumerate(_watched(paged, drop=True)):
         i = CYCLE.index(name)
         assert inner[CYCLE[i - 2]] == 0, f"entering {name} (#{k}): {CYCLE[i - 2]} still cached"
@@ -299,12 +299,12 @@ def test_kept_layers_are_never_dropped_and_change_nothing(folder, paged):
 def test_with_layers_kept_the_first_streamed_layers_are_read_while_the_kept_ones_run(paged):
     """Two layers kept, two blocks ahead: from the second pass on, entering the last decoder
     layer has the table cached, entering layer 0 has layers 2 and 3 in the page cache, not the
-    kept layers 1 and 2 asked for (the disk would idle while the cores run the kept layers), and
+    kept layers 0 and 1 asked for (the disk would idle while the cores run the kept layers), and
     entering layer 1 has four streamed layers cached (2 to 5): with nothing streamed behind, the
     reader asks for two more in place of the kept ones. Never more than 2 + READ_AHEAD streamed
-    blocks are cached on entering a block (the budget of `estimate.resident_layers`; a block counts when
-    any of its `interior` is). mincore, after the reader thread has done what it was told and
-    the reads it asked for have landed."""
+    blocks are cached on entering a block (the budget of `estimate.resident_layers`; a block
+    counts when any of its `interior` is). mincore, after the streamer's threads have done what
+    they were told and the reads asked for have landed."""
     kept = {"decoder.blocks.0", "decoder.blocks.1"}
     seen = _watched(paged, drop=True, keep=2, settle=True)
     checked = 0

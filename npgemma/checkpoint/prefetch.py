@@ -19,11 +19,12 @@ at the disk's speed and leave other processes their memory:
   enters block i, by a second thread, so that the file's pages never crowd out anyone's memory
   and neither the cores nor the reader wait for the unmapping. (Done by the reader, behind its
   reads, the pages of two blocks stayed until the output table was read, the largest block: in
-  a memory group the kernel then had to reclaim while reading, benchmarks/RESULTS.md run 34.) Only when streaming: a checkpoint that fits keeps
-  its pages cached between passes, and so does a streamed run for its first `keep` decoder
-  layers, as many as the memory check found room for (`memory.resident_layers`): each pass then
-  reads only the rest from disk, and the reader asks past the kept layers for the first streamed
-  ones, two more of them while the kept layers run (they take no room of the 2 + READ_AHEAD
+  a memory group the kernel then had to reclaim while reading, benchmarks/RESULTS.md run 34.)
+  Only when streaming: a checkpoint that fits keeps its pages cached between passes, and so
+  does a streamed run for its first `keep` decoder layers, as many as the memory check found
+  room for (`memory.resident_layers`): each pass then reads only the rest from disk, and the
+  reader asks past the kept layers for the first streamed ones, one more for each kept layer
+  among the two blocks cached behind the one entered (they take no room of the 2 + READ_AHEAD
   streamed blocks cached), so the disk works while the cores run the kept layers.
 
 A block is a vision layer, a decoder layer or the output table (the scope `lm_head`), each read
@@ -164,8 +165,9 @@ class Streamer:
         if self.unchecked:  # first pass: this block
             _check_finite(self.unchecked.pop(name, {}))
         # Block i-2 handed back at once, so that no more than 2 + READ_AHEAD streamed blocks
-        # (i-1, i, i+1, ...) are in the page cache when the next one is read (a read of it still
-        # queued is called off; one under way is let finish first); then the blocks ahead asked
+        # (i-1, i, i+1, ...) are in the page cache (but for the milliseconds the hand-back runs
+        # beside a read already under way; a read of it still queued is called off, one under
+        # way is let finish first); then the blocks ahead asked
         # for, each once until it is handed back (a second ask would have sendfile walk a GB of
         # cached pages again), and not read before its hand-back is done.
         old = self.behind.get(name)

@@ -181,9 +181,11 @@ def attention_neg_inf(original):
 
 def lm_head_uncapped(_original):
     def lm_head(hidden, weight, cfg):
+        from ..hooks import scope
         from ..layers import linear
 
-        return linear(hidden, weight)  # [B, L, D] -> [B, L, V], no final soft cap
+        with scope("lm_head"):  # as gemma.lm_head: the streaming reader's block
+            return linear(hidden, weight)  # [B, L, D] -> [B, L, V], no final soft cap
     return lm_head
 
 
